@@ -1,0 +1,49 @@
+"""retrieval-heads: a mechanistic-interpretability toolkit for hybrid language models.
+
+    import retrieval_heads as rh
+    cfg   = rh.ModelConfig(layout="SSSF", d_model=128, n_heads=4, window=64,
+                           pos={"F": "nope", "S": "rope"})
+    model = rh.HybridLM(cfg)
+    batch = rh.tasks.niah_batch(n=8, context_len=1024, seed=0)
+    S     = rh.retrieval_scores(model, batch, method="copy")   # [n_layers, n_heads]
+    df    = rh.scan("runs/x")
+
+Names are imported lazily so that ``import retrieval_heads`` stays quick.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+from .config import ModelConfig, TrainConfig, parse_layout, parse_pos
+from .model import HybridLM
+
+__version__ = "0.1.0"
+
+# public name -> module that defines it (imported on first use)
+_LAZY = {
+    "tasks": "retrieval_heads.tasks",
+    "train": "retrieval_heads.train",
+    "detect": "retrieval_heads.detect",
+    "interventions": "retrieval_heads.interventions",
+    "eval": "retrieval_heads.eval",
+    "plots": "retrieval_heads.plots",
+    "load_checkpoint": "retrieval_heads.train.checkpoint",
+    "save_checkpoint": "retrieval_heads.train.checkpoint",
+    "list_checkpoints": "retrieval_heads.train.checkpoint",
+    "retrieval_scores": "retrieval_heads.detect",
+    "scan": "retrieval_heads.detect",
+    "ablate_heads": "retrieval_heads.interventions",
+}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        module = importlib.import_module(_LAZY[name])
+        value = module if module.__name__.endswith("." + name) else getattr(module, name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'retrieval_heads' has no attribute {name!r}")
+
+
+__all__ = ["ModelConfig", "TrainConfig", "HybridLM", "parse_layout", "parse_pos", *_LAZY]

@@ -1,0 +1,273 @@
+"""Configuration dataclasses: the model (`ModelConfig`) and training (`TrainConfig`).
+
+Both are plain dataclasses with JSON round-trip; unknown keys are rejected and every
+invariant is checked in ``__post_init__`` with a ``ValueError`` that names the field.
+
+    >>> cfg = ModelConfig(layout="SSSF", d_model=64, n_heads=4, window=16,
+    ...                   pos={"F": "nope", "S": "rope"})
+    >>> cfg.n_layers, cfg.d_head, cfg.layer_kind(3)
+    (4, 16, 'F')
+    >>> ModelConfig.from_json(cfg.to_json()) == cfg
+    True
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+# One letter per layer kind (see DESIGN.md "Layout string").
+LAYER_KINDS = {
+    "F": "full attention",
+    "S": "sliding-window attention",
+    "M": "Mamba-2-style selective state space",
+    "D": "gated DeltaNet",
+    "L": "lightning / linear attention with decay",
+}
+ATTENTION_KINDS = ("F", "S")
+RECURRENT_KINDS = ("M", "D", "L")
+POS_ENCODINGS = ("rope", "nope")
+ATTN_BACKENDS = ("auto", "eager", "sdpa", "blocked", "flex", "flash")
+
+
+def parse_layout(layout: str) -> str:
+    """Return the layout with spaces removed, or raise ``ValueError`` on an unknown letter."""
+    if not isinstance(layout, str):
+        raise ValueError(f"layout: expected a string like 'SSSF', got {type(layout).__name__}")
+    clean = "".join(layout.split()).upper()
+    if not clean:
+        raise ValueError("layout: empty; give one letter per layer, e.g. 'SSSF'")
+    bad = sorted({c for c in clean if c not in LAYER_KINDS})
+    if bad:
+        valid = ", ".join(f"{k} ({v})" for k, v in LAYER_KINDS.items())
+        raise ValueError(f"layout: unknown letter(s) {''.join(bad)!r} in {layout!r}; valid: {valid}")
+    return clean
+
+
+def parse_pos(spec: str | dict | None) -> dict[str, str]:
+    """Parse ``"F=nope,S=rope"`` (or a dict) into ``{"F": "nope", "S": "rope"}``."""
+    if spec is None:
+        return {}
+    if isinstance(spec, str):
+        out = {}
+        for part in filter(None, (p.strip() for p in spec.split(","))):
+            if "=" not in part:
+                raise ValueError(f"pos: expected KIND=rope|nope items like 'F=nope,S=rope', got {part!r}")
+            k, v = (s.strip() for s in part.split("=", 1))
+            out[k.upper()] = v.lower()
+        spec = out
+    if not isinstance(spec, dict):
+        raise ValueError(f"pos: expected a dict or 'F=nope,S=rope', got {type(spec).__name__}")
+    return {str(k).upper(): str(v).lower() for k, v in spec.items()}
+
+
+def _check_int(name: str, value: Any, minimum: int = 1) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"{name}: expected an integer, got {value!r}")
+    if value < minimum:
+        raise ValueError(f"{name}: must be >= {minimum}, got {value}")
+
+
+def _check_float(name: str, value: Any, positive: bool = True) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"{name}: expected a number, got {value!r}")
+    if positive and not value > 0:
+        raise ValueError(f"{name}: must be > 0, got {value}")
+
+
+class _JSONMixin:
+    """JSON round-trip for a dataclass; unknown keys raise ``ValueError``."""
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def to_json(self, indent: int | None = 2) -> str:
+        return json.dumps(self.to_dict(), indent=indent, sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, d: dict):
+        if not isinstance(d, dict):
+            raise ValueError(f"{cls.__name__}: expected a JSON object, got {type(d).__name__}")
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise ValueError(
+                f"{cls.__name__}: unknown key(s) {unknown}; valid keys: {sorted(names)}"
+            )
+        return cls(**d)
+
+    @classmethod
+    def from_json(cls, s: str):
+        try:
+            d = json.loads(s)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{cls.__name__}: malformed JSON ({e})") from None
+        return cls.from_dict(d)
+
+    def replace(self, **changes):
+        return dataclasses.replace(self, **changes)
+
+
+@dataclass
+class ModelConfig(_JSONMixin):
+    """A hybrid language model. ``layout`` has one letter per layer (see ``LAYER_KINDS``).
+
+    ``window`` is the number of keys a sliding-window query sees, *including itself*.
+    ``pos`` maps attention kinds to ``rope``/``nope``; ``rope_base`` maps them to a base.
+    """
+
+    layout: str = "SSSF"
+    n_layers: int | None = None  # derived from layout when None; must match it otherwise
+    d_model: int = 128
+    n_heads: int = 4
+    n_kv_heads: int | None = None  # grouped-query attention; None = n_heads
+    d_mlp: int | None = None  # SwiGLU hidden size; None = 4 * d_model
+    vocab_size: int = 260
+    window: int = 64
+    pos: dict = field(default_factory=lambda: {"F": "rope", "S": "rope"})
+    rope_base: dict = field(default_factory=lambda: {"F": 10000.0, "S": 10000.0})
+    max_seq_len: int = 4096
+    norm_eps: float = 1e-5
+    tie_embeddings: bool = True
+    d_state: int = 16  # state size of the Mamba-2-style mixer (B_t, C_t dimension)
+    chunk_size: int = 64  # chunk length of the chunked recurrent forms
+    attn_backend: str = "auto"
+    init_std: float = 0.02
+
+    def __post_init__(self):
+        self.layout = parse_layout(self.layout)
+        if self.n_layers is None:
+            self.n_layers = len(self.layout)
+        _check_int("n_layers", self.n_layers)
+        if len(self.layout) != self.n_layers:
+            raise ValueError(
+                f"layout: {self.layout!r} has {len(self.layout)} letters but n_layers={self.n_layers}; "
+                "give exactly one letter per layer"
+            )
+        for name in ("d_model", "n_heads", "vocab_size", "window", "max_seq_len", "d_state", "chunk_size"):
+            _check_int(name, getattr(self, name))
+        if self.d_model % self.n_heads:
+            raise ValueError(
+                f"d_model: {self.d_model} is not divisible by n_heads={self.n_heads}"
+            )
+        if self.n_kv_heads is None:
+            self.n_kv_heads = self.n_heads
+        _check_int("n_kv_heads", self.n_kv_heads)
+        if self.n_heads % self.n_kv_heads:
+            raise ValueError(
+                f"n_kv_heads: n_heads={self.n_heads} is not a multiple of n_kv_heads={self.n_kv_heads}"
+            )
+        if self.d_mlp is None:
+            self.d_mlp = 4 * self.d_model
+        _check_int("d_mlp", self.d_mlp)
+        if "S" in self.layout and self.window > self.max_seq_len:
+            raise ValueError(
+                f"window: {self.window} is larger than max_seq_len={self.max_seq_len}; "
+                "a sliding window cannot exceed the context"
+            )
+        pos = parse_pos(self.pos)
+        for k, v in pos.items():
+            if k not in ATTENTION_KINDS:
+                raise ValueError(f"pos: {k!r} is not an attention kind; use one of {ATTENTION_KINDS}")
+            if v not in POS_ENCODINGS:
+                raise ValueError(f"pos: {k}={v!r}; use one of {POS_ENCODINGS}")
+        self.pos = {k: pos.get(k, "rope") for k in ATTENTION_KINDS}
+        if isinstance(self.rope_base, (int, float)) and not isinstance(self.rope_base, bool):
+            self.rope_base = {k: float(self.rope_base) for k in ATTENTION_KINDS}
+        if not isinstance(self.rope_base, dict):
+            raise ValueError(f"rope_base: expected a number or a dict per kind, got {self.rope_base!r}")
+        base = {str(k).upper(): v for k, v in self.rope_base.items()}
+        for k, v in base.items():
+            if k not in ATTENTION_KINDS:
+                raise ValueError(f"rope_base: {k!r} is not an attention kind; use one of {ATTENTION_KINDS}")
+            _check_float(f"rope_base[{k}]", v)
+        self.rope_base = {k: float(base.get(k, 10000.0)) for k in ATTENTION_KINDS}
+        _check_float("norm_eps", self.norm_eps)
+        _check_float("init_std", self.init_std)
+        if not isinstance(self.tie_embeddings, bool):
+            raise ValueError(f"tie_embeddings: expected true/false, got {self.tie_embeddings!r}")
+        if self.attn_backend not in ATTN_BACKENDS:
+            raise ValueError(f"attn_backend: {self.attn_backend!r}; use one of {ATTN_BACKENDS}")
+
+    # --- derived quantities (TransformerLens's ActivationCache reads some of these) ---
+    @property
+    def d_head(self) -> int:
+        return self.d_model // self.n_heads
+
+    @property
+    def normalization_type(self) -> str:
+        return "RMS"
+
+    @property
+    def attn_only(self) -> bool:
+        return False
+
+    def layer_kind(self, layer: int) -> str:
+        return self.layout[layer]
+
+    def is_attention(self, layer: int) -> bool:
+        return self.layout[layer] in ATTENTION_KINDS
+
+    @property
+    def attention_layers(self) -> list[int]:
+        return [i for i, c in enumerate(self.layout) if c in ATTENTION_KINDS]
+
+    def layer_window(self, layer: int) -> int | None:
+        """Keys a query of this layer sees (including itself); None = unlimited (causal)."""
+        return self.window if self.layout[layer] == "S" else None
+
+    def describe(self) -> str:
+        kinds = ", ".join(f"{k}={self.pos[k]}" for k in ATTENTION_KINDS if k in self.layout)
+        return (
+            f"layout={self.layout} d_model={self.d_model} heads={self.n_heads}"
+            f" window={self.window} pos[{kinds}]"
+        )
+
+
+@dataclass
+class TrainConfig(_JSONMixin):
+    """Training hyper-parameters. See ``retrieval_heads.train`` for the loop."""
+
+    steps: int = 1000
+    batch_size: int = 8
+    grad_accum: int = 1
+    context_len: int = 256
+    lr: float = 3e-3
+    min_lr_ratio: float = 0.1
+    warmup_steps: int = 50
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.95
+    grad_clip: float = 1.0
+    seed: int = 0
+    niah_fraction: float = 0.5  # fraction of training sequences that are needle tasks
+    niah_variant: str = "single_1"
+    haystack: str = "essay"  # built-in haystack name or a path to a text file / folder
+    eval_every: int = 100
+    eval_samples: int = 16
+    save_every: int = 100
+    save_log_spaced: bool = True  # also save at log-spaced early steps (1, 2, 4, 8, ...)
+    device: str = "auto"
+    dtype: str = "auto"  # auto = bf16 autocast on CUDA, float32 on CPU
+    compile: bool = False
+
+    def __post_init__(self):
+        for name in ("steps", "batch_size", "grad_accum", "context_len", "eval_every",
+                     "eval_samples", "save_every"):
+            _check_int(name, getattr(self, name))
+        _check_int("warmup_steps", self.warmup_steps, minimum=0)
+        _check_int("seed", self.seed, minimum=0)
+        _check_float("lr", self.lr)
+        for name in ("min_lr_ratio", "niah_fraction"):
+            v = getattr(self, name)
+            _check_float(name, v, positive=False)
+            if not 0.0 <= v <= 1.0:
+                raise ValueError(f"{name}: must lie in [0, 1], got {v}")
+        for name in ("weight_decay", "grad_clip"):
+            _check_float(name, getattr(self, name), positive=False)
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name}: must be >= 0, got {getattr(self, name)}")
+        if self.dtype not in ("auto", "float32", "bfloat16"):
+            raise ValueError(f"dtype: {self.dtype!r}; use auto, float32 or bfloat16")

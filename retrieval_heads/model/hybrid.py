@@ -1,0 +1,175 @@
+"""`HybridLM`: a small hybrid language model whose every head is hookable.
+
+Pre-norm blocks: ``x + mixer(RMSNorm(x))`` then ``x + SwiGLU(RMSNorm(x))``; the mixer is an
+`Attention` (layout letters F, S) or a recurrent mixer (M, D, L). Subclasses TransformerLens's
+``HookedRootModule``, so ``run_with_cache``, ``run_with_hooks`` and ``ActivationCache`` work.
+
+Block hooks: ``blocks.{l}.hook_resid_pre``, ``hook_resid_mid``, ``hook_resid_post``,
+``hook_mlp_out``, and ``hook_attn_out`` (attention layers) or ``hook_mixer_out`` (recurrent).
+
+    >>> import retrieval_heads as rh, torch
+    >>> model = rh.HybridLM(rh.ModelConfig(layout="SF", d_model=32, n_heads=2, window=4))
+    >>> model(torch.zeros(1, 5, dtype=torch.long)).shape
+    torch.Size([1, 5, 260])
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from transformer_lens import HookedRootModule
+from transformer_lens.hook_points import HookPoint
+
+from ..config import ModelConfig
+from .attention import Attention
+from .mixers import MIXERS
+
+
+class SwiGLU(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.W_gate = nn.Linear(cfg.d_model, cfg.d_mlp, bias=False)
+        self.W_in = nn.Linear(cfg.d_model, cfg.d_mlp, bias=False)
+        self.W_out = nn.Linear(cfg.d_mlp, cfg.d_model, bias=False)
+        self.hook_post = HookPoint()  # [batch, pos, d_mlp]
+
+    def forward(self, x):
+        return self.W_out(self.hook_post(F.silu(self.W_gate(x)) * self.W_in(x)))
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: ModelConfig, layer: int):
+        super().__init__()
+        self.kind = cfg.layer_kind(layer)
+        self.ln1 = nn.RMSNorm(cfg.d_model, eps=cfg.norm_eps)
+        self.ln2 = nn.RMSNorm(cfg.d_model, eps=cfg.norm_eps)
+        if cfg.is_attention(layer):
+            self.attn = Attention(cfg, layer)
+            self.hook_attn_out = HookPoint()  # [batch, pos, d_model]
+        else:
+            self.mixer = MIXERS[self.kind](cfg, layer)
+            self.hook_mixer_out = HookPoint()  # [batch, pos, d_model]
+        self.mlp = SwiGLU(cfg)
+        self.hook_resid_pre = HookPoint()  # [batch, pos, d_model]
+        self.hook_resid_mid = HookPoint()  # [batch, pos, d_model]
+        self.hook_mlp_out = HookPoint()  # [batch, pos, d_model]
+        self.hook_resid_post = HookPoint()  # [batch, pos, d_model]
+
+    @property
+    def token_mixer(self) -> nn.Module:
+        return self.attn if hasattr(self, "attn") else self.mixer
+
+    def forward(self, x, positions, cache=None):
+        x = self.hook_resid_pre(x)
+        if hasattr(self, "attn"):
+            x = self.hook_resid_mid(x + self.hook_attn_out(self.attn(self.ln1(x), positions, cache)))
+        else:
+            x = self.hook_resid_mid(x + self.hook_mixer_out(self.mixer(self.ln1(x), positions, cache)))
+        return self.hook_resid_post(x + self.hook_mlp_out(self.mlp(self.ln2(x))))
+
+
+class DecodeCache:
+    """Per-layer state for incremental decoding: K/V for attention, S for recurrences."""
+
+    def __init__(self, n_layers: int):
+        self.layers: list[dict] = [dict() for _ in range(n_layers)]
+        self.length = 0  # tokens consumed so far
+
+    def __len__(self):
+        return self.length
+
+
+class HybridLM(HookedRootModule):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        if isinstance(cfg, dict):
+            cfg = ModelConfig.from_dict(cfg)
+        self.cfg = cfg
+        self.embed = nn.Embedding(cfg.vocab_size, cfg.d_model)
+        self.hook_embed = HookPoint()  # [batch, pos, d_model]
+        self.blocks = nn.ModuleList([Block(cfg, l) for l in range(cfg.n_layers)])
+        self.ln_final = nn.RMSNorm(cfg.d_model, eps=cfg.norm_eps)
+        self.unembed = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
+        if cfg.tie_embeddings:
+            self.unembed.weight = self.embed.weight
+        self.apply(self._init_weights)
+        for name, p in self.named_parameters():  # scaled init of residual output projections
+            if name.endswith(("W_O.weight", "out_proj.weight", "W_out.weight")):
+                nn.init.normal_(p, 0.0, cfg.init_std / math.sqrt(2 * cfg.n_layers))
+        self.setup()
+
+    def _init_weights(self, m):
+        if isinstance(m, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(m.weight, 0.0, self.cfg.init_std)
+
+    @property
+    def device(self) -> torch.device:
+        return self.embed.weight.device
+
+    def forward(self, tokens: torch.Tensor, positions: torch.Tensor | None = None,
+                cache: DecodeCache | None = None, return_type: str = "logits"):
+        """tokens (B, T) -> logits (B, T, vocab).
+
+        ``positions`` (T,) overrides position ids (default: 0..T-1, continuing ``cache``).
+        ``return_type="residual"`` returns the final normalised residual instead of logits.
+        """
+        if tokens.dim() == 1:
+            tokens = tokens[None]
+        B, T = tokens.shape
+        start = cache.length if cache is not None else 0
+        if positions is None:
+            positions = torch.arange(start, start + T, device=tokens.device)
+        if int(positions.max()) >= self.cfg.max_seq_len:
+            raise ValueError(
+                f"context of {int(positions.max()) + 1} tokens exceeds max_seq_len={self.cfg.max_seq_len}; "
+                "build the model with a larger max_seq_len"
+            )
+        x = self.hook_embed(self.embed(tokens))  # (B, T, d_model)
+        for l, block in enumerate(self.blocks):
+            x = block(x, positions, None if cache is None else cache.layers[l])
+        if cache is not None:
+            cache.length += T
+        x = self.ln_final(x)
+        if return_type == "residual":
+            return x
+        return self.unembed(x)  # (B, T, vocab)
+
+    def new_cache(self) -> DecodeCache:
+        return DecodeCache(self.cfg.n_layers)
+
+    @torch.no_grad()
+    def generate(self, tokens: torch.Tensor, max_new_tokens: int, stop_token: int | None = None,
+                 cache: DecodeCache | None = None) -> torch.Tensor:
+        """Greedy decoding with a decode cache. tokens (B, T) -> new tokens (B, max_new_tokens).
+
+        Prefill runs on the fast path; each decode step computes one attention row per head.
+        """
+        if tokens.dim() == 1:
+            tokens = tokens[None]
+        cache = cache if cache is not None else self.new_cache()
+        logits = self(tokens, cache=cache)
+        out = []
+        nxt = logits[:, -1].argmax(-1)  # (B,)
+        for i in range(max_new_tokens):
+            out.append(nxt)
+            if stop_token is not None and bool((torch.stack(out, 1) == stop_token).any(1).all()):
+                break
+            if i == max_new_tokens - 1:
+                break
+            nxt = self(nxt[:, None], cache=cache)[:, -1].argmax(-1)
+        return torch.stack(out, dim=1)
+
+    def set_force_eager(self, value: bool = True) -> None:
+        """Make every attention layer take the eager path (needed when hooking with nnsight)."""
+        for block in self.blocks:
+            if hasattr(block, "attn"):
+                block.attn.force_eager = value
+
+    def num_params(self, non_embedding: bool = True) -> int:
+        n = sum(p.numel() for p in self.parameters())
+        if non_embedding:
+            n -= self.embed.weight.numel()
+        return n
