@@ -1,0 +1,126 @@
+"""Untrusted and broken checkpoints: nothing is unpickled, every problem is one clear error."""
+
+import json
+import pickle
+
+import pytest
+import torch
+
+import retrieval_heads as rh
+from retrieval_heads.train.checkpoint import CheckpointError, load_checkpoint, load_train_state
+
+
+class Payload:
+    """Unpickling this object would create a marker file: proof that code ran."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+@pytest.fixture
+def ckpt(tmp_path):
+    torch.manual_seed(0)
+    model = rh.HybridLM(rh.ModelConfig(layout="SF", d_model=16, n_heads=2, window=4, max_seq_len=64))
+    return rh.save_checkpoint(tmp_path / "run", 3, model, tokens_seen=12)
+
+
+def test_pickle_payload_as_train_state_never_runs(ckpt, tmp_path):
+    marker = tmp_path / "PWNED"
+    torch.save({"optimizer": Payload(marker)}, ckpt / "train_state.pt")
+    with pytest.raises(CheckpointError, match="train_state.pt"):
+        load_train_state(ckpt)
+    assert not marker.exists()
+    load_checkpoint(ckpt)  # the weights themselves are still fine
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("name", ["pytorch_model.bin", "model.pt", "weights.ckpt", "model.pkl"])
+def test_pickle_weight_files_are_refused(ckpt, tmp_path, name):
+    marker = tmp_path / "PWNED"
+    with open(ckpt / name, "wb") as f:
+        pickle.dump(Payload(marker), f)
+    with pytest.raises(CheckpointError, match="pickle-format weight file refused"):
+        load_checkpoint(ckpt)
+    assert not marker.exists()
+
+
+def _break(ckpt, how):
+    cfg = ckpt / "config.json"
+    w = ckpt / "model.safetensors"
+    if how == "empty":
+        for f in ckpt.iterdir():
+            f.unlink()
+    elif how == "no_config":
+        cfg.unlink()
+    elif how == "malformed_config":
+        cfg.write_text("{not json")
+    elif how == "unknown_key":
+        d = json.loads(cfg.read_text())
+        d["model"]["n_experts"] = 8
+        cfg.write_text(json.dumps(d))
+    elif how == "shape_mismatch":
+        d = json.loads(cfg.read_text())
+        d["model"]["d_model"] = 32
+        d["model"]["d_mlp"] = 128
+        cfg.write_text(json.dumps(d))
+    elif how == "truncated":
+        data = w.read_bytes()
+        w.write_bytes(data[: len(data) // 2])
+    elif how == "no_weights":
+        w.unlink()
+    elif how == "nan":
+        from safetensors.torch import load_file, save_file
+        sd = load_file(str(w))
+        k = next(iter(sd))
+        sd[k][0] = float("nan")
+        save_file(sd, str(w))
+    elif how == "int_dtype":
+        from safetensors.torch import load_file, save_file
+        sd = load_file(str(w))
+        k = next(iter(sd))
+        sd[k] = sd[k].to(torch.int32)
+        save_file(sd, str(w))
+
+
+@pytest.mark.parametrize("how,expect", [
+    ("empty", "empty folder"),
+    ("no_config", "config.json: missing"),
+    ("malformed_config", "malformed JSON"),
+    ("unknown_key", "unknown key"),
+    ("shape_mismatch", "shape"),
+    ("truncated", "unreadable safetensors"),
+    ("no_weights", "model.safetensors: missing"),
+    ("nan", "NaN or Inf"),
+    ("int_dtype", "dtype"),
+])
+def test_bad_checkpoint_gives_one_clear_error(ckpt, how, expect):
+    _break(ckpt, how)
+    with pytest.raises(CheckpointError) as e:
+        load_checkpoint(ckpt)
+    msg = str(e.value)
+    assert expect in msg
+    assert "\n" not in msg
+    assert str(ckpt) in msg  # names the file or folder
+
+
+def test_listing_ignores_temporary_folders(ckpt):
+    run = ckpt.parent
+    (run / ".tmp_step_000009_abc").mkdir()
+    (run / ".tmp_step_000009_abc" / "config.json").write_text("{}")
+    assert [p.name for p in rh.list_checkpoints(run)] == ["step_000003"]
+
+
+def test_failed_save_leaves_nothing(tmp_path, monkeypatch):
+    model = rh.HybridLM(rh.ModelConfig(layout="SF", d_model=16, n_heads=2, window=4, max_seq_len=64))
+    import retrieval_heads.train.checkpoint as ck
+
+    def boom(*a, **k):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(ck, "save_model", boom)
+    with pytest.raises(OSError):
+        ck.save_checkpoint(tmp_path / "run", 1, model)
+    assert list((tmp_path / "run").iterdir()) == []
