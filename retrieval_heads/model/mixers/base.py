@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from transformer_lens.hook_points import HookPoint
 
 from .. import recurrence
@@ -62,26 +63,57 @@ class RecurrentMixer(nn.Module):
             beta = self.hook_beta(beta)
         T = lambda x: None if x is None else x.transpose(1, 2)  # (B, T, H, ...) -> (B, H, T, ...)
         if self.window is not None:
-            o = self._windowed(T(q), T(k), T(v), T(log_a), T(beta))
-            state = None
+            o = self._windowed(T(q), T(k), T(v), T(log_a), T(beta), cache)
         else:
+            if cache is not None and "window_tail" in cache:
+                raise ValueError("this decode cache was filled with a receptive-field window on "
+                                 f"layer {self.layer}; keep the same window for the whole generation")
             o, state = self.recur(T(q), T(k), T(v), T(log_a), T(beta),
                                   None if cache is None else cache.get("state"))
-        if cache is not None:
-            if self.window is not None:
-                raise ValueError("a receptive-field window on a recurrent layer works on full "
-                                 "sequences only, not with a decode cache")
-            cache["state"] = state
+            if cache is not None:
+                cache["state"] = state
         return self.hook_out(o.transpose(1, 2))  # (B, T, H, Dv)
 
-    def _windowed(self, q, k, v, log_a, beta):
-        """Recurrence whose state is reset so that position t sees only the last `window`
-        tokens: computed as the recurrence restarted at t - window + 1 for each t.
-        O(T * window) work; used by receptive-field interventions only."""
-        B, H, T, _ = q.shape
-        w = self.window
+    # ---- receptive-field window (interventions) ------------------------------------------
+    def _windowed(self, q, k, v, log_a, beta=None, cache: dict | None = None):
+        """Recurrence with a receptive field of ``self.window`` tokens: the output at t equals
+        the recurrence restarted from a zero state at ``t - window + 1`` (it sees exactly the
+        last ``window`` tokens, itself included). Shapes as in ``recur``; returns (B, H, T, Dv).
+
+        Work is O(T * window), never T x T: scalar-decay mixers (M, L) use the closed form
+        ``o_t = sum_{t-w<s<=t} exp(g_t - g_s) (q_t . k_s) v_s`` in blocks of queries; the delta
+        rule (D) runs one restarted recurrence of length ``window`` per query, batched.
+        With a decode cache, the last ``window - 1`` inputs are kept (``cache["window_tail"]``)
+        so that decoding continues exactly; ``use_naive`` selects the per-position reference loop.
+        """
+        w = int(self.window)
+        if w < 1:
+            raise ValueError(f"window: a receptive field must be >= 1 token, got {w}")
+        xs = [q, k, v, log_a, beta]
+        n_new = q.shape[2]
+        if cache is not None:
+            if "state" in cache and "window_tail" not in cache:
+                raise ValueError("this decode cache was filled without a receptive-field window on "
+                                 f"layer {self.layer}; set the window before prefilling")
+            tail = cache.get("window_tail")
+            if tail is not None:
+                xs = [None if x is None else torch.cat([t_, x], dim=2) for t_, x in zip(tail, xs)]
+            cache["window_tail"] = [None if x is None else x[:, :, -(w - 1):] if w > 1 else x[:, :, :0]
+                                    for x in xs]
+        q, k, v, log_a, beta = xs
+        start = q.shape[2] - n_new  # outputs are needed for positions start..N-1 only
+        if start == 0 and w >= q.shape[2]:  # the window covers everything: plain recurrence
+            return self.recur(q, k, v, log_a, beta)[0]
+        if self.use_naive:
+            return self._windowed_reference(q, k, v, log_a, beta, w, start)
+        if self.uses_beta:
+            return self._windowed_delta(q, k, v, log_a, beta, w, start)
+        return self._windowed_decay(q, k, v, log_a, w, start)
+
+    def _windowed_reference(self, q, k, v, log_a, beta, w, start=0):
+        """Reference: restart the recurrence at max(0, t - w + 1) for every t (slow)."""
         outs = []
-        for t in range(T):
+        for t in range(start, q.shape[2]):
             s = max(0, t - w + 1)
             args = [x[:, :, s:t + 1] for x in (q, k, v)]
             if self.uses_beta:
@@ -90,6 +122,96 @@ class RecurrentMixer(nn.Module):
                 o, _ = self.recur(*args, log_a[:, :, s:t + 1])
             outs.append(o[:, :, -1])
         return torch.stack(outs, dim=2)  # (B, H, T, Dv)
+
+    @staticmethod
+    def _windowed_decay(q, k, v, log_a, w, start=0, block: int = 128):
+        """Banded closed form of scalar-decay linear attention restricted to w keys."""
+        N = q.shape[2]
+        outs = []
+        bs = max(block, 1)
+        for a in range(start, N, bs):
+            b = min(a + bs, N)
+            s0 = max(0, a - w + 1)  # first key any query of this block sees
+            g = log_a[:, :, s0:b].cumsum(-1)  # (B, H, nk) local cumulative log-decay
+            gq = g[:, :, a - s0:]  # (B, H, nq)
+            diff = gq[..., :, None] - g[..., None, :]  # (B, H, nq, nk) = sum of log_a over (s, t]
+            qi = torch.arange(a, b, device=q.device)[:, None]
+            kj = torch.arange(s0, b, device=q.device)[None, :]
+            band = (qi >= kj) & (qi - kj < w)  # (nq, nk)
+            decay = diff.masked_fill(~band, float("-inf")).exp()
+            A = (q[:, :, a:b] @ k[:, :, s0:b].transpose(-1, -2)) * decay  # (B, H, nq, nk)
+            outs.append(A @ v[:, :, s0:b])  # (B, H, nq, Dv)
+        return torch.cat(outs, dim=2)
+
+    def _windowed_delta(self, q, k, v, log_a, beta, w, start=0):
+        n_out = q.shape[2] - start
+        if n_out * 4 <= w:  # a few queries (decoding): one short recurrence each
+            return self._windowed_delta_gather(q, k, v, log_a, beta, w, start)
+        return self._windowed_delta_blocks(q, k, v, log_a, beta, w)[:, :, start:]
+
+    def _windowed_delta_gather(self, q, k, v, log_a, beta, w, start=0, max_elems: int = 1 << 22):
+        """One gated-delta recurrence of length w per query, batched over groups of queries.
+        Inputs are left-padded with zeros (k = v = beta = 0, log_a = 0 keep a zero state)."""
+        B, H, N, Dk = q.shape
+        Dv = v.shape[-1]
+        pad4 = lambda x: F.pad(x, (0, 0, w - 1, 0))  # (B, H, N + w - 1, D)
+        pad3 = lambda x: F.pad(x, (w - 1, 0))  # (B, H, N + w - 1)
+        qp, kp, vp, ap, bp = pad4(q), pad4(k), pad4(v), pad3(log_a), pad3(beta)
+        G = max(1, max_elems // max(1, B * H * w * max(Dk, Dv)))  # queries per group
+        outs = []
+        for a in range(start, N, G):
+            b = min(a + G, N)
+            # the window of query t covers padded indices t .. t + w - 1
+            idx = torch.arange(a, b, device=q.device)[:, None] + torch.arange(w, device=q.device)  # (g, w)
+            fold = lambda x: x[:, :, idx].reshape(B, H * (b - a), w, *x.shape[3:])  # (B, H*g, w, ...)
+            qw, kw, vw, aw, bw = (fold(x) for x in (qp, kp, vp, ap, bp))
+            o, _ = recurrence.chunk_gated_delta_rule(qw, kw, vw, bw, aw, None, chunk=min(self.chunk_size, w))
+            outs.append(o[:, :, -1].reshape(B, H, b - a, Dv))  # (B, H, g, Dv)
+        return torch.cat(outs, dim=2)
+
+    def _windowed_delta_blocks(self, q, k, v, log_a, beta, w):
+        """All positions in O(T * w): split time into blocks of w. For t in block c the window
+        [t-w+1, t] is the tail of block c-1 plus the head of block c, and since
+        S_t = S_{t-1} M_t + beta_t v_t k_t^T with M_t = a_t (I - beta_t k_t k_t^T) (symmetric),
+
+            o_t = [recurrence of block c restarted at its start] q_t
+                  + sum_{j in block c-1, j > t-w} beta_j (k~_j . q~_t) v_j,
+            q~_t = M_c0 ... M_t q_t,   k~_j = M_end ... M_{j+1} k_j   (end = last of block c-1).
+
+        The products are applied as rank-1 updates, all blocks at once (w steps each)."""
+        B, H, N, Dk = q.shape
+        Dv = v.shape[-1]
+        nb = -(-N // w)
+        pad = nb * w - N  # zero-pad the end to whole blocks; outputs there are dropped
+        blk4 = lambda x: F.pad(x, (0, 0, 0, pad)).view(B, H, nb, w, x.shape[-1])  # (B, H, nb, w, D)
+        blk3 = lambda x: F.pad(x, (0, pad)).view(B, H, nb, w)  # (B, H, nb, w)
+        qb, kb, vb, ab, bb = blk4(q), blk4(k), blk4(v), blk3(log_a).exp(), blk3(beta)
+        # intra-block term: the recurrence restarted at each block start
+        fold = lambda x: x.reshape(B, H * nb, w, *x.shape[4:])  # (B, H*nb, w, ...)
+        o, _ = recurrence.chunk_gated_delta_rule(fold(qb), fold(kb), fold(vb), fold(bb), fold(blk3(log_a)),
+                                                 None, chunk=min(self.chunk_size, w))
+        o = o.view(B, H, nb, w, Dv)
+        if nb == 1:
+            return o.reshape(B, H, nb * w, Dv)[:, :, :N]
+        local = torch.arange(w, device=q.device)
+
+        def apply_m(x, i, rows):  # x (B, H, nb, w, Dk); M_i on the rows selected by `rows` (w,)
+            ki = kb[:, :, :, i, None, :]  # (B, H, nb, 1, Dk)
+            mx = ab[:, :, :, i, None, None] * (x - bb[:, :, :, i, None, None] * ki * (x * ki).sum(-1, keepdim=True))
+            return torch.where(rows[:, None], mx, x)
+
+        qt = qb
+        for i in range(w - 1, -1, -1):  # q~_t: apply M_t first, then M_{t-1}, ..., M_{c0}
+            qt = apply_m(qt, i, local >= i)
+        kt = kb
+        for i in range(1, w):  # k~_j: apply M_{j+1}, ..., M_end
+            kt = apply_m(kt, i, local < i)
+        # cross term: queries of block c against keys of block c-1 with j > t (local indices)
+        scores = qt[:, :, 1:] @ (kt[:, :, :-1] * bb[:, :, :-1, :, None]).transpose(-1, -2)  # (B, H, nb-1, w, w)
+        visible = local[None, :] > local[:, None]  # (t, j): j > t
+        cross = scores.masked_fill(~visible, 0.0) @ vb[:, :, :-1]  # (B, H, nb-1, w, Dv)
+        o = torch.cat([o[:, :, :1], o[:, :, 1:] + cross], dim=2)
+        return o.reshape(B, H, nb * w, Dv)[:, :, :N]
 
     @torch.no_grad()
     def effective_attention(self, q, k, log_a, beta, query_idx, max_rows: int = 64) -> torch.Tensor:

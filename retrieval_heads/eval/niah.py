@@ -1,0 +1,111 @@
+"""NIAH accuracy grids: RULER's ``string_match_all`` on greedy output, per length and depth.
+
+    >>> import retrieval_heads as rh
+    >>> model = rh.HybridLM(rh.ModelConfig(layout="SF", d_model=32, n_heads=2, window=8))
+    >>> df = rh.eval.niah_grid(model, context_lens=[128], depths=[0.5], n=2, progress=False)
+    >>> list(df.columns)
+    ['variant', 'context_len', 'depth', 'n', 'accuracy', 'train_len', 'beyond_train']
+
+Lengths past the training length are allowed (that is the point of a length-extrapolation
+test); lengths past ``model.cfg.max_seq_len`` raise a ``ValueError`` that says so.
+"""
+
+from __future__ import annotations
+
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from ..tasks import TOKENIZER, niah_batch, string_match_all
+
+DEFAULT_DEPTHS = (0.0, 0.25, 0.5, 0.75, 1.0)
+
+
+def train_len(model) -> int | None:
+    """The training context length of a loaded checkpoint, or None when unknown."""
+    ck = getattr(model, "checkpoint", None) or {}
+    train = ck.get("train")
+    return getattr(train, "context_len", None) if train is not None else None
+
+
+def check_length(model, context_len: int, new_tokens: int = 0) -> None:
+    """``ValueError`` when ``context_len`` prompt tokens plus ``new_tokens`` generated ones
+    need positions beyond ``model.cfg.max_seq_len``."""
+    need = context_len + max(new_tokens - 1, 0)
+    limit = model.cfg.max_seq_len
+    if need > limit:
+        raise ValueError(
+            f"context_len: {context_len} tokens (+{max(new_tokens - 1, 0)} generated) exceed the model's "
+            f"max_seq_len={limit}; the longest usable prompt is {limit - max(new_tokens - 1, 0)} tokens"
+        )
+
+
+@torch.no_grad()
+def greedy_answers(model, batch, max_new_tokens: int | None = None, batch_size: int = 8) -> list[str]:
+    """Greedy continuations of a ``NeedleBatch`` (decoded up to EOS)."""
+    if max_new_tokens is None:
+        max_new_tokens = max(len(s.answer_tokens) for s in batch.samples) + 2
+    check_length(model, batch.tokens.shape[1], max_new_tokens)
+    out = []
+    for i in range(0, len(batch), batch_size):
+        toks = batch.tokens[i:i + batch_size].to(model.device)
+        gen = model.generate(toks, max_new_tokens=max_new_tokens, stop_token=TOKENIZER.EOS)
+        out += [TOKENIZER.decode(row.tolist()) for row in gen.cpu()]
+    return out
+
+
+def niah_grid(model, context_lens, depths=DEFAULT_DEPTHS, variant: str = "single_1", n: int = 4, *,
+              seed: int = 0, haystack: str | None = None, max_new_tokens: int | None = None,
+              batch_size: int = 8, details: bool = False, progress: bool = True) -> pd.DataFrame:
+    """Accuracy (mean ``string_match_all`` of greedy output) per (context length, depth).
+
+    ``n`` samples per cell, seeded by ``seed``, length and depth. Returns a tidy DataFrame with
+    one row per cell (``details=True``: one row per sample, with the prediction and values).
+    """
+    context_lens = [int(L) for L in context_lens]
+    depths = [float(d) for d in depths]
+    if not context_lens or not depths:
+        raise ValueError("niah_grid: give at least one context length and one depth")
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ValueError(f"n: must be a positive integer, got {n!r}")
+    batches = []
+    for L in context_lens:  # build every prompt and check every length before any work
+        ds = [d for d in depths for _ in range(n)]
+        batch = niah_batch(n=len(ds), context_len=L, seed=seed * 1_000_003 + L, variant=variant,
+                           depths=ds, haystack=haystack)
+        new = max_new_tokens or max(len(s.answer_tokens) for s in batch.samples) + 2
+        check_length(model, L, new)
+        batches.append((L, batch, new))
+    tl = train_len(model)
+    was_training = model.training
+    model.eval()
+    rows = []
+    try:
+        for L, batch, new in tqdm(batches, desc="niah", disable=not progress):
+            preds = greedy_answers(model, batch, new, batch_size)
+            for s, p in zip(batch.samples, preds):
+                rows.append({"variant": variant, "context_len": L, "depth": s.depth,
+                             "score": string_match_all(p, s.values), "prediction": p,
+                             "values": "|".join(s.values)})
+    finally:
+        model.train(was_training)
+    df = pd.DataFrame(rows)
+    df["train_len"] = pd.array([tl] * len(df), dtype="Int64")
+    df["beyond_train"] = [tl is not None and L > tl for L in df["context_len"]]
+    if details:
+        return df
+    out = (df.groupby(["variant", "context_len", "depth"], as_index=False)
+             .agg(n=("score", "size"), accuracy=("score", "mean")))
+    out["train_len"] = pd.array([tl] * len(out), dtype="Int64")
+    out["beyond_train"] = [tl is not None and L > tl for L in out["context_len"]]
+    return out
+
+
+def niah_accuracy(model, context_lens, depths=DEFAULT_DEPTHS, variant: str = "single_1", n: int = 4,
+                  **kw) -> float:
+    """Mean accuracy over every sample of ``niah_grid(model, context_lens, depths, variant, n)``."""
+    if isinstance(context_lens, int):
+        context_lens = [context_lens]
+    kw.setdefault("progress", False)
+    df = niah_grid(model, context_lens, depths, variant, n, details=True, **kw)
+    return float(df["score"].mean())

@@ -1,0 +1,118 @@
+"""The ablation experiment: does removing the top retrieval heads hurt NIAH more than controls?
+
+    >>> import retrieval_heads as rh
+    >>> model = rh.HybridLM(rh.ModelConfig(layout="SSSF", d_model=32, n_heads=4, window=16))
+    >>> df = ablation_experiment(model, k=2, context_lens=[128], depths=[0.5], n=1, progress=False)
+    >>> sorted(df["condition"].unique())[:3]
+    ['none', 'random_same_kind', 'swa']
+
+Conditions (each ablates ``k`` heads; ``random_*`` ones average ``n_random`` seeded draws):
+
+- ``none``: no ablation (the baseline);
+- ``top``: the top-k heads by retrieval score over all attention layers;
+- ``top_full``: the top-k heads of the full-attention (``F``) layers;
+- ``random_same_kind``: k random heads matching ``top`` layer kind by layer kind, disjoint from it;
+- ``swa``: k random heads of the sliding-window (``S``) layers, disjoint from ``top``;
+- ``top_swa``: the top-k heads of the ``S`` layers.
+
+A condition that cannot be formed (e.g. fewer than k candidate heads) is skipped and listed
+in ``df.attrs["skipped"]``.
+"""
+
+from __future__ import annotations
+
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from ..eval.niah import niah_grid
+from ..tasks import niah_batch
+from .ablation import ablate_heads
+from .heads import format_heads, heads_of_kind, random_heads, same_kind_random, top_heads
+from .scores import retrieval_head_scores
+
+CONDITIONS = ("none", "top", "top_full", "random_same_kind", "swa", "top_swa")
+
+
+def head_sets(model, scores: torch.Tensor, k: int, *, conditions=CONDITIONS, n_random: int = 3,
+              seed: int = 0) -> tuple[list[tuple[str, int, list]], dict[str, str]]:
+    """The head sets of every condition: ([(condition, draw, heads)], {skipped: reason})."""
+    cfg = model.cfg
+    out, skipped = [], {}
+    try:
+        top = top_heads(scores, k, cfg)
+    except ValueError as e:
+        top, skipped["top"] = None, str(e)
+    for cond in conditions:
+        try:
+            if cond == "none":
+                out.append((cond, 0, []))
+            elif cond == "top":
+                if top is None:
+                    continue
+                out.append((cond, 0, top))
+            elif cond == "top_full":
+                out.append((cond, 0, top_heads(scores, k, cfg, kinds="F")))
+            elif cond == "top_swa":
+                out.append((cond, 0, top_heads(scores, k, cfg, kinds="S")))
+            elif cond == "random_same_kind":
+                if top is None:
+                    raise ValueError("no top heads")
+                out += [(cond, i, same_kind_random(cfg, top, seed=seed + i)) for i in range(n_random)]
+            elif cond == "swa":
+                exclude = top or []
+                out += [(cond, i, random_heads(heads_of_kind(cfg, "S"), k, seed=seed + i, exclude=exclude))
+                        for i in range(n_random)]
+            else:
+                raise ValueError(f"conditions: unknown {cond!r}; valid: {CONDITIONS}")
+        except ValueError as e:
+            if "unknown" in str(e):
+                raise
+            skipped[cond] = str(e)
+    seen, uniq = set(), []
+    for cond, draw, heads in out:  # a small pool can give the same random draw twice
+        if (cond, tuple(heads)) not in seen:
+            seen.add((cond, tuple(heads)))
+            uniq.append((cond, draw, heads))
+    return uniq, skipped
+
+
+def ablation_experiment(model, *, k: int = 4, scores: torch.Tensor | None = None, score_method: str = "mass",
+                        score_batch=None, method: str = "zero", context_lens=(512,), depths=(0.1, 0.3, 0.5, 0.7, 0.9),
+                        n: int = 4, variant: str = "single_1", seed: int = 0, n_random: int = 3,
+                        conditions=CONDITIONS, reference=None, progress: bool = True) -> pd.DataFrame:
+    """NIAH accuracy under each ablation condition; one row per (condition, draw, context_len).
+
+    ``scores``: a [n_layers, n_heads] retrieval-score matrix; when None it is computed with
+    ``retrieval_head_scores(model, score_batch, score_method)`` on a needle batch seeded apart
+    from the evaluation prompts. ``method``/``reference``: as in ``ablate_heads``.
+    """
+    if scores is None:
+        if score_batch is None:
+            score_batch = niah_batch(n=16, context_len=int(max(context_lens)), seed=seed + 7919, variant=variant)
+        scores = retrieval_head_scores(model, score_batch, method=score_method)
+    sets, skipped = head_sets(model, scores, k, conditions=conditions, n_random=n_random, seed=seed)
+    rows = []
+    for cond, draw, heads in tqdm(sets, desc="ablation", disable=not progress):
+        with ablate_heads(model, heads, method=method, reference=reference):
+            grid = niah_grid(model, context_lens, depths, variant, n, seed=seed, progress=False)
+        for L, g in grid.groupby("context_len"):
+            rows.append({"condition": cond, "draw": draw, "k": len(heads), "heads": format_heads(heads),
+                         "kinds": "".join(sorted({model.cfg.layer_kind(l) for l, _ in heads})),
+                         "context_len": int(L), "accuracy": float((g["accuracy"] * g["n"]).sum() / g["n"].sum()),
+                         "n": int(g["n"].sum()), "method": method})
+    df = pd.DataFrame(rows)
+    df.attrs["skipped"] = skipped
+    df.attrs["scores"] = scores.tolist()
+    return df
+
+
+def summarize(df: pd.DataFrame) -> pd.DataFrame:
+    """Accuracy per condition (mean over draws and lengths), with the drop from ``none``."""
+    out = df.groupby("condition", sort=False).agg(accuracy=("accuracy", "mean"), draws=("draw", "nunique"),
+                                                  heads=("heads", lambda s: " / ".join(dict.fromkeys(s))))
+    out = out.reset_index()
+    if "none" in set(out["condition"]):
+        base = float(out.loc[out["condition"] == "none", "accuracy"].iloc[0])
+        out["drop"] = base - out["accuracy"]
+    return out
