@@ -1,0 +1,473 @@
+"""Scan every checkpoint of a run: retrieval scores, NIAH accuracy, formation steps.
+
+    >>> df = rh.scan("runs/x", context_lens=(256, 512), workers=2)   # doctest: +SKIP
+
+Every checkpoint (``RUN/step_XXXXXX``, in step order) is scored on the same fixed, seeded
+needle set. Results go under ``RUN/scan/``::
+
+    scores.parquet      step, tokens_seen, layer, head, layer_type, metric, value
+                        metric: copy, mass, entropy, entropy_norm, qk_distance (relative L2 of
+                        the head's W_Q/W_K slices to the reference checkpoint), qk_l2
+    niah.parquet        step, tokens_seen, context_len, depth, accuracy, n
+    checkpoints.parquet step, tokens_seen, path, weights_sha256, status, error, counts
+    formation.parquet   per head: the step after which its copy score stays >= threshold
+    formation.json      the same + the run's first full-attention retrieval head, settings, model
+    report.html         plotly report (``retrieval_heads.report``)
+    cache/              one JSON per (weights sha256, settings): a re-run scores only what is new
+
+A checkpoint that cannot be read is reported, listed in the tables and the report, and
+skipped (``ScanResult.skipped``; the CLI then exits non-zero). Writes are atomic and the
+whole scan holds an exclusive lock on ``RUN/scan/.lock``, so concurrent scans of one run
+never corrupt its tables (the second waits, then finds everything cached).
+``workers=N`` scores checkpoints in N spawned processes; the tables equal a serial scan's.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import json
+import math
+import os
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from ..train.checkpoint import CheckpointError, STEP_RE, list_checkpoints, load_checkpoint, read_meta, weights_hash
+from .formation import formation_table, run_formation
+
+SCORE_VERSION = 1  # bump when the scoring rules change: invalidates every cache entry
+SCORE_METRICS = ("copy", "mass", "entropy", "entropy_norm")
+SCORES_COLUMNS = ["step", "tokens_seen", "layer", "head", "layer_type", "metric", "value"]
+NIAH_COLUMNS = ["step", "tokens_seen", "context_len", "depth", "accuracy", "n"]
+
+
+@dataclass
+class ScanSettings:
+    """The needle set and scoring options; every checkpoint of a scan uses the same ones.
+    ``context_lens=None`` = the run's training context length (capped by max_seq_len)."""
+
+    variant: str = "single_1"
+    context_lens: tuple | None = None
+    depths: tuple = (0.1, 0.3, 0.5, 0.7, 0.9)
+    n_per_cell: int = 2
+    seed: int = 0
+    haystack: str | None = None
+    recurrent: bool = False
+    only_correct: bool = True
+    max_new_tokens: int | None = None
+
+    def __post_init__(self):
+        from ..tasks import VARIANTS
+
+        if self.variant not in VARIANTS:
+            raise ValueError(f"variant: unknown {self.variant!r}; valid: {', '.join(VARIANTS)}")
+        if self.context_lens is not None:
+            self.context_lens = tuple(int(x) for x in self.context_lens)
+            if not self.context_lens or min(self.context_lens) < 1:
+                raise ValueError(f"context_lens: expected positive lengths, got {self.context_lens}")
+        self.depths = tuple(float(d) for d in self.depths)
+        if not self.depths or not all(0.0 <= d <= 1.0 for d in self.depths):
+            raise ValueError(f"depths: expected values in [0, 1], got {self.depths}")
+        if self.n_per_cell < 1:
+            raise ValueError(f"n_per_cell: must be >= 1, got {self.n_per_cell}")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def key(self) -> str:
+        """sha256 of the settings and the scoring version (keys the cache)."""
+        d = dict(self.to_dict(), version=SCORE_VERSION)
+        return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()
+
+    def batches(self):
+        from ..tasks import niah_grid
+
+        return niah_grid(context_lens=self.context_lens, depths=self.depths, n_per_cell=self.n_per_cell,
+                         seed=self.seed, variant=self.variant, haystack=self.haystack)
+
+
+# --- small file utilities -----------------------------------------------------------------
+def atomic_write(path: Path, write) -> None:
+    """Call ``write(tmp_path)`` then rename onto ``path`` (readers never see a partial file)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".tmp-{path.name}-", dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def write_json(path: Path, obj) -> None:
+    atomic_write(path, lambda t: Path(t).write_text(json.dumps(obj, indent=1, sort_keys=True)))
+
+
+def write_parquet(path: Path, df: pd.DataFrame) -> None:
+    atomic_write(path, lambda t: df.to_parquet(t, index=False))
+
+
+def _nan_to_none(x):
+    if isinstance(x, list):
+        return [_nan_to_none(v) for v in x]
+    return None if isinstance(x, float) and math.isnan(x) else x
+
+
+def _none_to_nan(x):
+    if isinstance(x, list):
+        return [_none_to_nan(v) for v in x]
+    return math.nan if x is None else x
+
+
+@contextlib.contextmanager
+def scan_lock(scan_dir: Path, echo=None):
+    """Exclusive lock on ``scan_dir/.lock`` (blocking; a no-op where fcntl is missing)."""
+    scan_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover (Windows)
+        yield
+        return
+    with open(scan_dir / ".lock", "a+") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if echo:
+                echo(f"waiting for another scan of {scan_dir.parent} to finish ...")
+            fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+class _HashCache:
+    """sha256 of checkpoint weights, remembered per (file, size, mtime)."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        try:
+            self.d = json.loads(path.read_text())
+        except (OSError, ValueError):
+            self.d = {}
+        self.dirty = False
+
+    def get(self, ckpt: Path) -> str:
+        f = ckpt / "model.safetensors"
+        st = f.stat()  # FileNotFoundError if missing
+        key = str(f.resolve())
+        sig = [st.st_size, st.st_mtime_ns]
+        hit = self.d.get(key)
+        if hit and hit[:2] == sig:
+            return hit[2]
+        sha = weights_hash(ckpt)
+        self.d[key] = sig + [sha]
+        self.dirty = True
+        return sha
+
+    def save(self):
+        if self.dirty:
+            write_json(self.path, self.d)
+
+
+# --- one checkpoint -----------------------------------------------------------------------
+def _cache_file(cache_dir: Path, sha: str, settings_key: str) -> Path:
+    return cache_dir / f"scores-{sha[:20]}-{settings_key[:12]}.json"
+
+
+def _qk_file(cache_dir: Path, sha: str, ref_sha: str, recurrent: bool) -> Path:
+    return cache_dir / f"qk-{sha[:20]}-{ref_sha[:20]}-{'r' if recurrent else 'a'}.json"
+
+
+def score_checkpoint(job: dict) -> dict:
+    """Score one checkpoint and write its cache file(s). Runs in a worker process when
+    ``workers > 1``; returns {"path", "error"} (error None on success)."""
+    from safetensors.torch import load_file
+
+    from .scores import HeadScores, score_heads
+    from .weights import qk_distance
+
+    if job.get("threads"):
+        torch.set_num_threads(job["threads"])
+    path = Path(job["path"])
+    try:
+        model = load_checkpoint(path)
+    except (CheckpointError, OSError) as e:
+        return {"path": str(path), "error": str(e)}
+    settings = ScanSettings(**job["settings"])
+    cfg = model.cfg
+    if job["need_scores"]:
+        parts = [score_heads(model, b, recurrent=settings.recurrent, only_correct=settings.only_correct,
+                             max_new_tokens=settings.max_new_tokens, batch_size=job["batch_size"])
+                 for b in settings.batches()]
+        res = HeadScores.merge(parts)
+        niah = []
+        cl = torch.tensor(res.context_lens)
+        dp = torch.tensor(res.depths)
+        for L in settings.context_lens:
+            for d in settings.depths:
+                sel = (cl == L) & ((dp - d).abs() < 1e-9)
+                m = res.match[sel]
+                niah.append({"context_len": L, "depth": d, "accuracy": float(m.mean()), "n": int(sel.sum())})
+        payload = {
+            "version": SCORE_VERSION, "weights_sha256": job["sha"], "settings_key": job["settings_key"],
+            "settings": job["settings"], "layout": cfg.layout, "n_heads": cfg.n_heads,
+            "layers": res.scored_layers,
+            "metrics": {m: _nan_to_none(res.scores(m).tolist()) for m in SCORE_METRICS},
+            "counts": {"n_samples": res.n_samples, "n_invalid": res.n_invalid, "n_correct": res.n_correct,
+                       "n_counted": res.n_counted},
+            "invalid": [list(x) for x in res.invalid], "niah": niah,
+        }
+        write_json(Path(job["cache_file"]), payload)
+    if job["need_qk"]:
+        ref = load_file(str(Path(job["ref_path"]) / "model.safetensors"))
+        qk = qk_distance(model, ref, cfg=cfg, recurrent=settings.recurrent)
+        write_json(Path(job["qk_file"]), {"l2": _nan_to_none(qk["l2"].tolist()),
+                                          "rel_l2": _nan_to_none(qk["rel_l2"].tolist())})
+    return {"path": str(path), "error": None}
+
+
+def _init_worker(threads: int):
+    torch.set_num_threads(threads)
+
+
+# --- the scan -----------------------------------------------------------------------------
+@dataclass
+class _Ckpt:
+    path: Path
+    step: int
+    tokens_seen: int = 0
+    sha: str | None = None
+    meta: dict | None = None
+    error: str | None = None
+
+
+def _default_echo(msg: str) -> None:
+    from tqdm import tqdm
+
+    tqdm.write(msg, file=sys.stderr)
+
+
+def _resolve_context_lens(settings: ScanSettings, meta: dict) -> ScanSettings:
+    cfg = meta["model"]
+    max_new = settings.max_new_tokens or 64
+    if settings.context_lens is None:
+        train = meta.get("train")
+        L = train.context_len if train is not None else 512
+        settings = dataclasses.replace(settings, context_lens=(min(L, cfg.max_seq_len - max_new),))
+    too_long = [L for L in settings.context_lens if L + max_new > cfg.max_seq_len]
+    if too_long:
+        raise ValueError(f"context_lens: {too_long} + up to {max_new} decoded tokens exceed the model's "
+                         f"max_seq_len={cfg.max_seq_len}; use shorter --context-lens")
+    return settings
+
+
+def _model_info(cfg) -> dict:
+    kinds = sorted(set(cfg.layout) & {"F", "S"})
+    return {"layout": cfg.layout, "window": cfg.window if "S" in cfg.layout else None,
+            "pos": {k: cfg.pos[k] for k in kinds}, "d_model": cfg.d_model, "n_heads": cfg.n_heads,
+            "n_layers": cfg.n_layers, "describe": cfg.describe()}
+
+
+def scan(run_dir, settings: ScanSettings | None = None, *, reference="first", threshold: float = 0.1,
+         workers: int = 1, batch_size: int = 8, progress: bool = True, force: bool = False,
+         report: bool = True, echo=None, **setting_kw) -> pd.DataFrame:
+    """Scan every checkpoint of ``run_dir``; returns the tidy scores table (also written to
+    ``RUN/scan/scores.parquet``). Setting keywords (``variant``, ``context_lens``, ``depths``,
+    ``n_per_cell``, ``seed``, ``haystack``, ``recurrent``, ``only_correct``, ``max_new_tokens``)
+    build a ``ScanSettings``. ``reference``: ``"first"`` (first readable checkpoint), a step
+    number or a checkpoint folder, for ``qk_distance``. ``df.attrs["scan"]`` holds counts
+    (scored, cached, skipped) and the skipped checkpoints with their errors."""
+    from tqdm import tqdm
+
+    echo = echo or _default_echo
+    if settings is None:
+        settings = ScanSettings(**setting_kw)
+    elif setting_kw:
+        settings = dataclasses.replace(settings, **setting_kw)
+    if workers < 1:
+        raise ValueError(f"workers: must be >= 1, got {workers}")
+    run_dir = Path(run_dir)
+    paths = list_checkpoints(run_dir)
+    if not paths:
+        raise ValueError(f"{run_dir}: no checkpoints (step_XXXXXX folders) to scan")
+    scan_dir, cache_dir = run_dir / "scan", run_dir / "scan" / "cache"
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    with scan_lock(scan_dir, echo):
+        hashes = _HashCache(cache_dir / "hashes.json")
+        ckpts = []
+        for p in paths:
+            c = _Ckpt(path=p, step=int(STEP_RE.match(p.name).group(1)))
+            try:
+                c.meta = read_meta(p)
+                c.step = int(c.meta.get("step", c.step))
+                c.tokens_seen = int(c.meta.get("tokens_seen", 0))
+                c.sha = hashes.get(p)
+            except (CheckpointError, OSError) as e:
+                c.error = str(e) if not isinstance(e, FileNotFoundError) else \
+                    f"{p / 'model.safetensors'}: missing; a checkpoint needs config.json and model.safetensors"
+            ckpts.append(c)
+        hashes.save()
+        good = [c for c in ckpts if c.error is None]
+        if not good:
+            raise ValueError(f"{run_dir}: none of the {len(ckpts)} checkpoint(s) can be read; first: "
+                             f"{ckpts[0].error}")
+        settings = _resolve_context_lens(settings, good[0].meta)
+        skey = settings.key()
+        ref = _pick_reference(run_dir, reference, good)
+        jobs = []
+        for c in good:
+            cf, qf = _cache_file(cache_dir, c.sha, skey), _qk_file(cache_dir, c.sha, ref.sha, settings.recurrent)
+            need_s, need_q = force or not cf.exists(), force or not qf.exists()
+            if need_s or need_q:
+                jobs.append({"path": str(c.path), "sha": c.sha, "settings": settings.to_dict(),
+                             "settings_key": skey, "cache_file": str(cf), "qk_file": str(qf),
+                             "ref_path": str(ref.path), "need_scores": need_s, "need_qk": need_q,
+                             "batch_size": batch_size, "threads": None})
+        errors = {}
+        n_scored = sum(j["need_scores"] for j in jobs)
+        bar = tqdm(total=len(jobs), desc=f"scan {run_dir.name}", unit="ckpt", disable=not progress or not jobs,
+                   file=sys.stderr)
+        if workers > 1 and len(jobs) > 1:
+            import concurrent.futures as cf_
+            import multiprocessing as mp
+
+            threads = max(1, torch.get_num_threads() // workers)
+            for j in jobs:
+                j["threads"] = threads
+            with cf_.ProcessPoolExecutor(min(workers, len(jobs)), mp_context=mp.get_context("spawn"),
+                                         initializer=_init_worker, initargs=(threads,)) as ex:
+                for fut in cf_.as_completed([ex.submit(score_checkpoint, j) for j in jobs]):
+                    r = fut.result()
+                    if r["error"]:
+                        errors[r["path"]] = r["error"]
+                    bar.update(1)
+        else:
+            for j in jobs:
+                r = score_checkpoint(j)
+                if r["error"]:
+                    errors[r["path"]] = r["error"]
+                bar.update(1)
+        bar.close()
+        for c in good:
+            if str(c.path) in errors:
+                c.error = errors[str(c.path)]
+        skipped = [c for c in ckpts if c.error is not None]
+        for c in skipped:
+            echo(f"skipped {c.path.name}: {c.error}")
+        tables = _assemble(ckpts, cache_dir, skey, ref, settings, threshold)
+        state = {
+            "run": str(run_dir), "settings": settings.to_dict(), "settings_key": skey,
+            "reference": {"step": ref.step, "path": str(ref.path), "weights_sha256": ref.sha},
+            "threshold": threshold, "model": _model_info(good[0].meta["model"]),
+            "checkpoints": [[c.path.name, c.sha, c.error] for c in ckpts],
+        }
+        old = _read_state(scan_dir)
+        unchanged = old == state and all((scan_dir / f).exists() for f in
+                                         ("scores.parquet", "niah.parquet", "formation.parquet",
+                                          "checkpoints.parquet", "formation.json"))
+        if not unchanged:
+            _write_tables(scan_dir, tables, state, settings, threshold)
+        if report and (not unchanged or not (scan_dir / "report.html").exists()):
+            from ..report import build_report
+
+            build_report(run_dir)
+    df = tables["scores"]
+    df.attrs["scan"] = {"n_checkpoints": len(ckpts), "n_scored": n_scored - len(errors),
+                        "n_cached": len(good) - n_scored, "n_skipped": len(skipped),
+                        "skipped": [{"step": c.step, "path": str(c.path), "error": c.error} for c in skipped],
+                        "unchanged": unchanged, "formation": tables["run_formation"],
+                        "scan_dir": str(scan_dir)}
+    return df
+
+
+def _pick_reference(run_dir: Path, reference, good: list[_Ckpt]) -> _Ckpt:
+    if reference in (None, "first"):
+        for c in good:  # the first checkpoint whose weights load
+            try:
+                load_checkpoint(c.path)
+                return c
+            except CheckpointError:
+                continue
+        raise ValueError(f"{run_dir}: no readable checkpoint to use as the qk_distance reference")
+    if isinstance(reference, int) or (isinstance(reference, str) and reference.isdigit()):
+        for c in good:
+            if c.step == int(reference):
+                break
+        else:
+            raise ValueError(f"reference: no readable checkpoint at step {reference} in {run_dir}")
+    else:
+        p = Path(reference)
+        c = _Ckpt(path=p, step=-1)
+        c.meta = read_meta(p)
+        c.step = int(c.meta.get("step", -1))
+        c.sha = weights_hash(p)
+    load_checkpoint(c.path)  # raises CheckpointError (a ValueError) when unreadable
+    return c
+
+
+def _read_state(scan_dir: Path):
+    try:
+        return json.loads((scan_dir / "scan.json").read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _assemble(ckpts, cache_dir: Path, skey: str, ref: _Ckpt, settings: ScanSettings, threshold: float) -> dict:
+    score_rows, niah_rows, ck_rows = [], [], []
+    for c in ckpts:
+        base = {"step": c.step, "tokens_seen": c.tokens_seen, "path": str(c.path), "weights_sha256": c.sha}
+        if c.error is not None:
+            ck_rows.append(dict(base, status="skipped", error=c.error))
+            continue
+        d = json.loads(_cache_file(cache_dir, c.sha, skey).read_text())
+        qk = json.loads(_qk_file(cache_dir, c.sha, ref.sha, settings.recurrent).read_text())
+        layout = d["layout"]
+        mats = {m: _none_to_nan(d["metrics"][m]) for m in SCORE_METRICS}
+        mats["qk_distance"], mats["qk_l2"] = _none_to_nan(qk["rel_l2"]), _none_to_nan(qk["l2"])
+        for m, mat in mats.items():
+            for l in d["layers"]:
+                if m.startswith("qk") and all(math.isnan(v) for v in mat[l]):
+                    continue  # no Q/K weights (e.g. a Mamba layer)
+                for h, v in enumerate(mat[l]):
+                    score_rows.append((c.step, c.tokens_seen, l, h, layout[l], m, float(v)))
+        for r in d["niah"]:
+            niah_rows.append((c.step, c.tokens_seen, r["context_len"], r["depth"], r["accuracy"], r["n"]))
+        acc = [r["accuracy"] for r in d["niah"]]
+        ck_rows.append(dict(base, status="ok", error=None, **d["counts"],
+                            accuracy=sum(acc) / len(acc) if acc else math.nan))
+    scores = pd.DataFrame(score_rows, columns=SCORES_COLUMNS)
+    scores = scores.astype({"step": "int64", "tokens_seen": "int64", "layer": "int64", "head": "int64",
+                            "value": "float64"})
+    niah = pd.DataFrame(niah_rows, columns=NIAH_COLUMNS).astype(
+        {"step": "int64", "tokens_seen": "int64", "context_len": "int64", "n": "int64"})
+    form = formation_table(scores, threshold=threshold, metric="copy")
+    return {"scores": scores, "niah": niah, "checkpoints": pd.DataFrame(ck_rows), "formation": form,
+            "run_formation": run_formation(form, "F")}
+
+
+def _write_tables(scan_dir: Path, t: dict, state: dict, settings: ScanSettings, threshold: float) -> None:
+    write_parquet(scan_dir / "scores.parquet", t["scores"])
+    write_parquet(scan_dir / "niah.parquet", t["niah"])
+    write_parquet(scan_dir / "checkpoints.parquet", t["checkpoints"])
+    write_parquet(scan_dir / "formation.parquet", t["formation"])
+    form = t["formation"]
+    write_json(scan_dir / "formation.json", {
+        "threshold": threshold, "metric": "copy", "model": state["model"], "settings": state["settings"],
+        "reference": state["reference"],
+        "run": dict(t["run_formation"], description="first full-attention head whose copy score stays "
+                                                    f">= {threshold} from this step on"),
+        "heads": [{k: _nan_to_none(v) if isinstance(v, float) else v for k, v in r.items()}
+                  for r in form.to_dict("records")],
+        "skipped": [{"checkpoint": n, "error": e} for n, _, e in state["checkpoints"] if e],
+    })
+    write_json(scan_dir / "scan.json", state)  # last: marks the tables as complete

@@ -1,0 +1,322 @@
+"""Per-head retrieval scores: ``copy`` (Wu et al. 2024), ``mass``, attention entropy.
+
+    >>> import retrieval_heads as rh
+    >>> model = rh.HybridLM(rh.ModelConfig(layout="SF", d_model=32, n_heads=2, window=8))
+    >>> batch = rh.tasks.niah_batch(n=2, context_len=160, seed=0)
+    >>> res = rh.detect.score_heads(model, batch)          # copy, mass, entropy, counts
+    >>> res.copy.shape, res.n_counted                      # random model: nothing answered
+    (torch.Size([2, 2]), 0)
+    >>> rh.retrieval_scores(model, batch, method="mass").shape
+    torch.Size([2, 2])
+
+Rules (per sample; then averaged over samples):
+
+- ``copy``: greedy decoding; at step i (query at position T-1+i, producing token g_i) each
+  head's argmax key position p counts ``1 / (len(span) * n_spans)`` when p lies in a gold
+  answer span and the prompt token at p equals g_i. Averaged over samples answered
+  correctly (``string_match_all > 0.5``; ``only_correct=False`` averages over every valid
+  sample). No counted sample -> NaN, never 0.
+- ``mass``: the head's attention probability summed over the gold answer spans, at the query
+  position (the last prompt token), teacher-forced (the prompt only). Averaged over valid samples.
+- ``entropy``: -sum p log p of that query row; ``entropy_norm`` = entropy / log(n) with n the
+  number of keys the query sees (0 when n = 1).
+
+A sample whose answer span cannot be located (out of range, empty, beyond the query, or not
+holding its gold value) is *invalid*: it is excluded from every average and counted in
+``n_invalid`` (with a warning; ``strict=True`` raises instead). It never counts as zeros.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass, field
+
+import pandas as pd
+import torch
+
+from ..tasks import string_match_all
+from .rows import as_row_source
+
+METHODS = ("copy", "mass")
+METRICS = ("copy", "mass", "entropy", "entropy_norm")
+
+
+# --- pure scoring functions ---------------------------------------------------------------
+def span_problem(tokens: list[int], sample, decode=None) -> str | None:
+    """Why ``sample.answer_spans`` cannot be used with ``tokens`` (the prompt), or None."""
+    spans = getattr(sample, "answer_spans", None)
+    if not spans:
+        return "no answer span"
+    q = getattr(sample, "query_pos", len(tokens) - 1)
+    values = list(getattr(sample, "values", []) or [])
+    for j, sp in enumerate(spans):
+        try:
+            s, e = int(sp[0]), int(sp[1])
+        except (TypeError, ValueError, IndexError):
+            return f"span {sp!r} is not a pair of token positions"
+        if not 0 <= s < e <= len(tokens):
+            return f"span [{s}, {e}) lies outside the prompt of {len(tokens)} tokens"
+        if e > q:
+            return f"span [{s}, {e}) is not before the query position {q}"
+        if decode is not None and j < len(values) and decode(tokens[s:e]) != values[j]:
+            return f"span [{s}, {e}) holds {decode(tokens[s:e])!r}, not the gold value {values[j]!r}"
+    return None
+
+
+def span_weights(spans, length: int) -> torch.Tensor:
+    """(length,) weights 1 / (len(span) * n_spans) on answer-span positions, 0 elsewhere."""
+    w = torch.zeros(length)
+    for s, e in spans:
+        w[s:e] = 1.0 / ((e - s) * len(spans))
+    return w
+
+
+def copy_step(argmax: torch.Tensor, generated: torch.Tensor, prompt: torch.Tensor,
+              weights: torch.Tensor) -> torch.Tensor:
+    """One decode step of Wu et al.'s rule. argmax (B, H) key positions; generated (B,) tokens;
+    prompt (B, T); weights (B, T) from ``span_weights`` -> (B, H) contributions."""
+    T = prompt.shape[1]
+    inside = argmax < T  # generated positions are never in a span
+    pos = argmax.clamp(max=T - 1)  # (B, H)
+    tok = prompt.gather(1, pos)  # (B, H) prompt token at the argmax
+    w = weights.gather(1, pos)  # (B, H)
+    return torch.where(inside & (tok == generated[:, None]), w, torch.zeros_like(w))
+
+
+def span_mass(rows: torch.Tensor, spans_mask: torch.Tensor) -> torch.Tensor:
+    """rows (B, H, T) probabilities; spans_mask (B, T) bool -> (B, H) mass on the spans."""
+    return (rows * spans_mask[:, None, :].to(rows.dtype)).sum(-1)
+
+
+def entropy(rows: torch.Tensor) -> torch.Tensor:
+    """(..., T) probability rows -> (...) entropy in nats (0 log 0 = 0)."""
+    return -torch.special.xlogy(rows, rows).sum(-1)
+
+
+def visible_keys(query_pos: int, window: int | None) -> int:
+    return query_pos + 1 if window is None else min(window, query_pos + 1)
+
+
+# --- the result object --------------------------------------------------------------------
+@dataclass
+class HeadScores:
+    """Scores of every (layer, head) over a needle batch. Tensors are [n_layers, n_heads]
+    (NaN for layers not scored); ``per_sample_*`` are [n, n_layers, n_heads] (NaN for invalid
+    samples); counts say which samples each average used."""
+
+    layer_types: str
+    scored_layers: list[int]
+    methods: tuple
+    per_sample: dict  # metric -> (n, L, H)
+    valid: torch.Tensor  # (n,) bool
+    match: torch.Tensor  # (n,) string_match_all of the greedy answer (NaN if not decoded)
+    predictions: list = field(default_factory=list)
+    invalid: list = field(default_factory=list)  # (sample index, reason)
+    only_correct: bool = True
+    context_lens: list = field(default_factory=list)
+    depths: list = field(default_factory=list)
+
+    @property
+    def n_samples(self) -> int:
+        return int(self.valid.numel())
+
+    @property
+    def n_invalid(self) -> int:
+        return len(self.invalid)
+
+    @property
+    def correct(self) -> torch.Tensor:
+        return self.match > 0.5
+
+    @property
+    def n_correct(self) -> int:
+        return int((self.valid & self.correct).sum())
+
+    @property
+    def counted(self) -> torch.Tensor:
+        """(n,) samples that enter the copy average."""
+        return self.valid & self.correct if self.only_correct else self.valid
+
+    @property
+    def n_counted(self) -> int:
+        return int(self.counted.sum()) if "copy" in self.methods else 0
+
+    @property
+    def accuracy(self) -> float:
+        m = self.match[~self.match.isnan()]
+        return float(m.mean()) if m.numel() else float("nan")
+
+    def _mean(self, metric: str, use: torch.Tensor) -> torch.Tensor:
+        x = self.per_sample[metric]  # (n, L, H)
+        L, H = x.shape[1:]
+        if not bool(use.any()):
+            return torch.full((L, H), float("nan"))
+        return x[use].mean(0)
+
+    @property
+    def copy(self) -> torch.Tensor:
+        if "copy" not in self.per_sample:
+            raise ValueError("copy scores were not computed; pass methods=('copy', ...)")
+        return self._mean("copy", self.counted)
+
+    @property
+    def mass(self) -> torch.Tensor:
+        return self._mean("mass", self.valid)
+
+    @property
+    def entropy(self) -> torch.Tensor:
+        return self._mean("entropy", self.valid)
+
+    @property
+    def entropy_norm(self) -> torch.Tensor:
+        return self._mean("entropy_norm", self.valid)
+
+    def scores(self, metric: str = "copy") -> torch.Tensor:
+        if metric not in METRICS:
+            raise ValueError(f"metric: {metric!r}; use one of {METRICS}")
+        return getattr(self, metric)
+
+    def top_heads(self, k: int = 4, metric: str = "copy") -> list[tuple[int, int, float]]:
+        s = self.scores(metric)
+        flat = torch.nan_to_num(s, nan=-math.inf).flatten()
+        order = flat.argsort(descending=True)[:k]
+        H = s.shape[1]
+        return [(int(i) // H, int(i) % H, float(s.flatten()[i])) for i in order if flat[i] > -math.inf]
+
+    def to_frame(self) -> pd.DataFrame:
+        """Tidy table: layer, head, layer_type, metric, value, n (samples averaged)."""
+        rows = []
+        metrics = [m for m in METRICS if m in self.per_sample]
+        H = self.per_sample[metrics[0]].shape[2]
+        for m in metrics:
+            s = self.scores(m)
+            n = self.n_counted if m == "copy" else int(self.valid.sum())
+            for l in self.scored_layers:
+                for h in range(H):
+                    rows.append((l, h, self.layer_types[l], m, float(s[l, h]), n))
+        return pd.DataFrame(rows, columns=["layer", "head", "layer_type", "metric", "value", "n"])
+
+    def summary(self) -> str:
+        s = (f"{self.n_samples} samples: {self.n_invalid} invalid span(s), "
+             f"{self.n_correct} answered correctly")
+        if "copy" in self.methods:
+            s += f"; copy averaged over {self.n_counted} sample(s)"
+        return s
+
+    def __repr__(self) -> str:
+        return f"HeadScores({self.layer_types}, {self.summary()})"
+
+    @staticmethod
+    def merge(parts: list["HeadScores"]) -> "HeadScores":
+        """Concatenate the samples of several results (same model and methods)."""
+        p0 = parts[0]
+        off, invalid = 0, []
+        for p in parts:
+            invalid += [(i + off, r) for i, r in p.invalid]
+            off += p.n_samples
+        return HeadScores(
+            layer_types=p0.layer_types, scored_layers=p0.scored_layers, methods=p0.methods,
+            per_sample={m: torch.cat([p.per_sample[m] for p in parts]) for m in p0.per_sample},
+            valid=torch.cat([p.valid for p in parts]), match=torch.cat([p.match for p in parts]),
+            predictions=sum((p.predictions for p in parts), []), invalid=invalid,
+            only_correct=p0.only_correct, context_lens=sum((p.context_lens for p in parts), []),
+            depths=sum((p.depths for p in parts), []))
+
+
+# --- the detector -------------------------------------------------------------------------
+def _row_metrics(out: dict, rows: dict, b0: int, spans_mask, qpos: list[int], windows) -> None:
+    """Fill mass/entropy (n, L, H) entries of samples b0.. from query rows {layer: (B, H, T)}."""
+    for l, r in rows.items():
+        r = r.float()
+        Tk = r.shape[-1]
+        B = r.shape[0]
+        out["mass"][b0:b0 + B, l] = span_mass(r, spans_mask[:, :Tk])
+        ent = entropy(r)  # (B, H)
+        out["entropy"][b0:b0 + B, l] = ent
+        n = torch.tensor([visible_keys(q, windows[l]) for q in qpos], dtype=torch.float32)
+        norm = torch.where(n[:, None] > 1, ent / n.clamp_min(2).log()[:, None], torch.zeros_like(ent))
+        out["entropy_norm"][b0:b0 + B, l] = norm
+
+
+def score_heads(model, batch, *, methods=METHODS, recurrent: bool = False, only_correct: bool = True,
+                max_new_tokens: int | None = None, batch_size: int = 8, strict: bool = False,
+                fwd_hooks=()) -> HeadScores:
+    """Score every head of ``model`` (a ``HybridLM`` or any row source, see ``detect.rows``)
+    on a ``NeedleBatch``. ``methods`` picks ``copy`` (greedy decoding) and/or ``mass``;
+    entropy comes with either. ``recurrent=True`` also scores M/D/L layers through their
+    effective attention. ``fwd_hooks`` are extra TransformerLens hooks active on every
+    forward pass (e.g. an ablation). Memory is O(T) per sample."""
+    methods = tuple(methods) if not isinstance(methods, str) else (methods,)
+    bad = [m for m in methods if m not in METHODS]
+    if bad or not methods:
+        raise ValueError(f"method: {bad or methods!r}; use one or both of {METHODS}")
+    src = as_row_source(model)
+    layers = src.scorable_layers(recurrent)
+    L, H = src.n_layers, src.n_heads
+    tokens = batch.tokens
+    n, T = tokens.shape
+    windows = src.windows
+    metrics = [m for m in METRICS if m != "copy" or "copy" in methods]
+    out = {m: torch.full((n, L, H), float("nan")) for m in metrics}
+    valid = torch.ones(n, dtype=torch.bool)
+    invalid = []
+    decode = getattr(src, "decode", None)
+    for i, s in enumerate(batch.samples):
+        why = span_problem(tokens[i].tolist(), s, decode)
+        if why is None and "copy" in methods and s.query_pos != T - 1:
+            why = f"query position {s.query_pos} is not the last prompt token ({T - 1}); copy needs it"
+        if why is not None:
+            if strict:
+                raise ValueError(f"sample {i}: {why}")
+            valid[i] = False
+            invalid.append((i, why))
+    if invalid:
+        warnings.warn(f"{len(invalid)} of {n} sample(s) excluded: answer span not located "
+                      f"(first: sample {invalid[0][0]}: {invalid[0][1]})", stacklevel=2)
+    match = torch.full((n,), float("nan"))
+    preds = [None] * n
+    weights = torch.stack([span_weights(s.answer_spans, T) if valid[i] else torch.zeros(T)
+                           for i, s in enumerate(batch.samples)])  # (n, T)
+    spans_mask = weights > 0
+    if max_new_tokens is None:
+        max_new_tokens = max(len(s.answer_tokens) for s in batch.samples) + 1
+    for b0 in range(0, n, batch_size):
+        idx = list(range(b0, min(b0 + batch_size, n)))
+        tok = tokens[idx]
+        qpos = [batch.samples[i].query_pos for i in idx]
+        if "copy" in methods:
+            def reduce(i, l, r):
+                return r if i == 0 else r.argmax(-1)
+            dec = src.decode_rows(tok, max_new_tokens, recurrent=recurrent, fwd_hooks=fwd_hooks, reduce=reduce)
+            _row_metrics(out, dec.rows[0], b0, spans_mask[idx], qpos, windows)
+            gen = dec.generated.cpu()
+            acc = torch.zeros(len(idx), L, H)
+            for step, rows in enumerate(dec.rows):
+                alive = dec.alive[:, step].cpu()
+                for l, r in rows.items():
+                    am = (r.argmax(-1) if step == 0 else r).cpu()  # (B, H)
+                    c = copy_step(am, gen[:, step], tok.cpu(), weights[idx])
+                    acc[:, l] += c * alive[:, None]
+            for j, i in enumerate(idx):
+                out["copy"][i, layers] = acc[j, layers]
+                preds[i] = src.decode(gen[j].tolist())
+                match[i] = string_match_all(preds[i], batch.samples[i].values)
+        else:
+            rows = src.prefill_rows(tok, torch.tensor(qpos)[:, None], recurrent=recurrent, fwd_hooks=fwd_hooks)
+            _row_metrics(out, {l: r[:, :, 0] for l, r in rows.items()}, b0, spans_mask[idx], qpos, windows)
+    for m in out:
+        out[m][~valid] = float("nan")
+    return HeadScores(layer_types=src.layer_types, scored_layers=layers, methods=methods,
+                      per_sample=out, valid=valid, match=match, predictions=preds, invalid=invalid,
+                      only_correct=only_correct, context_lens=[T] * n,
+                      depths=[getattr(s, "depth", float("nan")) for s in batch.samples])
+
+
+def retrieval_scores(model, batch, method: str = "copy", **kw) -> torch.Tensor:
+    """[n_layers, n_heads] retrieval scores (NaN for layers not scored). ``method``: ``copy``
+    (Wu et al.) or ``mass``. Keyword arguments go to ``score_heads``; use it directly for the
+    counts, entropy and per-sample values."""
+    if method not in METHODS:
+        raise ValueError(f"method: {method!r}; use 'copy' or 'mass'")
+    return score_heads(model, batch, methods=(method,), **kw).scores(method)
