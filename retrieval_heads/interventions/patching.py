@@ -101,7 +101,7 @@ def logit_diff(logits: torch.Tensor, pair: NeedlePair) -> float:
     """Mean over pairs of logit[clean token] - logit[corrupt token] at the query position."""
     last = logits[:, pair.query_pos]  # (n, V)
     idx = torch.arange(last.shape[0])
-    return float((last[idx, pair.clean_token] - last[idx, pair.corrupt_token]).mean())
+    return float((last[idx, pair.clean_token] - last[idx, pair.corrupt_token]).mean().detach())
 
 
 # ---- what to patch ------------------------------------------------------------------------
