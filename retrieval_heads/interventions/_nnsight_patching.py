@@ -18,8 +18,9 @@ def _envoy(root, name: str):
     return env
 
 
-def run(model, pair, patches, logit_diff, hook_order):
+def run(model, pair, patches, logit_diff, hook_order, progress: bool = False):
     from nnsight import NNsight
+    from tqdm.auto import tqdm
 
     nm = NNsight(model)
     names = sorted({p.hook for p in patches}, key=hook_order)
@@ -32,7 +33,7 @@ def run(model, pair, patches, logit_diff, hook_order):
         with nm.trace(pair.corrupt):
             corrupt_logits = nm.output.save()
         diffs = []
-        for p in patches:
+        for p in tqdm(patches, desc="patching (nnsight)", disable=not progress):
             src = clean[p.hook]
             with nm.trace(pair.corrupt):
                 env = _envoy(nm, p.hook)

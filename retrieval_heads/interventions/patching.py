@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 import torch
+from tqdm.auto import tqdm
 
 from ..tasks import TOKENIZER, niah_batch
 
@@ -160,22 +161,22 @@ def _hook_order(name: str) -> tuple[int, int]:
 
 # ---- backends -----------------------------------------------------------------------------
 @torch.no_grad()
-def _run_tl(model, pair: NeedlePair, patches: list[Patch]):
+def _run_tl(model, pair: NeedlePair, patches: list[Patch], progress: bool = False):
     names = sorted({p.hook for p in patches}, key=_hook_order)
     clean_logits, cache = model.run_with_cache(pair.clean, names_filter=lambda n: n in names)
     corrupt_logits = model(pair.corrupt)
     diffs = []
-    for p in patches:
+    for p in tqdm(patches, desc="patching", disable=not progress):
         src = cache[p.hook]
         logits = model.run_with_hooks(pair.corrupt, fwd_hooks=[(p.hook, lambda t, hook, p=p, src=src: p.apply(t, src))])
         diffs.append(logit_diff(logits, pair))
     return logit_diff(clean_logits, pair), logit_diff(corrupt_logits, pair), diffs
 
 
-def _run_nnsight(model, pair: NeedlePair, patches: list[Patch]):
+def _run_nnsight(model, pair: NeedlePair, patches: list[Patch], progress: bool = False):
     from . import _nnsight_patching
 
-    return _nnsight_patching.run(model, pair, patches, logit_diff, _hook_order)
+    return _nnsight_patching.run(model, pair, patches, logit_diff, _hook_order, progress)
 
 
 # ---- the experiment -----------------------------------------------------------------------
@@ -191,7 +192,7 @@ class PatchingResult:
 
 
 def activation_patching(model, pair: NeedlePair, kind: str = "heads", *, positions=None,
-                        backend: str = "tl", min_gap: float = 1e-6) -> PatchingResult:
+                        backend: str = "tl", min_gap: float = 1e-6, progress: bool = False) -> PatchingResult:
     """Patch clean activations into the corrupted run, one at a time; see the module doc.
 
     ``positions`` (``kind="position"`` only; default ``default_positions(pair)``).
@@ -207,9 +208,9 @@ def activation_patching(model, pair: NeedlePair, kind: str = "heads", *, positio
     model.eval()
     try:
         if backend == "tl":
-            clean_ld, corrupt_ld, diffs = _run_tl(model, pair, patches)
+            clean_ld, corrupt_ld, diffs = _run_tl(model, pair, patches, progress)
         elif backend == "nnsight":
-            clean_ld, corrupt_ld, diffs = _run_nnsight(model, pair, patches)
+            clean_ld, corrupt_ld, diffs = _run_nnsight(model, pair, patches, progress)
         else:
             raise ValueError(f"backend: {backend!r}; use 'tl' or 'nnsight'")
     finally:

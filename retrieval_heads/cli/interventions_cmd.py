@@ -1,0 +1,225 @@
+"""`retrieval-heads eval CKPT`, `ablate CKPT --top-k K` and `patch CKPT`.
+
+CKPT is a checkpoint folder (``RUN/step_XXXXXX``) or a run folder (its last checkpoint).
+
+    retrieval-heads eval runs/x/step_002000 --context-lens 256,512,1024 --out evals/x
+    retrieval-heads eval runs/x --full-window 64            # receptive-field constraint
+    retrieval-heads ablate runs/x/step_002000 --top-k 4 --context-lens 512
+    retrieval-heads patch runs/x/step_002000 --kind heads --out patch/x
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+
+def _floats(s: str) -> tuple:
+    try:
+        return tuple(float(x) for x in s.split(",") if x.strip())
+    except ValueError:
+        raise click.BadParameter(f"expected comma-separated numbers, got {s!r}") from None
+
+
+def _ints(s: str | None):
+    if s is None:
+        return None
+    try:
+        return tuple(int(x) for x in s.split(",") if x.strip())
+    except ValueError:
+        raise click.BadParameter(f"expected comma-separated integers, got {s!r}") from None
+
+
+def resolve_checkpoint(path: str) -> Path:
+    """A checkpoint folder, or the last checkpoint of a run folder."""
+    from ..train.checkpoint import list_checkpoints
+
+    p = Path(path)
+    if not p.exists():
+        raise FileNotFoundError(f"{p}: no such checkpoint or run folder")
+    if (p / "config.json").exists() or not p.is_dir():
+        return p
+    ckpts = list_checkpoints(p)
+    if not ckpts:
+        raise ValueError(f"{p}: neither a checkpoint (no config.json) nor a run with step_* checkpoints")
+    return ckpts[-1]
+
+
+def _load(path: str):
+    from ..train.checkpoint import load_checkpoint
+
+    ck = resolve_checkpoint(path)
+    model = load_checkpoint(ck)
+    click.echo(f"checkpoint {ck} (step {model.checkpoint['step']}): {model.cfg.describe()}", err=True)
+    return ck, model
+
+
+def _default_lens(model) -> tuple:
+    from ..eval import train_len
+
+    tl = train_len(model) or 512
+    return tuple(L for L in (tl // 2, tl, 2 * tl) if L + 16 <= model.cfg.max_seq_len and L >= 128) or (tl,)
+
+
+def _out_dir(out: str | None) -> Path | None:
+    if out is None:
+        return None
+    d = Path(out)
+    d.mkdir(parents=True, exist_ok=True)
+    return d
+
+
+def _windows(full_window, efficient_window):
+    from ..interventions import receptive_field
+
+    return lambda model: receptive_field(model, full=full_window, efficient=efficient_window)
+
+
+# ---- eval ---------------------------------------------------------------------------------
+@click.command("eval")
+@click.argument("ckpt", type=click.Path())
+@click.option("--context-lens", default=None, help="Comma-separated NIAH prompt lengths [default: train length /2, x1, x2].")
+@click.option("--depths", default="0,0.25,0.5,0.75,1", show_default=True, help="Needle depths in [0, 1].")
+@click.option("--variant", default="single_1", show_default=True, help="Needle task variant (RULER name).")
+@click.option("--n", "n", default=4, show_default=True, type=int, help="Samples per (length, depth).")
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--loss-len", default=None, type=int, help="Long-context loss length [default: longest NIAH length].")
+@click.option("--loss-rows", default=8, show_default=True, type=int, help="Held-out rows for the losses.")
+@click.option("--short-len", default=None, type=int, help="Short-context loss length [default: training length].")
+@click.option("--text", default="essay", show_default=True, help="Loss text: 'essay' (its held-out tail) or a path.")
+@click.option("--full-window", default=None, type=int, help="Restrict full-attention layers to this many keys.")
+@click.option("--efficient-window", default=None, type=int,
+              help="Restrict SWA windows / reset recurrent state to this many tokens.")
+@click.option("--out", default=None, help="Folder for niah.csv, loss.csv and summary.json.")
+@click.option("--no-progress", is_flag=True)
+def eval_cmd(ckpt, context_lens, depths, variant, n, seed, loss_len, loss_rows, short_len, text, full_window,
+             efficient_window, out, no_progress):
+    """NIAH accuracy per length and depth, long-context loss by position, short-context loss."""
+    from ..eval import long_context_loss, niah_grid, short_context_loss, train_len
+
+    ck, model = _load(ckpt)
+    lens = _ints(context_lens) or _default_lens(model)
+    with _windows(full_window, efficient_window)(model) as windows:
+        grid = niah_grid(model, lens, _floats(depths), variant, n, seed=seed, progress=not no_progress)
+        L = loss_len or max(lens)
+        lc = long_context_loss(model, context_len=L, n=loss_rows, text=text, seed=seed)
+        sl = short_len or train_len(model) or min(256, L)
+        short = short_context_loss(model, context_len=sl, n=max(loss_rows, 8), text=text, seed=seed)
+    pivot = grid.pivot(index="depth", columns="context_len", values="accuracy")
+    click.echo(f"NIAH accuracy ({variant}, {n} per cell; rows depth, columns length):")
+    click.echo(pivot.to_string(float_format=lambda v: f"{v:.2f}"))
+    click.echo("mean per length: " + ", ".join(f"{k}: {v:.3f}" for k, v in
+                                                grid.groupby("context_len")["accuracy"].mean().items()))
+    click.echo(f"long-context loss ({L} tokens) by position: "
+               + ", ".join(f"[{r.start},{r.end}) {r.loss:.3f}" for r in lc.itertuples()))
+    click.echo(f"short-context loss ({sl} tokens): {short:.4f}")
+    d = _out_dir(out)
+    if d is not None:
+        grid.to_csv(d / "niah.csv", index=False)
+        lc.to_csv(d / "loss.csv", index=False)
+        summary = {"checkpoint": str(ck), "step": model.checkpoint["step"], "windows": windows,
+                   "niah_mean": float(grid["accuracy"].mean()), "short_loss": short, "short_len": sl,
+                   "long_loss": float(lc["loss"].mean()), "long_len": L}
+        (d / "summary.json").write_text(json.dumps(summary, indent=2))
+        click.echo(f"tables: {d}")
+
+
+# ---- ablate -------------------------------------------------------------------------------
+@click.command()
+@click.argument("ckpt", type=click.Path())
+@click.option("--top-k", "k", default=4, show_default=True, type=int, help="Heads per condition.")
+@click.option("--scores", "scores_path", default=None,
+              help="Scan table (RUN or scores.parquet) [default: RUN/scan/scores.parquet if it has this step, "
+                   "else scored now].")
+@click.option("--metric", default="mass", show_default=True, type=click.Choice(["copy", "mass"]),
+              help="Retrieval score used to rank heads.")
+@click.option("--method", default="zero", show_default=True, type=click.Choice(["zero", "mean"]))
+@click.option("--context-lens", default=None, help="Comma-separated NIAH lengths [default: training length].")
+@click.option("--depths", default="0.1,0.3,0.5,0.7,0.9", show_default=True)
+@click.option("--variant", default="single_1", show_default=True)
+@click.option("--n", "n", default=4, show_default=True, type=int, help="Samples per (length, depth).")
+@click.option("--n-random", default=3, show_default=True, type=int, help="Draws of each random control.")
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--out", default=None, help="Folder for ablation.csv and ablation.html.")
+@click.option("--no-progress", is_flag=True)
+def ablate(ckpt, k, scores_path, metric, method, context_lens, depths, variant, n, n_random, seed, out,
+           no_progress):
+    """Ablate the top-K retrieval heads; controls: K random heads of the same layer kind, K SWA heads."""
+    import torch
+
+    from ..eval import train_len
+    from ..interventions import ablation_experiment, scores_from_scan, summarize
+    from ..tasks import niah_batch
+
+    ck, model = _load(ckpt)
+    lens = _ints(context_lens) or (train_len(model) or 512,)
+    scores = None
+    scan = Path(scores_path) if scores_path else ck.parent / "scan" / "scores.parquet"
+    if scan.exists() or scan.is_dir():
+        try:
+            scores = scores_from_scan(scan, step=model.checkpoint["step"], metric=metric,
+                                      n_layers=model.cfg.n_layers, n_heads=model.cfg.n_heads)
+            click.echo(f"scores: {metric} from {scan}", err=True)
+        except ValueError:
+            if scores_path:
+                raise
+    if scores is None:
+        from ..interventions import retrieval_head_scores
+
+        batch = niah_batch(n=16, context_len=max(lens), seed=seed + 7919, variant=variant)
+        scores = retrieval_head_scores(model, batch, method=metric)
+        click.echo(f"scores: {metric} computed on 16 needle prompts of {max(lens)} tokens", err=True)
+    if not bool(torch.isfinite(scores).any()):
+        raise ValueError(f"no head has a finite {metric!r} score (with 'copy', no sample was answered "
+                         "correctly); try --metric mass")
+    df = ablation_experiment(model, k=k, scores=scores, method=method, context_lens=lens,
+                             depths=_floats(depths), n=n, variant=variant, seed=seed, n_random=n_random,
+                             progress=not no_progress)
+    summ = summarize(df)
+    click.echo(f"NIAH accuracy with {k} heads ablated ({method}; lengths {', '.join(map(str, lens))}):")
+    click.echo(summ.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    for cond, why in df.attrs["skipped"].items():
+        click.echo(f"skipped {cond}: {why}", err=True)
+    d = _out_dir(out)
+    if d is not None:
+        df.to_csv(d / "ablation.csv", index=False)
+        import plotly.express as px
+
+        fig = px.bar(summ, x="condition", y="accuracy", hover_data=["heads"],
+                     title=f"NIAH accuracy, {k} heads ablated ({ck})")
+        fig.write_html(d / "ablation.html")
+        click.echo(f"tables: {d}")
+
+
+# ---- patch --------------------------------------------------------------------------------
+@click.command()
+@click.argument("ckpt", type=click.Path())
+@click.option("--kind", default="heads", show_default=True, type=click.Choice(["heads", "resid", "mixer", "position"]))
+@click.option("--context-len", default=None, type=int, help="Prompt length [default: training length].")
+@click.option("--depth", default=0.5, show_default=True, type=float)
+@click.option("--n", "n", default=4, show_default=True, type=int, help="Clean/corrupted pairs.")
+@click.option("--variant", default="single_1", show_default=True)
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--backend", default="tl", show_default=True, type=click.Choice(["tl", "nnsight"]))
+@click.option("--out", default=None, help="Folder for patching.csv and patching.html.")
+@click.option("--no-progress", is_flag=True)
+def patch(ckpt, kind, context_len, depth, n, variant, seed, backend, out, no_progress):
+    """Activation patching clean -> corrupted needle prompt: recovered logit difference."""
+    from ..eval import train_len
+    from ..interventions import activation_patching, needle_pairs
+
+    ck, model = _load(ckpt)
+    L = context_len or train_len(model) or 512
+    pair = needle_pairs(n=n, context_len=L, seed=seed, variant=variant, depths=depth)
+    res = activation_patching(model, pair, kind=kind, backend=backend, progress=not no_progress)
+    click.echo(f"logit difference: clean {res.clean_diff:.3f}, corrupted {res.corrupt_diff:.3f}")
+    top = res.df.sort_values("recovered", ascending=False).head(10)
+    cols = [c for c in ("layer", "layer_type", "head", "position", "token", "recovered") if c in top]
+    click.echo(top[cols].to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    d = _out_dir(out)
+    if d is not None:
+        res.df.to_csv(d / "patching.csv", index=False)
+        res.figure.write_html(d / "patching.html")
+        click.echo(f"tables: {d}")

@@ -1,0 +1,64 @@
+"""`retrieval-heads eval / ablate / patch` on a small saved checkpoint; one-line errors."""
+
+import json
+
+import pytest
+import torch
+
+import retrieval_heads as rh
+from retrieval_heads.cli import main
+from retrieval_heads.train.checkpoint import save_checkpoint
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    torch.manual_seed(0)
+    cfg = rh.ModelConfig(layout="SSF", d_model=32, n_heads=2, window=16, max_seq_len=320)
+    d = tmp_path_factory.mktemp("run")
+    save_checkpoint(d, 10, rh.HybridLM(cfg), train_cfg=rh.TrainConfig(context_len=128), tokens_seen=1280)
+    return d
+
+
+def _run(args, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(args)
+    out = capsys.readouterr()
+    return e.value.code, out.out, out.err
+
+
+def test_eval_cli(run_dir, tmp_path, capsys):
+    code, out, err = _run(["eval", str(run_dir), "--context-lens", "128,256", "--depths", "0.5", "--n", "1",
+                           "--loss-rows", "2", "--out", str(tmp_path), "--no-progress"], capsys)
+    assert code == 0, err
+    assert "NIAH accuracy" in out and "short-context loss (128 tokens)" in out
+    s = json.loads((tmp_path / "summary.json").read_text())
+    assert s["step"] == 10 and s["long_len"] == 256
+    assert (tmp_path / "niah.csv").exists() and (tmp_path / "loss.csv").exists()
+    code, out, err = _run(["eval", str(run_dir / "step_000010"), "--context-lens", "128", "--depths", "0.5",
+                           "--n", "1", "--loss-rows", "1", "--full-window", "8", "--efficient-window", "4",
+                           "--no-progress"], capsys)
+    assert code == 0, err
+
+
+def test_ablate_and_patch_cli(run_dir, tmp_path, capsys):
+    code, out, err = _run(["ablate", str(run_dir), "--top-k", "1", "--context-lens", "128", "--depths", "0.5",
+                           "--n", "1", "--n-random", "1", "--out", str(tmp_path), "--no-progress"], capsys)
+    assert code == 0, err
+    for cond in ("none", "top", "random_same_kind", "swa"):
+        assert cond in out
+    assert (tmp_path / "ablation.html").exists()
+    code, out, err = _run(["patch", str(run_dir), "--kind", "resid", "--n", "1", "--out", str(tmp_path),
+                           "--no-progress"], capsys)
+    assert code == 0, err
+    assert "logit difference" in out and (tmp_path / "patching.html").exists()
+
+
+def test_cli_errors_are_one_line(run_dir, tmp_path, capsys):
+    code, _, err = _run(["eval", str(tmp_path / "nope")], capsys)
+    assert code == 2 and err.startswith("error:") and err.count("\n") == 1
+    code, _, err = _run(["eval", str(run_dir), "--context-lens", "400", "--no-progress"], capsys)
+    last = err.strip().splitlines()[-1]  # after the 'checkpoint ...' note
+    assert code == 2 and last.startswith("error:") and "max_seq_len=320" in last
+    (tmp_path / "empty").mkdir()
+    code, _, err = _run(["ablate", str(tmp_path / "empty")], capsys)
+    assert code == 2 and err.startswith("error:")
