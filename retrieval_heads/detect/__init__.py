@@ -7,12 +7,12 @@
 
 Modules: ``rows`` (O(T) attention rows: the interface a model adapter implements),
 ``scores`` (the scoring rules), ``reference`` (O(T^2) eager references for tests),
-``weights`` (Q/K distance), ``formation`` (formation steps), ``scan`` (checkpoint scans).
+``weights`` (Q/K distance), ``formation`` (formation steps), ``scanner`` (checkpoint scans).
 """
 
 from .formation import formation_table, run_formation
 from .rows import DecodeRows, HybridRows, as_row_source, greedy_decode_rows, prefill_rows
-from .scan import ScanSettings, scan
+from .scanner import ScanSettings, scan
 from .scores import METHODS, HeadScores, retrieval_scores, score_heads
 from .weights import qk_distance
 

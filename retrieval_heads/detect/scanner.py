@@ -280,12 +280,15 @@ def _model_info(cfg) -> dict:
 
 def scan(run_dir, settings: ScanSettings | None = None, *, reference="first", threshold: float = 0.1,
          workers: int = 1, batch_size: int = 8, progress: bool = True, force: bool = False,
-         report: bool = True, echo=None, **setting_kw) -> pd.DataFrame:
+         report: bool = True, echo=None, mp_context: str = "spawn", **setting_kw) -> pd.DataFrame:
     """Scan every checkpoint of ``run_dir``; returns the tidy scores table (also written to
     ``RUN/scan/scores.parquet``). Setting keywords (``variant``, ``context_lens``, ``depths``,
     ``n_per_cell``, ``seed``, ``haystack``, ``recurrent``, ``only_correct``, ``max_new_tokens``)
     build a ``ScanSettings``. ``reference``: ``"first"`` (first readable checkpoint), a step
-    number or a checkpoint folder, for ``qk_distance``. ``df.attrs["scan"]`` holds counts
+    number or a checkpoint folder, for ``qk_distance``. ``workers > 1`` starts processes with
+    ``mp_context`` ("spawn": safe, each worker imports the library, a few seconds; "fork":
+    instant on Linux, but unsafe once the parent has run multi-threaded torch code).
+    ``df.attrs["scan"]`` holds counts
     (scored, cached, skipped) and the skipped checkpoints with their errors."""
     from tqdm import tqdm
 
@@ -344,7 +347,7 @@ def scan(run_dir, settings: ScanSettings | None = None, *, reference="first", th
             threads = max(1, torch.get_num_threads() // workers)
             for j in jobs:
                 j["threads"] = threads
-            with cf_.ProcessPoolExecutor(min(workers, len(jobs)), mp_context=mp.get_context("spawn"),
+            with cf_.ProcessPoolExecutor(min(workers, len(jobs)), mp_context=mp.get_context(mp_context),
                                          initializer=_init_worker, initargs=(threads,)) as ex:
                 for fut in cf_.as_completed([ex.submit(score_checkpoint, j) for j in jobs]):
                     r = fut.result()
@@ -371,6 +374,7 @@ def scan(run_dir, settings: ScanSettings | None = None, *, reference="first", th
             "threshold": threshold, "model": _model_info(good[0].meta["model"]),
             "checkpoints": [[c.path.name, c.sha, c.error] for c in ckpts],
         }
+        state = json.loads(json.dumps(state))  # as stored (tuples -> lists)
         old = _read_state(scan_dir)
         unchanged = old == state and all((scan_dir / f).exists() for f in
                                          ("scores.parquet", "niah.parquet", "formation.parquet",

@@ -1,0 +1,127 @@
+"""Plotly figures over the scan tables (``RUN/scan/*.parquet``); each function returns a
+``plotly.graph_objects.Figure``.
+
+    >>> import pandas as pd, retrieval_heads as rh
+    >>> scores = pd.read_parquet("runs/x/scan/scores.parquet")            # doctest: +SKIP
+    >>> rh.plots.heatmap_slider(scores, "copy").write_html("copy.html")    # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import pandas as pd
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+BOUNDED = {"copy": (0.0, 1.0), "mass": (0.0, 1.0), "entropy_norm": (0.0, 1.0)}
+
+
+def head_label(layer: int, head: int, layer_type: str) -> str:
+    return f"L{layer}{layer_type}.H{head}"
+
+
+def heatmap_slider(scores: pd.DataFrame, metric: str = "copy", x: str = "step") -> go.Figure:
+    """Layer x head heatmap of ``metric``, one per checkpoint, chosen with a slider."""
+    d = scores[scores["metric"] == metric]
+    fig = go.Figure()
+    steps = sorted(d["step"].unique())
+    if not steps:
+        return fig.update_layout(title=f"{metric}: no data")
+    layers = sorted(d["layer"].unique())
+    heads = sorted(d["head"].unique())
+    ltype = d.drop_duplicates("layer").set_index("layer")["layer_type"]
+    ylab = [f"L{l} ({ltype[l]})" for l in layers]
+    zmin, zmax = BOUNDED.get(metric, (None, None))
+    if zmin is None:
+        zmin, zmax = float(d["value"].min()), float(d["value"].max())
+    tokens = d.drop_duplicates("step").set_index("step")["tokens_seen"]
+    for i, s in enumerate(steps):
+        piv = d[d["step"] == s].pivot(index="layer", columns="head", values="value").reindex(
+            index=layers, columns=heads)
+        fig.add_trace(go.Heatmap(z=piv.values, x=[f"H{h}" for h in heads], y=ylab, zmin=zmin, zmax=zmax,
+                                 colorscale="Viridis", visible=(i == len(steps) - 1),
+                                 colorbar=dict(title=metric),
+                                 hovertemplate="%{y} %{x}: %{z:.3f}<extra>step " + str(s) + "</extra>"))
+    slider_steps = []
+    for i, s in enumerate(steps):
+        vis = [j == i for j in range(len(steps))]
+        slider_steps.append(dict(method="update", label=str(s),
+                                 args=[{"visible": vis},
+                                       {"title": f"{metric} per head at step {s} "
+                                                 f"({int(tokens[s]):,} tokens)"}]))
+    fig.update_layout(
+        title=f"{metric} per head at step {steps[-1]} ({int(tokens[steps[-1]]):,} tokens)",
+        sliders=[dict(active=len(steps) - 1, steps=slider_steps, currentvalue=dict(prefix="step "))],
+        yaxis=dict(autorange="reversed"), height=260 + 28 * len(layers))
+    return fig
+
+
+def top_heads(scores: pd.DataFrame, k: int = 6, metric: str = "copy") -> list[tuple[int, int]]:
+    d = scores[scores["metric"] == metric]
+    best = d.groupby(["layer", "head"])["value"].max().sort_values(ascending=False)
+    return [tuple(map(int, i)) for i in best.dropna().index[:k]]
+
+
+def formation_curves(scores: pd.DataFrame, k: int = 6, metric: str = "copy", threshold: float = 0.1,
+                     x: str = "tokens_seen") -> go.Figure:
+    """``metric`` over training for the ``k`` heads with the highest peak score."""
+    d = scores[scores["metric"] == metric].sort_values("step")
+    fig = go.Figure()
+    for l, h in top_heads(scores, k, metric):
+        g = d[(d["layer"] == l) & (d["head"] == h)]
+        fig.add_trace(go.Scatter(x=g[x], y=g["value"], mode="lines+markers",
+                                 name=head_label(l, h, g["layer_type"].iloc[0])))
+    fig.add_hline(y=threshold, line_dash="dash", annotation_text=f"threshold {threshold}")
+    fig.update_layout(title=f"Formation: {metric} score of the top {k} heads", xaxis_title=x.replace("_", " "),
+                      yaxis_title=metric)
+    return fig
+
+
+def best_head_and_niah(scores: pd.DataFrame, niah: pd.DataFrame, layer_type: str = "F",
+                       x: str = "tokens_seen") -> go.Figure:
+    """Best full-attention head's copy and mass scores, and NIAH accuracy, vs tokens seen."""
+    fig = make_subplots(specs=[[{"secondary_y": True}]])
+    d = scores[scores["layer_type"] == layer_type]
+    for metric, dash in (("copy", "solid"), ("mass", "dot")):
+        g = d[d["metric"] == metric].groupby(["step", x])["value"].max().reset_index().sort_values("step")
+        fig.add_trace(go.Scatter(x=g[x], y=g["value"], mode="lines+markers", line_dash=dash,
+                                 name=f"best {layer_type}-head {metric}"), secondary_y=False)
+    if len(niah):
+        a = niah.groupby(["step", x])["accuracy"].mean().reset_index().sort_values("step")
+        fig.add_trace(go.Scatter(x=a[x], y=a["accuracy"], mode="lines+markers", name="NIAH accuracy",
+                                 line_color="black"), secondary_y=True)
+    fig.update_yaxes(title_text="score", range=[0, 1.05], secondary_y=False)
+    fig.update_yaxes(title_text="NIAH accuracy", range=[0, 1.05], secondary_y=True)
+    fig.update_layout(title=f"Best {layer_type}-layer retrieval head and NIAH accuracy",
+                      xaxis_title=x.replace("_", " "))
+    return fig
+
+
+def run_label(model: dict) -> str:
+    pos = ",".join(f"{k}:{v}" for k, v in sorted((model.get("pos") or {}).items()))
+    w = model.get("window")
+    return f"{model.get('layout')} w={w if w is not None else '-'} {pos}".strip()
+
+
+def compare_figure(summary: pd.DataFrame, niah: dict[str, pd.DataFrame]) -> go.Figure:
+    """Large-Window Laziness: formation (tokens seen) vs SWA window, one line per layout/pos
+    family; and NIAH accuracy vs tokens seen, one line per run (``label``)."""
+    fig = make_subplots(rows=1, cols=2, subplot_titles=(
+        "First full-attention retrieval head forms at", "NIAH accuracy vs tokens seen"))
+    fam = summary.assign(family=summary["layout"] + " " + summary["pos"])
+    for name, g in fam.groupby("family", sort=True):
+        g = g.sort_values("window")
+        fig.add_trace(go.Scatter(x=g["window"], y=g["formation_tokens"], mode="lines+markers", name=name,
+                                 text=g["label"], hovertemplate="%{text}: %{y:,} tokens<extra></extra>"),
+                      row=1, col=1)
+    for label, a in niah.items():
+        if not len(a):
+            continue
+        a = a.groupby(["step", "tokens_seen"])["accuracy"].mean().reset_index().sort_values("step")
+        fig.add_trace(go.Scatter(x=a["tokens_seen"], y=a["accuracy"], mode="lines+markers", name=label),
+                      row=1, col=2)
+    fig.update_xaxes(title_text="SWA window", type="log", row=1, col=1)
+    fig.update_yaxes(title_text="tokens seen at formation", row=1, col=1)
+    fig.update_xaxes(title_text="tokens seen", row=1, col=2)
+    fig.update_yaxes(title_text="NIAH accuracy", range=[0, 1.05], row=1, col=2)
+    fig.update_layout(title="Large-Window Laziness", height=480)
+    return fig

@@ -1,0 +1,131 @@
+"""HTML reports from scan tables: one run (``build_report``) or several (``compare_runs``).
+
+Both read only what ``rh.scan`` wrote under ``RUN/scan/`` (no model is loaded), so
+``retrieval-heads report RUN`` rebuilds a report in seconds. Plotly's JavaScript is embedded
+once per file, so reports open offline.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import math
+from pathlib import Path
+
+import pandas as pd
+
+from . import plots
+
+TABLES = ("scores", "niah", "formation", "checkpoints")
+
+
+def load_scan(run_dir) -> dict:
+    """The scan tables of a run: {"scores", "niah", "formation", "checkpoints": DataFrame,
+    "meta": formation.json}. Raises FileNotFoundError when the run was never scanned."""
+    d = Path(run_dir) / "scan"
+    missing = [f"{t}.parquet" for t in TABLES if not (d / f"{t}.parquet").exists()]
+    if missing or not (d / "formation.json").exists():
+        raise FileNotFoundError(f"{d}: no scan tables ({', '.join(missing) or 'formation.json'} missing); "
+                                f"run `retrieval-heads scan {run_dir}` first")
+    out = {t: pd.read_parquet(d / f"{t}.parquet") for t in TABLES}
+    out["meta"] = json.loads((d / "formation.json").read_text())
+    return out
+
+
+def _fig_html(fig, first: bool) -> str:
+    return fig.to_html(full_html=False, include_plotlyjs=True if first else False)
+
+
+def _page(title: str, body: list[str]) -> str:
+    style = ("body{font-family:sans-serif;max-width:1100px;margin:auto;padding:1em}"
+             "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:2px 6px;font-size:90%}"
+             ".bad{color:#b00}")
+    return (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+            f"<style>{style}</style></head><body>{''.join(body)}</body></html>")
+
+
+def _fmt(v) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "-"
+    return f"{v:,}" if isinstance(v, int) else str(v)
+
+
+def build_report(run_dir, out=None) -> Path:
+    """Write ``RUN/scan/report.html`` (or ``out``) from the scan tables; returns its path."""
+    run_dir = Path(run_dir)
+    t = load_scan(run_dir)
+    meta, scores, niah, form, ck = t["meta"], t["scores"], t["niah"], t["formation"], t["checkpoints"]
+    run = meta.get("run", {})
+    body = [f"<h1>Retrieval heads: {html.escape(str(run_dir))}</h1>",
+            f"<p>Model: {html.escape(meta['model'].get('describe', ''))}<br>",
+            f"Needles: {html.escape(json.dumps(meta['settings']))}<br>",
+            f"Q/K distance reference: step {meta['reference']['step']}<br>",
+            f"Checkpoints: {int((ck['status'] == 'ok').sum())} scored, "
+            f"{int((ck['status'] == 'skipped').sum())} skipped</p>"]
+    if run.get("step") is not None:
+        body.append(f"<p><b>First full-attention retrieval head</b> (copy &ge; {meta['threshold']} from then "
+                    f"on): L{run['layer']}.H{run['head']} at step {run['step']:,} "
+                    f"({run['tokens_seen']:,} tokens).</p>")
+    else:
+        body.append(f"<p><b>No full-attention retrieval head formed</b> (copy &ge; {meta['threshold']} "
+                    "until the last checkpoint).</p>")
+    skipped = ck[ck["status"] == "skipped"]
+    if len(skipped):
+        items = "".join(f"<li>step {int(r.step)}: {html.escape(str(r.error))}</li>" for r in skipped.itertuples())
+        body.append(f"<div class='bad'><b>Skipped checkpoints (unreadable):</b><ul>{items}</ul></div>")
+    counts = ck[ck["status"] == "ok"]
+    if "n_counted" in counts:
+        body.append("<p>Copy scores average over the correctly answered samples: "
+                    + ", ".join(f"step {int(r.step)}: {int(r.n_counted)}/{int(r.n_samples)}"
+                                for r in counts.itertuples()) + "</p>")
+    figs = []
+    if len(scores):
+        figs += [plots.best_head_and_niah(scores, niah), plots.formation_curves(scores, threshold=meta["threshold"]),
+                 plots.heatmap_slider(scores, "copy"), plots.heatmap_slider(scores, "mass"),
+                 plots.heatmap_slider(scores, "entropy_norm")]
+        if (scores["metric"] == "qk_distance").any():
+            figs.append(plots.heatmap_slider(scores, "qk_distance"))
+    body += [_fig_html(f, i == 0) for i, f in enumerate(figs)]
+    formed = form.sort_values(["formed", "formation_step"], ascending=[False, True]).head(20)
+    body.append("<h2>Formation per head (top 20)</h2>" + formed.to_html(index=False, na_rep="-"))
+    out = Path(out) if out else run_dir / "scan" / "report.html"
+    from .detect.scanner import atomic_write
+
+    atomic_write(out, lambda p: Path(p).write_text(_page(f"retrieval heads {run_dir.name}", body),
+                                                   encoding="utf-8"))
+    return out
+
+
+def compare_runs(runs, out="compare.html") -> tuple[Path, pd.DataFrame]:
+    """One figure over several scanned runs, keyed by layout / window / pos: formation of the
+    first full-attention retrieval head vs SWA window, and NIAH accuracy vs tokens seen.
+    Writes ``out`` (HTML) and a summary table beside it (``.parquet`` and ``.json``)."""
+    rows, niah = [], {}
+    for r in runs:
+        t = load_scan(r)
+        m, run = t["meta"]["model"], t["meta"].get("run", {})
+        label = plots.run_label(m)
+        if label in niah:
+            label = f"{label} ({Path(r).name})"
+        a = t["niah"]
+        last = a[a["step"] == a["step"].max()]["accuracy"].mean() if len(a) else math.nan
+        rows.append({"run": str(r), "label": label, "layout": m.get("layout"),
+                     "window": m.get("window") if m.get("window") is not None else math.nan,
+                     "pos": ",".join(f"{k}:{v}" for k, v in sorted((m.get("pos") or {}).items())),
+                     "formation_step": run.get("step"), "formation_tokens": run.get("tokens_seen"),
+                     "final_niah_accuracy": last, "threshold": t["meta"].get("threshold")})
+        niah[label] = a
+    summary = pd.DataFrame(rows)
+    for c in ("formation_step", "formation_tokens", "window"):
+        summary[c] = pd.to_numeric(summary[c], errors="coerce").astype("float64")
+    fig = plots.compare_figure(summary, niah)
+    out = Path(out)
+    from .detect.scanner import atomic_write, write_json, write_parquet
+
+    body = ["<h1>Retrieval-head formation across runs</h1>", _fig_html(fig, True),
+            summary.to_html(index=False, na_rep="not formed")]
+    atomic_write(out, lambda p: Path(p).write_text(_page("compare runs", body), encoding="utf-8"))
+    write_parquet(out.with_suffix(".parquet"), summary)
+    write_json(out.with_suffix(".json"), [{k: (None if isinstance(v, float) and math.isnan(v) else v)
+                                           for k, v in r.items()} for r in summary.to_dict("records")])
+    return out, summary
