@@ -12,7 +12,7 @@
 """
 
 from .ablation import METHODS, ablate_heads, mean_head_outputs
-from .experiment import CONDITIONS, ablation_experiment, head_sets, summarize
+from .experiment import CONDITIONS, ablation_experiment, head_sets, receptive_field_experiment, summarize
 from .heads import format_heads, heads_of_kind, parse_heads, random_heads, same_kind_random, top_heads
 from .patching import (KINDS, NeedlePair, PatchingResult, activation_patching, default_positions,
                        logit_diff, needle_pairs, patching_figure)
@@ -26,5 +26,5 @@ __all__ = [
     "default_positions", "logit_diff", "KINDS",
     "receptive_field", "layer_windows",
     "retrieval_head_scores", "scores_from_scan",
-    "ablation_experiment", "head_sets", "summarize", "CONDITIONS",
+    "ablation_experiment", "head_sets", "summarize", "CONDITIONS", "receptive_field_experiment",
 ]

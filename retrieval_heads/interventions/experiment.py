@@ -116,3 +116,32 @@ def summarize(df: pd.DataFrame) -> pd.DataFrame:
         base = float(out.loc[out["condition"] == "none", "accuracy"].iloc[0])
         out["drop"] = base - out["accuracy"]
     return out
+
+
+def receptive_field_experiment(model, *, full=(), efficient=(), context_lens=(512,),
+                               depths=(0.1, 0.3, 0.5, 0.7, 0.9), n: int = 4, variant: str = "single_1",
+                               seed: int = 0, loss_len: int | None = None, loss_rows: int = 4,
+                               text: str = "essay", progress: bool = True) -> pd.DataFrame:
+    """NIAH accuracy and held-out long-context loss with the full-attention layers limited to
+    each window in ``full`` and, separately, the efficient layers limited to each window in
+    ``efficient`` (plus the unconstrained baseline). One row per (module, window, context_len)."""
+    from ..eval.loss import long_context_loss
+    from .receptive_field import receptive_field
+
+    settings = [("none", None)] + [("full", int(w)) for w in full] + [("efficient", int(w)) for w in efficient]
+    L = int(loss_len or max(context_lens))
+    rows = []
+    for module, w in tqdm(settings, desc="receptive field", disable=not progress):
+        kw = {} if module == "none" else {module: w}
+        with receptive_field(model, **kw):
+            grid = niah_grid(model, context_lens, depths, variant, n, seed=seed, progress=False)
+            lc = long_context_loss(model, context_len=L, n=loss_rows, text=text, seed=seed)
+        loss = float((lc["loss"] * lc["n_tokens"]).sum() / lc["n_tokens"].sum())
+        for cl, g in grid.groupby("context_len"):
+            rows.append({"module": module, "window": w, "context_len": int(cl),
+                         "accuracy": float((g["accuracy"] * g["n"]).sum() / g["n"].sum()),
+                         "long_loss": loss, "long_loss_last_bucket": float(lc["loss"].iloc[-1]),
+                         "loss_len": L})
+    df = pd.DataFrame(rows)
+    df["window"] = df["window"].astype("Int64")
+    return df
