@@ -1,0 +1,276 @@
+"""Needle prompts tokenized with a Hugging Face model's own tokenizer, with exact answer spans.
+
+The prompt is built as text (haystack, needle sentence(s) at the requested depth, query),
+tokenized once as a whole, exactly as the model would see it; the haystack is cut so that
+the prompt is exactly ``context_len`` tokens. Each gold value's *character* span is mapped
+to tokens through the fast tokenizer's ``offset_mapping`` (tokens whose characters overlap
+the value), or, for a slow tokenizer, by encoding the text up to the value's first and last
+character. The located tokens must decode to exactly the value (up to surrounding
+whitespace: byte-level BPE glues the leading space to the first digit); a span that fails
+this (e.g. a token ``7.`` that joins the value's last digit to the full stop) is a
+``SpanError`` for that sample: ``hf_needle_batch`` drops the sample and records it in
+``batch.errors`` (counted and reported by the scan), never a silent zero score.
+
+Same vocabulary and variants as ``retrieval_heads.tasks.niah`` (RULER); the query ends with
+``is:`` (no trailing space) so the first answer token carries its own leading space, as in
+RULER's prompts.
+
+    >>> from retrieval_heads.hf.testing import tiny_tokenizer
+    >>> tok = tiny_tokenizer()
+    >>> b = hf_needle_batch(tok, n=2, context_len=120, seed=0)
+    >>> b.tokens.shape, b.errors
+    (torch.Size([2, 120]), [])
+    >>> s = b.samples[0]; s0, e0 = s.answer_spans[0]
+    >>> tok.decode(b.tokens[0, s0:e0].tolist()).strip() == s.values[0]
+    True
+"""
+
+from __future__ import annotations
+
+import bisect
+import random
+import uuid
+from dataclasses import dataclass, field
+
+import torch
+
+from ..tasks.haystack import haystack_sentences
+from ..tasks.niah import VARIANTS, NeedleBatch, NeedleSample, needle_text, query_text
+from ..tasks.vocab import ADJECTIVES, NOUNS
+
+
+class SpanError(ValueError):
+    """An answer span that cannot be located in the tokenized prompt (an error for that sample)."""
+
+
+@dataclass
+class HFNeedleBatch(NeedleBatch):
+    """A ``NeedleBatch`` built with an HF tokenizer; ``errors`` lists the samples that failed."""
+
+    errors: list[tuple[int, str]] = field(default_factory=list)  # (requested index, message)
+    tokenizer_name: str = ""
+    n_requested: int = 0
+
+    def subset(self, idx) -> "HFNeedleBatch":
+        idx = list(idx)
+        return HFNeedleBatch(self.tokens[idx], [self.samples[i] for i in idx], list(self.errors),
+                             self.tokenizer_name, self.n_requested)
+
+
+def _key(rng: random.Random, kind: str) -> str:
+    if kind == "uuids":
+        return str(uuid.UUID(int=rng.getrandbits(128), version=4))
+    return f"{rng.choice(ADJECTIVES)}-{rng.choice(NOUNS)}"
+
+
+def _value(rng: random.Random, kind: str) -> str:
+    if kind == "numbers":
+        return str(rng.randint(1_000_000, 9_999_999))
+    if kind == "uuids":
+        return str(uuid.UUID(int=rng.getrandbits(128), version=4))
+    return rng.choice(NOUNS)
+
+
+class _Encoder:
+    """Encode text as the model sees it: the tokenizer's leading specials (BOS) + the text's
+    tokens, with character offsets; trailing specials (an appended EOS) are dropped."""
+
+    def __init__(self, tokenizer):
+        self.tok = tokenizer
+        with_sp = tokenizer("x", add_special_tokens=True)["input_ids"]
+        without = tokenizer("x", add_special_tokens=False)["input_ids"]
+        i = next((k for k in range(len(with_sp) - len(without) + 1)
+                  if with_sp[k:k + len(without)] == without), 0)
+        self.prefix = list(with_sp[:i])
+        self.fast = bool(getattr(tokenizer, "is_fast", False))
+
+    def ids(self, text: str) -> list[int]:
+        return self.prefix + list(self.tok(text, add_special_tokens=False)["input_ids"])
+
+    def count(self, text: str) -> int:
+        return len(self.prefix) + len(self.tok(text, add_special_tokens=False)["input_ids"])
+
+    def span(self, text: str, ids: list[int], offsets, cs: int, ce: int, value: str) -> tuple[int, int]:
+        """Token span [s, e) of the characters text[cs:ce] (the value)."""
+        p = len(self.prefix)
+        if offsets is not None:
+            hit = [i for i, (a, b) in enumerate(offsets) if b > a and a < ce and b > cs]
+            if not hit:
+                raise SpanError(f"value {value!r} (chars {cs}-{ce}) overlaps no token")
+            s, e = p + hit[0], p + hit[-1] + 1
+        else:  # incremental encoding: tokens of the text up to the value's first / last char
+            def common(a, b):
+                n = 0
+                while n < min(len(a), len(b)) and a[n] == b[n]:
+                    n += 1
+                return n
+            pre, upto = self.ids(text[:cs]), self.ids(text[:ce])
+            s = common(pre, ids)
+            e = len(upto) if ids[:len(upto)] == upto else common(upto, ids) + 1
+        got = self.tok.decode(ids[s:e])
+        if e <= s or got.strip() != value:
+            raise SpanError(f"tokens {s}:{e} decode to {got!r}, not the value {value!r} (a token joins the "
+                            "value to its neighbours)")
+        return s, e
+
+
+def _filler_text(rng: random.Random, hay: str, n_chars: int, key_kind: str, value_kind: str,
+                 avoid: set[str]) -> tuple[str, list[int]]:
+    """At least n_chars of haystack text and the character offsets where its sentences start."""
+    parts, starts, total = [], [], 0
+    if hay == "needle":
+        while total < n_chars:
+            k = _key(rng, key_kind)
+            if k in avoid:
+                continue
+            s = needle_text(k, _value(rng, value_kind), value_kind)[0]
+            starts.append(total)
+            parts.append(s)
+            total += len(s)
+    else:
+        sents = haystack_sentences(hay)
+        i = rng.randrange(len(sents))
+        while total < n_chars:
+            s = sents[i % len(sents)]
+            starts.append(total)
+            parts.append(s)
+            total += len(s)
+            i += 1
+    return "".join(parts), starts
+
+
+def make_hf_sample(tokenizer, *, context_len: int, depth: float, seed: int, variant: str = "single_1",
+                   haystack: str | None = None, encoder: _Encoder | None = None) -> NeedleSample:
+    """One needle prompt of exactly ``context_len`` tokens of ``tokenizer`` (pure in its arguments).
+
+    Raises ``SpanError`` when an answer span cannot be located or the length cannot be hit."""
+    if variant not in VARIANTS:
+        raise ValueError(f"variant: unknown {variant!r}; valid: {', '.join(VARIANTS)}")
+    if not 0.0 <= depth <= 1.0:
+        raise ValueError(f"depth: must lie in [0, 1], got {depth}")
+    enc = encoder or _Encoder(tokenizer)
+    hay, key_kind, value_kind, n_distract, n_values, n_queries = VARIANTS[variant]
+    if haystack is not None and hay != "needle":
+        hay = haystack
+    rng = random.Random(f"hf/{variant}/{seed}")
+    keys: list[str] = []
+    while len(keys) < n_queries + n_distract:
+        k = _key(rng, key_kind)
+        if k not in keys:
+            keys.append(k)
+    query_keys, distract_keys = keys[:n_queries], keys[n_queries:]
+    needles = []  # (key, value, is_gold)
+    for k in query_keys:
+        vals: list[str] = []
+        while len(vals) < n_values:
+            v = _value(rng, value_kind)
+            if v not in vals:
+                vals.append(v)
+        needles += [(k, v, True) for v in vals]
+    needles += [(k, _value(rng, value_kind), False) for k in distract_keys]
+    depths = [depth] + [rng.random() for _ in needles[1:]]
+    order = sorted(range(len(needles)), key=lambda j: (depths[j], j))
+    texts = [needle_text(k, v, value_kind) for k, v, _ in needles]  # (sentence, value offset)
+    query = query_text(query_keys, value_kind, n_values).rstrip()
+
+    def build(filler: str, starts: list[int], n: int):
+        """Prompt text with the filler cut at n chars; char spans of every needle's value."""
+        bounds = starts[:bisect.bisect_right(starts, n)] or [0]
+        out, prev, spans, needle_char = [], 0, {}, 0
+        pos = 0
+        for j in order:
+            p = min(bounds, key=lambda b: (abs(b - depths[j] * n), b))
+            out.append(filler[prev:p]); pos += p - prev; prev = p
+            sent, voff = texts[j]
+            if j == 0:
+                needle_char = pos
+            spans[j] = (pos + voff, pos + voff + len(needles[j][1]))
+            out.append(sent); pos += len(sent)
+        out.append(filler[prev:n]); out.append(query)
+        return "".join(out), spans, needle_char
+
+    if enc.count(build("", [0], 0)[0]) > context_len:
+        need = enc.count(build("", [0], 0)[0])
+        raise ValueError(f"context_len: {context_len} tokens is too short for variant {variant!r}, whose "
+                         f"needle(s) and query alone take {need} tokens; use context_len >= {need}")
+    n_chars = 8 * context_len + 64
+    while True:
+        filler, starts = _filler_text(random.Random(f"hf/{variant}/{seed}/filler"), hay, n_chars,
+                                      key_kind, value_kind, set(keys))
+        if enc.count(build(filler, starts, len(filler))[0]) >= context_len:
+            break
+        n_chars *= 2
+    # cut points: word boundaries, then single characters near the best one
+    cuts = [0] + [i + 1 for i, c in enumerate(filler) if c == " "] + [len(filler)]
+    lo, hi = 0, len(cuts) - 1  # largest cut with count <= context_len
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if enc.count(build(filler, starts, cuts[mid])[0]) <= context_len:
+            lo = mid
+        else:
+            hi = mid - 1
+    n = None
+    for c in [cuts[lo]] + list(range(cuts[lo] + 1, cuts[min(lo + 1, len(cuts) - 1)])) \
+            + list(range(cuts[lo] - 1, cuts[max(lo - 1, 0)], -1)):
+        if enc.count(build(filler, starts, c)[0]) == context_len:
+            n = c
+            break
+    if n is None:
+        raise SpanError(f"cannot cut the haystack to exactly {context_len} tokens")
+    text, spans, needle_char = build(filler, starts, n)
+    if enc.fast:
+        out = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+        offsets = [tuple(o) for o in out["offset_mapping"]]
+        ids = enc.prefix + list(out["input_ids"])
+    else:
+        offsets, ids = None, enc.ids(text)
+    assert len(ids) == context_len
+    tok_spans = {j: enc.span(text, ids, offsets, cs, ce, needles[j][1]) for j, (cs, ce) in spans.items()}
+    gold = [j for j, (_, _, g) in enumerate(needles) if g]
+    values = [needles[j][1] for j in gold]
+    # needle_pos: the token holding the first needle's first character
+    if offsets is not None:
+        needle_pos = len(enc.prefix) + next((i for i, (a, b) in enumerate(offsets) if b > needle_char), 0)
+    else:
+        needle_pos = len(enc.ids(text[:needle_char]))
+    answer = " " + ", ".join(values)
+    full = enc.ids(text + answer)
+    answer_tokens = full[len(ids):] if full[:len(ids)] == ids else enc.ids(answer)[len(enc.prefix):]
+    return NeedleSample(tokens=ids, answer_tokens=answer_tokens, answer_spans=[tok_spans[j] for j in gold],
+                        values=values, keys=query_keys, depth=float(depth), needle_pos=int(needle_pos),
+                        context_len=context_len, query_pos=context_len - 1, variant=variant, haystack=hay)
+
+
+def hf_needle_batch(tokenizer, *, n: int = 8, context_len: int = 512, seed: int = 0,
+                    variant: str = "single_1", depths=None, haystack: str | None = None) -> HFNeedleBatch:
+    """``n`` needle prompts of exactly ``context_len`` tokens of ``tokenizer``.
+
+    ``depths``: one float, a list of n floats, or None for (i + 0.5) / n. Samples whose answer
+    span cannot be located are left out and listed in ``.errors``; if none is left, ValueError."""
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ValueError(f"n: must be a positive integer, got {n!r}")
+    if isinstance(context_len, bool) or not isinstance(context_len, int) or context_len < 2:
+        raise ValueError(f"context_len: must be an integer >= 2, got {context_len!r}")
+    if depths is None:
+        depths = [(i + 0.5) / n for i in range(n)]
+    elif isinstance(depths, (int, float)):
+        depths = [float(depths)] * n
+    depths = list(depths)
+    if len(depths) != n:
+        raise ValueError(f"depths: got {len(depths)} depths for n={n} samples")
+    enc = _Encoder(tokenizer)
+    samples, errors = [], []
+    for i, d in enumerate(depths):
+        try:
+            samples.append(make_hf_sample(tokenizer, context_len=context_len, depth=d,
+                                          seed=seed * 100_003 + i, variant=variant, haystack=haystack,
+                                          encoder=enc))
+        except SpanError as e:
+            errors.append((i, str(e)))
+    name = getattr(tokenizer, "name_or_path", "") or type(tokenizer).__name__
+    if not samples:
+        raise ValueError(f"needles: no sample could be built with tokenizer {name!r}; first error: "
+                         f"{errors[0][1]}")
+    tokens = torch.tensor([s.tokens for s in samples], dtype=torch.long)  # (n_ok, T)
+    return HFNeedleBatch(tokens=tokens, samples=samples, errors=errors, tokenizer_name=str(name),
+                         n_requested=n)
