@@ -82,7 +82,8 @@ class RecurrentMixer(nn.Module):
 
         Work is O(T * window), never T x T: scalar-decay mixers (M, L) use the closed form
         ``o_t = sum_{t-w<s<=t} exp(g_t - g_s) (q_t . k_s) v_s`` in blocks of queries; the delta
-        rule (D) runs one restarted recurrence of length ``window`` per query, batched.
+        rule (D) splits time into blocks of ``window`` (``_windowed_delta_blocks``), or, for a
+        few queries (decoding), runs one restarted recurrence of length ``window`` per query.
         With a decode cache, the last ``window - 1`` inputs are kept (``cache["window_tail"]``)
         so that decoding continues exactly; ``use_naive`` selects the per-position reference loop.
         """
