@@ -47,20 +47,37 @@ def _ints(s: str | None):
 @click.option("--force", is_flag=True, help="Rescore every checkpoint, ignoring the cache.")
 @click.option("--no-report", is_flag=True, help="Do not write report.html.")
 @click.option("--no-progress", is_flag=True, help="Hide the progress bar.")
+@click.option("--trust-remote-code", is_flag=True, help="HF checkpoints: run modelling code shipped with them.")
+@click.option("--tokenizer", default=None, help="HF checkpoints: tokenizer folder [default: the checkpoint's].")
+@click.option("--dtype", default=None, help="HF checkpoints: auto, float32, bfloat16 or float16 [default: auto].")
+@click.option("--device", default=None, help="HF checkpoints: cpu, cuda, ... [default: cuda if available].")
 def scan(run, variant, context_lens, depths, n_per_cell, seed, haystack, recurrent, all_samples,
-         max_new_tokens, reference, threshold, workers, batch_size, force, no_report, no_progress):
+         max_new_tokens, reference, threshold, workers, batch_size, force, no_report, no_progress,
+         trust_remote_code, tokenizer, dtype, device):
     """Score every checkpoint of RUN for retrieval heads; write tables and a report to RUN/scan/.
 
-    Exits 1 (after scanning the rest) when a checkpoint could not be read."""
+    RUN may also be a Hugging Face checkpoint folder or a folder of them (checkpoint-*, step*),
+    scanned in training order. Exits 1 (after scanning the rest) when a checkpoint could not be read."""
     from ..detect.scanner import ScanSettings, scan as run_scan
+    from ..hf.loader import is_hf_path
 
+    hf_kw = {k: v for k, v in dict(trust_remote_code=trust_remote_code, tokenizer=tokenizer, dtype=dtype,
+                                   device=device).items() if v}
+    if hf_kw and not is_hf_path(run):
+        raise click.UsageError(f"--{next(iter(hf_kw)).replace('_', '-')} applies to Hugging Face checkpoints; "
+                               f"{run} holds none")
     settings = ScanSettings(variant=variant, context_lens=_ints(context_lens), depths=_floats(depths),
                             n_per_cell=n_per_cell, seed=seed, haystack=haystack, recurrent=recurrent,
                             only_correct=not all_samples, max_new_tokens=max_new_tokens)
     df = run_scan(run, settings, reference=reference, threshold=threshold, workers=workers,
                   batch_size=batch_size, progress=not no_progress, force=force, report=not no_report,
-                  echo=lambda m: click.echo(m, err=True))
+                  echo=lambda m: click.echo(m, err=True), **hf_kw)
     info = df.attrs["scan"]
+    if "describe" in info:  # HF checkpoints: the layout read from their config
+        click.echo(info["describe"])
+        if info["needle_errors"]:
+            click.echo(f"{info['needle_errors']} needle sample(s) left out: answer span not located "
+                       "(see checkpoints.parquet)", err=True)
     click.echo(f"{info['n_checkpoints']} checkpoint(s): {info['n_scored']} scored, {info['n_cached']} cached, "
                f"{info['n_skipped']} skipped" + (" (tables unchanged)" if info["unchanged"] else ""))
     f = info["formation"]

@@ -289,9 +289,18 @@ def scan(run_dir, settings: ScanSettings | None = None, *, reference="first", th
     ``mp_context`` ("spawn": safe, each worker imports the library, a few seconds; "fork":
     instant on Linux, but unsafe once the parent has run multi-threaded torch code).
     ``df.attrs["scan"]`` holds counts
-    (scored, cached, skipped) and the skipped checkpoints with their errors."""
+    (scored, cached, skipped) and the skipped checkpoints with their errors.
+    A Hugging Face checkpoint, or a folder of them, goes to ``retrieval_heads.hf.scan.hf_scan``
+    (same tables; extra keywords ``trust_remote_code``, ``tokenizer``, ``dtype``, ``device``)."""
     from tqdm import tqdm
 
+    from ..hf.loader import is_hf_path
+
+    if is_hf_path(run_dir):
+        from ..hf.scan import hf_scan
+
+        return hf_scan(run_dir, settings, reference=reference, threshold=threshold, batch_size=batch_size,
+                       progress=progress, force=force, report=report, echo=echo, **setting_kw)
     echo = echo or _default_echo
     if settings is None:
         settings = ScanSettings(**setting_kw)

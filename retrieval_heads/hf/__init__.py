@@ -18,12 +18,12 @@ the row math), ``needles`` (tokenizer-based needle prompts), ``scan`` (checkpoin
 from .layout import HFLayout, LayerSpec, hf_layout
 from .loader import (HFCheckpoint, is_hf_checkpoint, is_hf_path, list_hf_checkpoints, load_bridge, load_hf,
                      load_hf_model, load_tokenizer)
-from .needles import HFNeedleBatch, SpanError, hf_needle_batch, make_hf_sample
+from .needles import HFNeedleBatch, SpanError, hf_needle_batch, hf_needle_pairs, make_hf_sample
 
 __all__ = [
     "HFLayout", "LayerSpec", "hf_layout", "HFCheckpoint", "is_hf_checkpoint", "is_hf_path",
     "list_hf_checkpoints", "load_bridge", "load_hf", "load_hf_model", "load_tokenizer", "HFNeedleBatch",
-    "SpanError", "hf_needle_batch", "make_hf_sample", "HFModel", "hf_scan",
+    "SpanError", "hf_needle_batch", "hf_needle_pairs", "make_hf_sample", "HFModel", "hf_scan",
 ]
 
 

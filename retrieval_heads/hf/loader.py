@@ -207,6 +207,7 @@ def load_hf_model(path, *, device=None, dtype=None, attn_implementation: str | N
     """The raw HF ``AutoModelForCausalLM`` of a local checkpoint folder, in eval mode."""
     _offline()
     import torch
+    from safetensors import SafetensorError
     from transformers import AutoModelForCausalLM
 
     path = Path(path)
@@ -228,6 +229,8 @@ def load_hf_model(path, *, device=None, dtype=None, attn_implementation: str | N
             attn_implementation="eager", trust_remote_code=trust_remote_code)
     except OSError as e:
         raise FileNotFoundError(f"{path}: cannot load the model offline ({e})") from None
+    except SafetensorError as e:
+        raise ValueError(f"{path}: unreadable safetensors weights ({e})") from None
     return model.to(device).eval()
 
 
@@ -266,3 +269,32 @@ def load_bridge(path, *, device=None, dtype=None, trust_remote_code: bool = Fals
         tokenizer = load_tokenizer(tokenizer or path, trust_remote_code=trust_remote_code)
     return build_bridge_from_module(model, arch, hf_config=model.config, tokenizer=tokenizer,
                                     model_name=str(path))
+
+
+def describe_hf(path, *, trust_remote_code: bool = False, layout: str | None = None) -> str:
+    """Layout, positions and what is on disk for an HF checkpoint or series, from config.json
+    only (no weights are loaded): what ``retrieval-heads info --hf PATH`` prints."""
+    _offline()
+    from transformer_lens.factories.architecture_adapter_factory import SUPPORTED_ARCHITECTURES
+    from transformers import AutoConfig
+
+    from .layout import hf_layout
+
+    found = list_hf_checkpoints(path)
+    first = found[0].path
+    cfg = read_hf_config(first)
+    _check_remote_code(first, cfg, trust_remote_code)
+    config = AutoConfig.from_pretrained(str(first), local_files_only=True, trust_remote_code=trust_remote_code)
+    spec = hf_layout(config, layout=layout)
+    lines = [spec.describe()]
+    if len(found) > 1:
+        lines.append(f"  series: {len(found)} checkpoints, steps {found[0].step} .. {found[-1].step} "
+                     f"({', '.join(c.path.name for c in found[:4])}{', ...' if len(found) > 4 else ''})")
+    try:
+        lines.append(f"  tokenizer: {find_tokenizer_dir(first)}")
+    except FileNotFoundError as e:
+        lines.append(f"  tokenizer: missing ({e})")
+    arch = spec.architecture
+    lines.append(f"  TransformerBridge: {'supported' if arch in SUPPORTED_ARCHITECTURES else 'no adapter'} "
+                 f"for {arch}; detection uses our O(T) adapter (load_hf)")
+    return "\n".join(lines)

@@ -37,7 +37,6 @@ import inspect
 import warnings
 from dataclasses import dataclass, field
 from functools import partial
-from types import SimpleNamespace
 from typing import Callable
 
 import torch
@@ -83,6 +82,37 @@ class BlockHooks(nn.Module):
             self.hook_mixer_out = HookPoint()  # [batch, pos, d_model]
         if has_mlp:
             self.hook_mlp_out = HookPoint()  # [batch, pos, d_model]
+
+
+@dataclass
+class HFConfig:
+    """The parts of ``ModelConfig`` that the detector, ablation and patching read."""
+
+    layout: str
+    n_layers: int
+    n_heads: int
+    d_head: int
+    d_model: int
+    n_kv_heads: int
+    windows: list
+    pos: list
+    model_type: str = ""
+    architecture: str = ""
+    vocab_size: int | None = None
+    max_seq_len: int | None = None
+
+    @property
+    def attention_layers(self) -> list[int]:
+        return [l for l, c in enumerate(self.layout) if c in ("F", "S")]
+
+    def layer_kind(self, layer: int) -> str:
+        return self.layout[layer]
+
+    def is_attention(self, layer: int) -> bool:
+        return self.layout[layer] in ("F", "S")
+
+    def describe(self) -> str:
+        return f"{self.architecture}: layout={self.layout} d_model={self.d_model} heads={self.n_heads}"
 
 
 class _Owner:
@@ -168,11 +198,12 @@ class HFModel(HookedRootModule):
         self.path, self.step, self.tokens_seen = path, step, tokens_seen
         self.spec: HFLayout = hf_layout(hf_model.config, layout=layout)
         spec = self.spec
-        self.cfg = SimpleNamespace(n_layers=spec.n_layers, n_heads=spec.n_heads, d_head=spec.d_head,
-                                   d_model=spec.d_model, n_kv_heads=spec.n_kv_heads, layout=spec.layout,
-                                   model_type=spec.model_type, architecture=spec.architecture,
-                                   vocab_size=getattr(hf_model.config.get_text_config(), "vocab_size", None),
-                                   max_seq_len=None)
+        text_cfg = hf_model.config.get_text_config()
+        self.cfg = HFConfig(layout=spec.layout, n_layers=spec.n_layers, n_heads=spec.n_heads, d_head=spec.d_head,
+                            d_model=spec.d_model, n_kv_heads=spec.n_kv_heads, windows=spec.windows, pos=spec.pos,
+                            model_type=spec.model_type, architecture=spec.architecture,
+                            vocab_size=getattr(text_cfg, "vocab_size", None),
+                            max_seq_len=getattr(text_cfg, "max_position_embeddings", None))
         self._layers = _find_layers(hf_model)
         mlps = [_child(layer, MLP_NAMES) for layer in self._layers]
         self.hook_embed = HookPoint()  # [batch, pos, d_model]

@@ -50,11 +50,14 @@ class HFNeedleBatch(NeedleBatch):
     errors: list[tuple[int, str]] = field(default_factory=list)  # (requested index, message)
     tokenizer_name: str = ""
     n_requested: int = 0
+    texts: list[str] = field(default_factory=list)  # the prompts as text
+    char_spans: list[list[tuple[int, int]]] = field(default_factory=list)  # gold values' characters
 
     def subset(self, idx) -> "HFNeedleBatch":
         idx = list(idx)
         return HFNeedleBatch(self.tokens[idx], [self.samples[i] for i in idx], list(self.errors),
-                             self.tokenizer_name, self.n_requested)
+                             self.tokenizer_name, self.n_requested, [self.texts[i] for i in idx],
+                             [self.char_spans[i] for i in idx])
 
 
 def _key(rng: random.Random, kind: str) -> str:
@@ -144,6 +147,13 @@ def make_hf_sample(tokenizer, *, context_len: int, depth: float, seed: int, vari
     """One needle prompt of exactly ``context_len`` tokens of ``tokenizer`` (pure in its arguments).
 
     Raises ``SpanError`` when an answer span cannot be located or the length cannot be hit."""
+    return _build(tokenizer, context_len=context_len, depth=depth, seed=seed, variant=variant,
+                  haystack=haystack, encoder=encoder)[0]
+
+
+def _build(tokenizer, *, context_len: int, depth: float, seed: int, variant: str, haystack: str | None,
+           encoder: _Encoder | None):
+    """(sample, prompt text, character spans of the gold values)."""
     if variant not in VARIANTS:
         raise ValueError(f"variant: unknown {variant!r}; valid: {', '.join(VARIANTS)}")
     if not 0.0 <= depth <= 1.0:
@@ -236,9 +246,10 @@ def make_hf_sample(tokenizer, *, context_len: int, depth: float, seed: int, vari
     answer = " " + ", ".join(values)
     full = enc.ids(text + answer)
     answer_tokens = full[len(ids):] if full[:len(ids)] == ids else enc.ids(answer)[len(enc.prefix):]
-    return NeedleSample(tokens=ids, answer_tokens=answer_tokens, answer_spans=[tok_spans[j] for j in gold],
-                        values=values, keys=query_keys, depth=float(depth), needle_pos=int(needle_pos),
-                        context_len=context_len, query_pos=context_len - 1, variant=variant, haystack=hay)
+    sample = NeedleSample(tokens=ids, answer_tokens=answer_tokens, answer_spans=[tok_spans[j] for j in gold],
+                          values=values, keys=query_keys, depth=float(depth), needle_pos=int(needle_pos),
+                          context_len=context_len, query_pos=context_len - 1, variant=variant, haystack=hay)
+    return sample, text, [spans[j] for j in gold]
 
 
 def hf_needle_batch(tokenizer, *, n: int = 8, context_len: int = 512, seed: int = 0,
@@ -259,18 +270,84 @@ def hf_needle_batch(tokenizer, *, n: int = 8, context_len: int = 512, seed: int 
     if len(depths) != n:
         raise ValueError(f"depths: got {len(depths)} depths for n={n} samples")
     enc = _Encoder(tokenizer)
-    samples, errors = [], []
+    samples, errors, texts, chars = [], [], [], []
     for i, d in enumerate(depths):
         try:
-            samples.append(make_hf_sample(tokenizer, context_len=context_len, depth=d,
-                                          seed=seed * 100_003 + i, variant=variant, haystack=haystack,
-                                          encoder=enc))
+            s, text, cs = _build(tokenizer, context_len=context_len, depth=d, seed=seed * 100_003 + i,
+                                 variant=variant, haystack=haystack, encoder=enc)
         except SpanError as e:
             errors.append((i, str(e)))
+            continue
+        samples.append(s)
+        texts.append(text)
+        chars.append(cs)
     name = getattr(tokenizer, "name_or_path", "") or type(tokenizer).__name__
     if not samples:
         raise ValueError(f"needles: no sample could be built with tokenizer {name!r}; first error: "
                          f"{errors[0][1]}")
     tokens = torch.tensor([s.tokens for s in samples], dtype=torch.long)  # (n_ok, T)
     return HFNeedleBatch(tokens=tokens, samples=samples, errors=errors, tokenizer_name=str(name),
-                         n_requested=n)
+                         n_requested=n, texts=texts, char_spans=chars)
+
+
+def _corrupt(value: str, rng: random.Random) -> str:
+    """A different value of the same format (digits stay digits, hex stays hex, words change)."""
+    if value.isalpha():
+        return rng.choice([n for n in NOUNS if n != value])
+    out = []
+    for c in value:
+        if c.isdigit():
+            out.append(rng.choice("0123456789"))
+        elif c in "abcdef":
+            out.append(rng.choice("0123456789abcdef"))
+        else:
+            out.append(c)
+    return "".join(out)
+
+
+def hf_needle_pairs(tokenizer, *, n: int = 4, context_len: int = 256, seed: int = 0, variant: str = "single_1",
+                    depths=None, haystack: str | None = None, tries: int = 50):
+    """Clean / corrupted prompt pairs for ``interventions.activation_patching`` with an HF tokenizer.
+
+    The corrupted prompt replaces the needle value by another of the same format such that the
+    token count is unchanged, only tokens inside the answer span differ and the answer's first
+    token differs. Samples where no such value is found within ``tries`` go to ``.errors``."""
+    from ..interventions.patching import NeedlePair
+
+    batch = hf_needle_batch(tokenizer, n=n, context_len=context_len, seed=seed, variant=variant,
+                            depths=depths, haystack=haystack)
+    enc = _Encoder(tokenizer)
+    rng = random.Random(f"hf-corrupt/{variant}/{seed}")
+    keep, corrupt, ct, kt, spans = [], [], [], [], []
+    errors = list(batch.errors)
+    for i, (s, text, cs) in enumerate(zip(batch.samples, batch.texts, batch.char_spans)):
+        if len(s.answer_spans) != 1:
+            raise ValueError(f"variant: {variant!r} has {len(s.answer_spans)} gold values; patching needs a "
+                             "single-value needle task (single_*, multikey_*)")
+        (a, e), (c0, c1) = s.answer_spans[0], cs[0]
+        for _ in range(tries):
+            new = _corrupt(s.values[0], rng)
+            if new == s.values[0]:
+                continue
+            ids = enc.ids(text[:c0] + new + text[c1:])
+            if len(ids) != len(s.tokens) or ids[:a] != s.tokens[:a] or ids[e:] != s.tokens[e:]:
+                continue
+            full = enc.ids(text[:c0] + new + text[c1:] + " " + new)
+            first = full[len(ids)] if len(full) > len(ids) and full[:len(ids)] == ids else None
+            if first is None or first == s.answer_tokens[0]:
+                continue
+            keep.append(i)
+            corrupt.append(ids)
+            ct.append(s.answer_tokens[0])
+            kt.append(first)
+            spans.append((a, e))
+            break
+        else:
+            errors.append((i, f"no corrupted value of {s.values[0]!r} keeps the tokenization outside the span"))
+    if not keep:
+        raise ValueError(f"needle pairs: no pair could be built; first error: {errors[0][1]}")
+    pair = NeedlePair(clean=batch.tokens[keep], corrupt=torch.tensor(corrupt, dtype=torch.long),
+                      clean_token=torch.tensor(ct), corrupt_token=torch.tensor(kt), answer_spans=spans,
+                      samples=[batch.samples[i] for i in keep])
+    pair.errors = errors
+    return pair

@@ -61,7 +61,8 @@ def _corpus() -> list[str]:
     lines += [needle_text(f"{a}-{n}", str(1_000_003 + 7910 * i), "numbers")[0]
               for i, (a, n) in enumerate(zip(ADJECTIVES[:40], NOUNS[:40]))]
     lines += ["The special magic number for", "The special magic numbers for", "are:", "is:",
-              " ".join(NOUNS[:200]), " ".join(ADJECTIVES[:200]), "0123456789 -,.:;!?\n"]
+              " ".join(NOUNS[:200]), " ".join(ADJECTIVES[:200]), "0123456789 -,.:;!?\n",
+              " ".join("1234567890" * 60)]  # " 7" etc. become tokens
     return lines
 
 
