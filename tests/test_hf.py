@@ -296,3 +296,40 @@ def test_bridge_patterns_match_eager_and_our_rows(ckpts):
         for l, a in zip(ours.cfg.attention_layers, att):
             torch.testing.assert_close(cache[f"blocks.{l}.attn.hook_pattern"], a, atol=1e-6, rtol=1e-5)
             torch.testing.assert_close(rows[l][:, :, 0], a[:, :, 19], atol=2e-6, rtol=1e-4)
+
+
+@pytest.mark.gpu
+def test_long_context_rows_fit_on_gpu():
+    """A 1B-sized Olmo-3-like hybrid (bf16) at 16k tokens: prefill rows match an fp32 reference
+    row and stay far below one layer's T x T pattern in peak memory."""
+    from transformers import AutoModelForCausalLM
+
+    cfg = tiny_config("olmo3", vocab_size=32000, num_hidden_layers=8, hidden_size=2048, intermediate_size=5504,
+                      num_attention_heads=16, num_key_value_heads=16, head_dim=128, sliding_window=1024,
+                      max_position_embeddings=32768,
+                      layer_types=(["sliding_attention"] * 3 + ["full_attention"]) * 2)
+    with torch.device("cuda"):
+        hf_model = AutoModelForCausalLM.from_config(cfg, dtype=torch.bfloat16, attn_implementation="sdpa").eval()
+    m = HFModel(hf_model)
+    T = 16384
+    x = torch.randint(3, 32000, (1, T), device="cuda")
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    base = torch.cuda.memory_allocated()
+    rows = m.prefill_rows(x, [T - 1])
+    peak = torch.cuda.max_memory_allocated() - base
+    pattern = 16 * T * T * 2  # one layer's bf16 pattern
+    assert peak < pattern / 4, (peak, pattern)
+    for l in (3, 7):
+        assert rows[l].shape == (1, 16, 1, T) and torch.allclose(rows[l].sum(-1), torch.ones(1, 16, 1, device="cuda"))
+    for l in (0, 4):  # sliding layers: only the last 1024 keys
+        assert rows[l][..., : T - 1024].abs().max() == 0
+
+
+def test_docstring_examples():
+    import doctest
+
+    from retrieval_heads.hf import layout, needles, weights
+
+    for mod in (layout, needles, weights):
+        assert doctest.testmod(mod).failed == 0, mod.__name__

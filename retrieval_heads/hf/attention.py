@@ -87,12 +87,14 @@ def masked_scores(module, q: torch.Tensor, k: torch.Tensor, mask_rows: torch.Ten
 
     q (B, H, nq, D) at absolute positions q_pos (B, nq); k (B, Hkv, Tk, D) at k_pos (Tk,);
     mask_rows: HF's mask restricted to these query rows, (B, 1|H, nq, Tk) bool or additive."""
-    H = q.shape[1]
+    B, H, nq, D = q.shape
+    Hkv, Tk = k.shape[1], k.shape[2]
     scaling = kwargs.get("scaling")
     if scaling is None:
-        scaling = getattr(module, "scaling", q.shape[-1] ** -0.5)
-    kk = repeat_kv(k, H).float()
-    s = torch.matmul(q.float(), kk.transpose(-1, -2)) * scaling  # (B, H, nq, Tk)
+        scaling = getattr(module, "scaling", D ** -0.5)
+    # grouped-query attention without repeating k: head h reads kv head h // (H // Hkv)
+    qg = q.float().reshape(B, Hkv, (H // Hkv) * nq, D)  # (B, Hkv, g*nq, D)
+    s = torch.matmul(qg, k.float().transpose(-1, -2)).view(B, H, nq, Tk) * scaling  # (B, H, nq, Tk)
     cap = kwargs.get("softcap")
     if cap:
         s = torch.tanh(s / cap) * cap
