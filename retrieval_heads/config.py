@@ -244,7 +244,10 @@ class TrainConfig(_JSONMixin):
     seed: int = 0
     niah_fraction: float = 0.5  # fraction of training sequences that are needle tasks
     niah_variant: str = "single_1"
-    haystack: str = "essay"  # built-in haystack name or a path to a text file / folder
+    haystack: str = "essay"  # LM text: built-in haystack name or a path to a text file / folder
+    niah_haystack: str | None = None  # haystack of the training needles; None = the variant's own
+    niah_context_weight: float = 0.0  # loss weight of a needle row's prompt tokens (answer = 1)
+    induction_fraction: float = 0.0  # fraction of rows holding a repeated random string
     eval_every: int = 100
     eval_samples: int = 16
     save_every: int = 100
@@ -260,7 +263,7 @@ class TrainConfig(_JSONMixin):
         _check_int("warmup_steps", self.warmup_steps, minimum=0)
         _check_int("seed", self.seed, minimum=0)
         _check_float("lr", self.lr)
-        for name in ("min_lr_ratio", "niah_fraction"):
+        for name in ("min_lr_ratio", "niah_fraction", "niah_context_weight", "induction_fraction"):
             v = getattr(self, name)
             _check_float(name, v, positive=False)
             if not 0.0 <= v <= 1.0:
@@ -269,5 +272,8 @@ class TrainConfig(_JSONMixin):
             _check_float(name, getattr(self, name), positive=False)
             if getattr(self, name) < 0:
                 raise ValueError(f"{name}: must be >= 0, got {getattr(self, name)}")
+        if self.niah_fraction + self.induction_fraction > 1.0:
+            raise ValueError(f"niah_fraction + induction_fraction: must be <= 1, got "
+                             f"{self.niah_fraction} + {self.induction_fraction}")
         if self.dtype not in ("auto", "float32", "bfloat16"):
             raise ValueError(f"dtype: {self.dtype!r}; use auto, float32 or bfloat16")

@@ -1,0 +1,379 @@
+"""The training loop: AdamW, linear warm-up + cosine decay, gradient clipping and
+accumulation, bf16 autocast on CUDA, periodic NIAH / LM-loss evaluation, checkpoints on a
+log-spaced + regular schedule, exact resume, and torchrun DDP.
+
+How to run (a tiny CPU example; a few minutes on 2 cores)::
+
+    retrieval-heads train --preset tiny --out runs/tiny
+    retrieval-heads train --preset tiny --out runs/tiny --resume          # continue it
+    torchrun --nproc_per_node 2 -m retrieval_heads.train --preset tiny --out runs/tiny2
+
+Batch semantics (DDP and accumulation): ``TrainConfig.batch_size`` is the **global** batch
+of one optimizer step. It is split into ``world_size × grad_accum`` micro-batches of
+``batch_size / (world_size × grad_accum)`` rows; rank ``r`` runs micro-batches
+``m·world_size + r``. The data of a step does not depend on how it is split, so 2 processes,
+1 process with ``grad_accum=2`` and 1 process with ``grad_accum=1`` see the same rows and
+follow the same trajectory up to float summation order (and thread-count effects).
+
+Run folder::
+
+    RUN/run.json            {"model": ModelConfig, "train": TrainConfig}
+    RUN/metrics.jsonl       one JSON object per evaluation (step, tokens_seen, lr, train_loss,
+                            lm_loss, niah_acc, tokens_per_s, time_s)
+    RUN/step_XXXXXX/        checkpoints (weights after XXXXXX optimizer steps; step 0 = init)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import shutil
+import time
+from pathlib import Path
+
+import torch
+
+from ..config import ModelConfig, TrainConfig
+from ..tasks import TOKENIZER, niah_batch, string_match_all
+from ..tasks.mixture import check_mixture, eval_lm_batch, row_loss, training_batch
+from .checkpoint import (list_checkpoints, load_checkpoint, load_train_state, read_meta,
+                         save_checkpoint)
+
+RUN_FILE = "run.json"
+METRICS_FILE = "metrics.jsonl"
+
+
+# ----------------------------------------------------------------------------- schedules
+def lr_at(cfg: TrainConfig, step: int) -> float:
+    """Learning rate of the update that turns step ``step`` into ``step + 1`` (0-based)."""
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    span = max(cfg.steps - cfg.warmup_steps, 1)
+    progress = min((step - cfg.warmup_steps) / span, 1.0)
+    ratio = cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+    return cfg.lr * ratio
+
+
+def checkpoint_steps(cfg: TrainConfig) -> list[int]:
+    """Steps that get a checkpoint: 0, every ``save_every``, the last step, and (when
+    ``save_log_spaced``) round(2^(k/2)) below ``save_every`` (1, 2, 3, 4, 6, 8, 11, 16, ...)."""
+    steps = {0, cfg.steps, *range(cfg.save_every, cfg.steps + 1, cfg.save_every)}
+    if cfg.save_log_spaced:
+        k = 0
+        while (v := round(2 ** (k / 2))) < min(cfg.save_every, cfg.steps):
+            steps.add(v)
+            k += 1
+    return sorted(steps)
+
+
+def eval_steps(cfg: TrainConfig) -> list[int]:
+    """Steps that get an evaluation: every ``eval_every``, every checkpoint step."""
+    return sorted({*range(0, cfg.steps + 1, cfg.eval_every), *checkpoint_steps(cfg)})
+
+
+# ----------------------------------------------------------------------------- devices, DDP
+def resolve_device(name: str = "auto", local_rank: int = 0) -> torch.device:
+    if name == "auto":
+        return torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"device: {name!r} is not a device; use auto, cpu, cuda or cuda:N") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device: {name!r} requested but CUDA is not available; use --device cpu")
+        if dev.index is None:
+            dev = torch.device(f"cuda:{local_rank}")
+    elif dev.type != "cpu":
+        raise ValueError(f"device: {name!r} is not supported; use auto, cpu, cuda or cuda:N")
+    return dev
+
+
+def dist_env() -> tuple[int, int, int]:
+    """(rank, world_size, local_rank) from torchrun's environment (0, 1, 0 without it)."""
+    return (int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)),
+            int(os.environ.get("LOCAL_RANK", 0)))
+
+
+def _barrier(world: int) -> None:
+    if world > 1:
+        torch.distributed.barrier()
+
+
+# ----------------------------------------------------------------------------- checks
+def check_configs(model_cfg: ModelConfig, cfg: TrainConfig, world_size: int = 1) -> None:
+    """Raise ``ValueError`` for any combination that cannot train; called before writing."""
+    if "S" in model_cfg.layout and model_cfg.window > cfg.context_len:
+        raise ValueError(f"window: {model_cfg.window} is larger than the context length "
+                         f"{cfg.context_len}; a sliding window cannot exceed the context")
+    from ..tasks.mixture import answer_reserve
+
+    need = cfg.context_len + answer_reserve(cfg.niah_variant)
+    if model_cfg.max_seq_len < need:
+        raise ValueError(f"max_seq_len: {model_cfg.max_seq_len} is too small for context_len "
+                         f"{cfg.context_len} plus the generated answer; use >= {need}")
+    split = world_size * cfg.grad_accum
+    if cfg.batch_size % split:
+        raise ValueError(f"batch_size: {cfg.batch_size} (the global batch) is not divisible by "
+                         f"world_size × grad_accum = {world_size} × {cfg.grad_accum}")
+    check_mixture(cfg)
+
+
+def _looks_like_run(path: Path) -> bool:
+    return (path / RUN_FILE).exists() or (path / METRICS_FILE).exists() or any(
+        p.name.startswith("step_") for p in path.iterdir())
+
+
+def check_out_dir(out: Path, model_cfg: ModelConfig, cfg: TrainConfig, *, resume: bool,
+                  overwrite: bool) -> str:
+    """Decide what to do with ``out`` without touching it: 'new', 'resume' or 'overwrite'."""
+    if resume and overwrite:
+        raise ValueError("--resume and --overwrite contradict each other; pick one")
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"out: {out} exists and is not a folder")
+    if not out.exists() or not any(out.iterdir()):
+        return "new"
+    if not _looks_like_run(out):
+        raise ValueError(f"out: {out} is not empty and holds no retrieval-heads run; "
+                         "choose another --out (it is never deleted)")
+    if overwrite:
+        return "overwrite"
+    try:
+        saved = json.loads((out / RUN_FILE).read_text())
+        same_model = ModelConfig.from_dict(saved["model"]) == model_cfg
+        saved_train = TrainConfig.from_dict(saved["train"])
+    except (OSError, KeyError, ValueError, TypeError):
+        raise ValueError(f"out: {out} holds a run whose {RUN_FILE} is missing or unreadable; "
+                         "pass --overwrite to replace it") from None
+    diff = [k for k, v in cfg.to_dict().items() if k not in ("steps", "device") and getattr(saved_train, k) != v]
+    if not same_model or diff:
+        what = ", ".join(["model"] * (not same_model) + diff)
+        raise ValueError(f"out: {out} holds a different run (differs in: {what}); "
+                         "pass --overwrite to replace it or choose another --out")
+    if not resume:
+        raise ValueError(f"out: {out} already holds this run; pass --resume to continue it "
+                         "or --overwrite to start again")
+    return "resume"
+
+
+# ----------------------------------------------------------------------------- evaluation
+@torch.no_grad()
+def evaluate(model, cfg: TrainConfig, n: int | None = None) -> dict:
+    """NIAH accuracy (greedy decoding + string_match_all) on ``n`` prompts of
+    ``cfg.context_len`` tokens at evenly spread depths, and the LM loss on held-out text."""
+    n = n or cfg.eval_samples
+    was_training = model.training
+    model.eval()
+    dev = model.device
+    batch = niah_batch(n=n, context_len=cfg.context_len, seed=10_000 + cfg.seed,
+                       variant=cfg.niah_variant, haystack=cfg.niah_haystack)
+    max_new = max(len(s.answer_tokens) for s in batch.samples) + 1
+    out = model.generate(batch.tokens.to(dev), max_new_tokens=max_new, stop_token=TOKENIZER.EOS)
+    preds = [TOKENIZER.decode(row.tolist()) for row in out.cpu()]
+    acc = sum(string_match_all(p, s.values) for p, s in zip(preds, batch.samples)) / n
+    # teacher-forced accuracy of every answer token (shows partial progress)
+    T = batch.tokens.shape[1]
+    ans = torch.full((n, max_new), TOKENIZER.PAD, dtype=torch.long)
+    for i, s in enumerate(batch.samples):
+        ans[i, : len(s.answer_tokens)] = torch.tensor(s.answer_tokens)
+    logits = model(torch.cat([batch.tokens, ans], 1).to(dev))[:, T - 1: T - 1 + max_new]  # (n, A, V)
+    mask = (ans != TOKENIZER.PAD).to(dev)
+    tok_acc = ((logits.argmax(-1) == ans.to(dev)) & mask).sum().item() / mask.sum().item()
+    lm = eval_lm_batch(cfg, n)
+    logits = model(lm.tokens.to(dev))
+    lm_loss = row_loss(logits, lm.targets.to(dev), lm.weights.to(dev)).mean().item()
+    model.train(was_training)
+    return {"niah_acc": acc, "niah_token_acc": tok_acc, "lm_loss": lm_loss}
+
+
+# ----------------------------------------------------------------------------- training
+def _optimizer(model, cfg: TrainConfig):
+    decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
+    no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay},
+              {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=1e-8)
+
+
+def _rng_state() -> dict:
+    state = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _write_metrics(out: Path, row: dict) -> None:
+    with open(out / METRICS_FILE, "a") as f:
+        f.write(json.dumps(row) + "\n")
+
+
+def _truncate_metrics(out: Path, step: int) -> None:
+    f = out / METRICS_FILE
+    if f.exists():
+        rows = [l for l in f.read_text().splitlines() if l.strip() and json.loads(l)["step"] <= step]
+        f.write_text("".join(r + "\n" for r in rows))
+
+
+def train(model_cfg: ModelConfig, cfg: TrainConfig, out: str | Path, *, resume: bool = False,
+          overwrite: bool = False, stop_at: int | None = None, progress: bool = True,
+          log=print) -> dict:
+    """Train ``HybridLM(model_cfg)`` with ``cfg`` into the run folder ``out``.
+
+    ``resume`` continues from the last checkpoint of ``out`` holding optimizer state (a new
+    run when ``out`` is empty); ``overwrite`` replaces a run in ``out``; ``stop_at`` stops
+    after that step (with a checkpoint), as if interrupted. Under torchrun every rank calls
+    this; rank 0 writes. Returns ``{"step", "tokens_seen", "wall_s", "tokens_per_s",
+    "final": last eval metrics, "out"}``.
+    """
+    from torch.nn.parallel import DistributedDataParallel as DDP
+    from ..model import HybridLM
+
+    out = Path(out)
+    rank, world, local_rank = dist_env()
+    device = resolve_device(cfg.device, local_rank)
+    check_configs(model_cfg, cfg, world)
+    mode = check_out_dir(out, model_cfg, cfg, resume=resume, overwrite=overwrite)
+    if stop_at is not None and not 0 <= stop_at <= cfg.steps:
+        raise ValueError(f"stop_at: must lie in [0, steps={cfg.steps}], got {stop_at}")
+    if world > 1 and not torch.distributed.is_initialized():
+        torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    is_main = rank == 0
+
+    # ---- model, optimizer, state
+    torch.manual_seed(cfg.seed)
+    model = HybridLM(model_cfg).to(device)
+    opt = _optimizer(model, cfg)
+    start, tokens_seen = 0, 0
+    if mode == "resume":
+        ckpts = [p for p in list_checkpoints(out) if (p / "train_state.pt").exists()]
+        if ckpts:
+            last = ckpts[-1]
+            state = load_train_state(last)
+            model.load_state_dict(load_checkpoint(last).state_dict())
+            opt.load_state_dict(state["optimizer"])
+            torch.set_rng_state(state["rng"]["torch"])
+            if "cuda" in state["rng"] and torch.cuda.is_available():
+                torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+            start, tokens_seen = int(state["step"]), int(state["tokens_seen"])
+            if is_main:
+                log(f"resuming {out} from step {start}")
+        else:
+            mode = "new"
+    _barrier(world)
+    if is_main:
+        if mode == "overwrite":
+            shutil.rmtree(out)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / RUN_FILE).write_text(json.dumps({"model": model_cfg.to_dict(), "train": cfg.to_dict()},
+                                               indent=2, sort_keys=True))
+        _truncate_metrics(out, start)
+    _barrier(world)
+    net = DDP(model, device_ids=[device.index] if device.type == "cuda" else None) if world > 1 else model
+    fwd = torch.compile(net) if cfg.compile else net
+    autocast = (torch.autocast("cuda", dtype=torch.bfloat16)
+                if device.type == "cuda" and cfg.dtype in ("auto", "bfloat16") else contextlib.nullcontext())
+
+    ckpt_at, eval_at = set(checkpoint_steps(cfg)), set(eval_steps(cfg))
+    end = cfg.steps if stop_at is None else stop_at
+    mb = cfg.batch_size // (world * cfg.grad_accum)
+    tok_per_step = cfg.batch_size * cfg.context_len
+    last_metrics: dict = {}
+    loss_sum, loss_n, niah_sum, niah_n = 0.0, 0, 0.0, 0
+    train_time = 0.0
+
+    def checkpoint(step):
+        if is_main:
+            state = {"optimizer": opt.state_dict(), "step": step, "tokens_seen": tokens_seen,
+                     "rng": _rng_state(), "world_size": world}
+            save_checkpoint(out, step, model, train_cfg=cfg, tokens_seen=tokens_seen, data_seed=cfg.seed,
+                            train_state=state)
+
+    def maybe_eval(step):
+        nonlocal loss_sum, loss_n, niah_sum, niah_n, last_metrics
+        if is_main and step in eval_at:
+            m = evaluate(model, cfg)
+            last_metrics = {"step": step, "tokens_seen": tokens_seen, "lr": lr_at(cfg, max(step - 1, 0)),
+                            "train_loss": loss_sum / loss_n if loss_n else None,
+                            "train_niah_loss": niah_sum / niah_n if niah_n else None, **m,
+                            "tokens_per_s": (step - start) * tok_per_step / train_time if train_time else None,
+                            "time_s": round(train_time, 3)}
+            _write_metrics(out, last_metrics)
+            loss_sum, loss_n, niah_sum, niah_n = 0.0, 0, 0.0, 0
+
+    if start == 0:
+        maybe_eval(0)
+        if 0 in ckpt_at:
+            checkpoint(0)
+    bar = None
+    if is_main and progress:
+        from tqdm.auto import tqdm
+        bar = tqdm(total=end, initial=start, desc=f"train {out.name}", unit="step", dynamic_ncols=True)
+    model.train()
+    step = start
+    try:
+        while step < end:
+            t0 = time.perf_counter()
+            lr = lr_at(cfg, step)
+            for g in opt.param_groups:
+                g["lr"] = lr
+            step_loss = torch.zeros(3, device=device)  # sum of row losses, of needle-row losses, needle rows
+            for micro in range(cfg.grad_accum):
+                chunk = micro * world + rank
+                b = training_batch(cfg, step, rows=range(chunk * mb, (chunk + 1) * mb))
+                sync = (world == 1 or micro == cfg.grad_accum - 1)
+                with (contextlib.nullcontext() if sync else net.no_sync()):
+                    with autocast:
+                        logits = fwd(b.tokens.to(device))  # (mb, T, vocab)
+                    losses = row_loss(logits, b.targets.to(device), b.weights.to(device))  # (mb,)
+                    (losses.sum() * world / cfg.batch_size).backward()
+                nd = b.is_needle.to(device)
+                step_loss += torch.stack([losses.detach().sum(), losses.detach()[nd].sum(), nd.sum()])
+            if cfg.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            if world > 1:
+                torch.distributed.all_reduce(step_loss)
+            loss = step_loss[0].item() / cfg.batch_size
+            niah_sum, niah_n = niah_sum + step_loss[1].item(), niah_n + step_loss[2].item()
+            step += 1
+            tokens_seen += tok_per_step
+            dt = time.perf_counter() - t0
+            train_time += dt
+            loss_sum, loss_n = loss_sum + loss, loss_n + 1
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{tok_per_step / dt:,.0f}", refresh=False)
+            maybe_eval(step)
+            if step in ckpt_at or step == end:
+                checkpoint(step)
+    except KeyboardInterrupt:
+        if world == 1 and step > start:
+            checkpoint(step)
+            log(f"interrupted: saved step {step} in {out}; continue with --resume")
+        raise
+    finally:
+        if bar is not None:
+            bar.close()
+    _barrier(world)
+    return {"out": str(out), "step": step, "tokens_seen": tokens_seen, "wall_s": train_time,
+            "tokens_per_s": (step - start) * tok_per_step / train_time if train_time else None,
+            "final": last_metrics, "model": model}
+
+
+def read_metrics(run: str | Path) -> list[dict]:
+    """The rows of ``RUN/metrics.jsonl``."""
+    f = Path(run) / METRICS_FILE
+    if not f.exists():
+        raise FileNotFoundError(f"{f}: no metrics (is {run} a training run?)")
+    return [json.loads(l) for l in f.read_text().splitlines() if l.strip()]
+
+
+__all__ = ["train", "evaluate", "lr_at", "checkpoint_steps", "eval_steps", "check_configs",
+           "check_out_dir", "read_metrics", "resolve_device", "read_meta"]
