@@ -28,6 +28,7 @@ _LAZY = {
     "interventions": "retrieval_heads.interventions",
     "eval": "retrieval_heads.eval",
     "plots": "retrieval_heads.plots",
+    "hf": "retrieval_heads.hf",
     "load_checkpoint": "retrieval_heads.train.checkpoint",
     "save_checkpoint": "retrieval_heads.train.checkpoint",
     "list_checkpoints": "retrieval_heads.train.checkpoint",
