@@ -228,7 +228,7 @@ class HeadScores:
 def _row_metrics(out: dict, rows: dict, b0: int, spans_mask, qpos: list[int], windows) -> None:
     """Fill mass/entropy (n, L, H) entries of samples b0.. from query rows {layer: (B, H, T)}."""
     for l, r in rows.items():
-        r = r.float()
+        r = r.float().cpu()
         Tk = r.shape[-1]
         B = r.shape[0]
         out["mass"][b0:b0 + B, l] = span_mass(r, spans_mask[:, :Tk])
