@@ -228,10 +228,15 @@ class ModelConfig(_JSONMixin):
 
 @dataclass
 class TrainConfig(_JSONMixin):
-    """Training hyper-parameters. See ``retrieval_heads.train`` for the loop."""
+    """Training hyper-parameters. See ``retrieval_heads.train`` for the loop.
+
+    ``batch_size`` is the *global* batch of one optimizer step: it is split over
+    ``world_size × grad_accum`` micro-batches (torchrun ranks × accumulation steps), so the
+    data and the trajectory do not depend on how many processes train.
+    """
 
     steps: int = 1000
-    batch_size: int = 8
+    batch_size: int = 8  # global rows per optimizer step (all ranks and micro-steps together)
     grad_accum: int = 1
     context_len: int = 256
     lr: float = 3e-3

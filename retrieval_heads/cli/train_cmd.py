@@ -35,7 +35,7 @@ def _preset_help() -> str:
 
 @click.command(cls=_Command)
 @click.option("--preset", default="tiny", show_default=True, metavar="NAME",
-              help="Preset name (retrieval_heads/data/presets/NAME.json). " + _preset_help())
+              help="Preset name (retrieval_heads/data/presets/NAME.json) or a preset .json file. " + _preset_help())
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Run folder to write.")
 @click.option("--steps", type=int, help="Optimizer steps.")
 @click.option("--layout", help="Layer layout, one letter per layer (F S M D L), e.g. SSSF.")

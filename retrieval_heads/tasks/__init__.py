@@ -2,12 +2,12 @@
 
 from .haystack import load_haystack, haystack_sentences
 from .mqar import MQARBatch, mqar_batch
-from .niah import (VARIANTS, NeedleBatch, NeedleSample, make_sample, niah_batch, niah_grid,
+from .niah import (VARIANTS, NeedleBatch, NeedleSample, make_sample, min_context_len, niah_batch, niah_grid,
                    string_match_all)
 from .tokenizer import TOKENIZER, ByteTokenizer
 
 __all__ = [
     "ByteTokenizer", "TOKENIZER", "load_haystack", "haystack_sentences", "VARIANTS",
-    "NeedleBatch", "NeedleSample", "make_sample", "niah_batch", "niah_grid", "string_match_all",
+    "NeedleBatch", "NeedleSample", "make_sample", "min_context_len", "niah_batch", "niah_grid", "string_match_all",
     "MQARBatch", "mqar_batch",
 ]

@@ -47,7 +47,7 @@ def _read_path(path: Path) -> str:
         if not files:
             raise ValueError(f"haystack: folder {path} holds no .txt or .md files")
         parts = [_read_file(f) for f in files]
-        return " ".join(parts)
+        return "".join(parts)  # each part ends with one space
     return _read_file(path)
 
 

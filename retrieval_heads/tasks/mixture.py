@@ -1,18 +1,24 @@
-"""The training data mixture: language-model text plus needle tasks, as a pure function of
-``(TrainConfig, step)`` (the config holds the seed), so a resumed run sees exactly the data
-it would have seen had it never stopped.
+"""The training data mixture: language-model text, needle tasks and induction practice, as a
+pure function of ``(TrainConfig, step)`` (the config holds the seed), so a resumed run sees
+exactly the data it would have seen had it never stopped.
 
 A *global* batch of ``cfg.batch_size`` rows of exactly ``cfg.context_len`` tokens is drawn
 for every step. Row ``i`` of step ``s`` depends only on ``(cfg, s, i)``; ranks and
-gradient-accumulation micro-steps each build only their own rows (``rows=``).
+gradient-accumulation micro-steps each build only their own rows (``rows=``). Each step has
+``round(niah_fraction·B)`` needle rows, ``round(induction_fraction·B)`` induction rows and
+LM rows for the rest, at seeded positions:
 
 - **LM rows**: ``BOS`` + a window of the ``cfg.haystack`` text (essay, noise, or a user's
   file/folder) at a random offset. Every next token is a target.
-- **Needle rows** (``round(niah_fraction * batch_size)`` of them, at seeded positions):
-  ``prompt + answer_tokens + EOS``, then ``PAD`` up to ``context_len``. The prompt is a
-  ``make_sample`` of length ``context_len - answer_reserve(variant)`` at a uniform random
-  depth. Targets: the answer tokens and the EOS (weight 1 each); the prompt's own tokens
-  get weight ``cfg.niah_context_weight`` (default 0: only the answer counts); PAD never counts.
+- **Needle rows**: ``prompt + answer_tokens + EOS``, then ``PAD`` up to ``context_len``. The
+  prompt is a ``make_sample`` of length ``context_len - answer_reserve(variant)`` at a
+  uniform random depth. Targets: the answer tokens and the EOS (weight 1 each); the
+  prompt's own tokens get weight ``cfg.niah_context_weight`` (default 0: only the answer
+  counts, since haystack text is what LM rows are for); PAD never counts.
+- **Induction rows**: ``BOS`` + a random printable string of 8-48 bytes repeated to the end;
+  the repeats are targets. Copying from context is what needle retrieval needs, and these
+  rows make the induction/retrieval heads form within a CPU budget (with needle rows alone
+  the answer tokens are too sparse a signal: the tiny preset then stays at 0% for 4000 steps).
 
 The loss of a batch is the mean over rows of each row's weighted mean token loss (see
 ``row_loss``), so a needle row, with its 8 answer tokens, weighs as much as an LM row with
@@ -36,7 +42,7 @@ import torch
 import torch.nn.functional as F
 
 from .haystack import load_haystack
-from .niah import VARIANTS, make_sample
+from .niah import VARIANTS, make_sample, min_context_len
 from .tokenizer import TOKENIZER
 from .vocab import NOUNS
 
@@ -70,9 +76,11 @@ def needle_row(*, context_len: int, variant: str, seed: int, depth: float,
     """(tokens, targets, weights, sample) of one needle training row of ``context_len`` tokens."""
     reserve = answer_reserve(variant)
     prompt_len = context_len - reserve
-    if prompt_len < 2:
-        raise ValueError(f"context_len: {context_len} leaves no room for a {variant!r} prompt "
-                         f"and its {reserve - 1}-token answer")
+    need = min_context_len(variant) + reserve
+    if context_len < need:
+        raise ValueError(f"context_len: {context_len} tokens is too short to train on {variant!r} "
+                         f"needles (prompt up to {need - reserve} tokens + answer and EOS up to "
+                         f"{reserve}); use context_len >= {need}")
     s = make_sample(context_len=prompt_len, depth=depth, seed=seed, variant=variant, haystack=haystack)
     seq = (s.tokens + s.answer_tokens + [TOKENIZER.EOS])[:context_len]
     n_real = len(seq)

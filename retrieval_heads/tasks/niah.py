@@ -151,6 +151,21 @@ def _filler(rng: random.Random, haystack: str, n_tokens: int, key_kind: str, val
     return toks, bounds
 
 
+def min_context_len(variant: str) -> int:
+    """The shortest context that every sample of ``variant`` fits in (longest keys and values;
+    a given sample may fit in less)."""
+    if variant not in VARIANTS:
+        raise ValueError(f"variant: unknown {variant!r}; valid: {', '.join(VARIANTS)}")
+    _, key_kind, value_kind, n_distract, n_values, n_queries = VARIANTS[variant]
+    longest = {"words": max(ADJECTIVES, key=len) + "-" + max(NOUNS, key=len), "uuids": "x" * 36,
+               "numbers": "9" * 7}
+    key = longest[key_kind]
+    value = longest[value_kind] if value_kind != "words" else max(NOUNS, key=len)
+    needle = len(TOKENIZER.encode(needle_text(key, value, value_kind)[0]))
+    query = len(TOKENIZER.encode(query_text([key] * n_queries, value_kind, n_values)))
+    return 1 + needle * (n_queries * n_values + n_distract) + query
+
+
 def make_sample(*, context_len: int, depth: float, seed: int, variant: str = "single_1",
                 haystack: str | None = None) -> NeedleSample:
     """One needle prompt of exactly ``context_len`` tokens (a pure function of its arguments)."""
@@ -181,11 +196,12 @@ def make_sample(*, context_len: int, depth: float, seed: int, variant: str = "si
     needle_toks = [TOKENIZER.encode(needle_text(k, v, value_kind)[0]) for k, v, _ in needles]
     q_toks = TOKENIZER.encode(query_text(query_keys, value_kind, n_values))
     budget = context_len - 1 - sum(map(len, needle_toks)) - len(q_toks)
-    if budget < 0:
+    if budget < 0:  # depends on this sample's key/value lengths; min_context_len() fits all
         need = context_len - budget
         raise ValueError(
             f"context_len: {context_len} tokens is too short for variant {variant!r}, whose needle(s) "
-            f"and query alone take {need - 1} tokens; use context_len >= {need}"
+            f"and query alone take {need - 1} tokens here; use context_len >= {need} "
+            f"(>= {min_context_len(variant)} fits every sample)"
         )
     filler, bounds = _filler(rng, hay, budget, key_kind, value_kind, set(keys))
     # insertion points: the first needle at `depth`, the others at random depths

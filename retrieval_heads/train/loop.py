@@ -250,6 +250,7 @@ def train(model_cfg: ModelConfig, cfg: TrainConfig, out: str | Path, *, resume: 
     model = HybridLM(model_cfg).to(device)
     opt = _optimizer(model, cfg)
     start, tokens_seen = 0, 0
+    running = [0.0, 0, 0.0, 0]  # train-loss sums since the last evaluation (saved for resume)
     if mode == "resume":
         ckpts = [p for p in list_checkpoints(out) if (p / "train_state.pt").exists()]
         if ckpts:
@@ -261,6 +262,7 @@ def train(model_cfg: ModelConfig, cfg: TrainConfig, out: str | Path, *, resume: 
             if "cuda" in state["rng"] and torch.cuda.is_available():
                 torch.cuda.set_rng_state_all(state["rng"]["cuda"])
             start, tokens_seen = int(state["step"]), int(state["tokens_seen"])
+            running = state.get("running", running)
             if is_main:
                 log(f"resuming {out} from step {start}")
         else:
@@ -284,13 +286,14 @@ def train(model_cfg: ModelConfig, cfg: TrainConfig, out: str | Path, *, resume: 
     mb = cfg.batch_size // (world * cfg.grad_accum)
     tok_per_step = cfg.batch_size * cfg.context_len
     last_metrics: dict = {}
-    loss_sum, loss_n, niah_sum, niah_n = 0.0, 0, 0.0, 0
+    loss_sum, loss_n, niah_sum, niah_n = running
     train_time = 0.0
 
     def checkpoint(step):
         if is_main:
             state = {"optimizer": opt.state_dict(), "step": step, "tokens_seen": tokens_seen,
-                     "rng": _rng_state(), "world_size": world}
+                     "rng": _rng_state(), "world_size": world,
+                     "running": [loss_sum, loss_n, niah_sum, niah_n]}
             save_checkpoint(out, step, model, train_cfg=cfg, tokens_seen=tokens_seen, data_seed=cfg.seed,
                             train_state=state)
 

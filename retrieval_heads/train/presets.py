@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 from importlib import resources
+from pathlib import Path
 
 from ..config import ModelConfig, TrainConfig
 
@@ -38,15 +39,22 @@ def list_presets() -> dict[str, str]:
 
 
 def load_preset(name: str) -> tuple[ModelConfig, TrainConfig]:
-    """(ModelConfig, TrainConfig) of a named preset; ``ValueError`` lists the valid names."""
+    """(ModelConfig, TrainConfig) of a named preset, or of a preset file ``path/to/x.json``;
+    ``ValueError`` lists the valid names."""
     valid = list_presets()
-    if name not in valid:
-        raise ValueError(f"preset: unknown {name!r}; valid presets: {', '.join(valid) or '(none found)'}")
-    f = _preset_dir() / f"{name}.json"
+    if name.endswith(".json") and Path(name).is_file():
+        f = Path(name)
+    elif name not in valid:
+        raise ValueError(f"preset: unknown {name!r}; valid presets: {', '.join(valid) or '(none found)'}"
+                         " (or a path to a preset .json file)")
+    else:
+        f = _preset_dir() / f"{name}.json"
     try:
         d = json.loads(f.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ValueError(f"preset {name!r}: malformed JSON ({e})") from None
+    if not isinstance(d, dict):
+        raise ValueError(f"preset {name!r}: expected a JSON object with model and train sections")
     unknown = sorted(set(d) - {"description", "model", "train"})
     if unknown:
         raise ValueError(f"preset {name!r}: unknown key(s) {unknown}; valid: description, model, train")
