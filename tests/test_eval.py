@@ -98,3 +98,23 @@ def test_heldout_text_is_the_essay_tail(tmp_path):
     assert bytes(text_rows(32, 2, text=str(f))[0, 1:].tolist()) in ("abc " * 40).encode()
     with pytest.raises(ValueError, match="fewer than"):
         text_rows(1000, 1, text=str(f))
+
+
+def test_answer_metrics_teacher_forced():
+    torch.manual_seed(0)
+    model = rh.HybridLM(rh.ModelConfig(layout="SF", d_model=32, n_heads=2, window=8, max_seq_len=256))
+    batch = rh.tasks.niah_batch(n=2, context_len=128, seed=0)
+    m = rh.eval.answer_metrics(model, batch, batch_size=1)
+    s = batch.samples[0]
+    tgt = s.answer_tokens + [TOKENIZER.EOS]
+    x = torch.tensor([s.tokens + tgt[:-1]])
+    with torch.no_grad():
+        lp = model(x)[0, 127:].log_softmax(-1)
+    nll0 = -lp[torch.arange(len(tgt)), torch.tensor(tgt)].sum()
+    s1 = batch.samples[1]
+    tgt1 = s1.answer_tokens + [TOKENIZER.EOS]
+    with torch.no_grad():
+        lp1 = model(torch.tensor([s1.tokens + tgt1[:-1]]))[0, 127:].log_softmax(-1)
+    nll1 = -lp1[torch.arange(len(tgt1)), torch.tensor(tgt1)].sum()
+    assert m["answer_loss"] == pytest.approx(float(nll0 + nll1) / (len(tgt) + len(tgt1)), rel=1e-5)
+    assert 0 <= m["answer_exact"] <= m["answer_token_acc"] <= 1

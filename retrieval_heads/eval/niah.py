@@ -54,6 +54,36 @@ def greedy_answers(model, batch, max_new_tokens: int | None = None, batch_size: 
     return out
 
 
+@torch.no_grad()
+def answer_metrics(model, batch, batch_size: int = 8) -> dict:
+    """Teacher-forced answer quality on a ``NeedleBatch``: the prompt is followed by the gold
+    answer and EOS, and each answer token (and the EOS) is predicted from the gold prefix.
+    Returns ``{"answer_loss": mean NLL per token, "answer_token_acc": argmax accuracy,
+    "answer_exact": fraction of samples with every token right}``. A graded companion of the
+    greedy ``string_match_all`` accuracy (useful when a model is only partly trained)."""
+    T = batch.tokens.shape[1]
+    check_length(model, T, max(len(s.answer_tokens) for s in batch.samples) + 1)
+    nll, correct, count, exact = 0.0, 0, 0, 0
+    for i in range(0, len(batch), batch_size):
+        samples = batch.samples[i:i + batch_size]
+        tgts = [s.answer_tokens + [TOKENIZER.EOS] for s in samples]
+        n = max(map(len, tgts))
+        x = torch.full((len(samples), T + n - 1), TOKENIZER.PAD, dtype=torch.long)
+        y = torch.full((len(samples), n), -100, dtype=torch.long)
+        for j, (s, t) in enumerate(zip(samples, tgts)):
+            x[j, :T + len(t) - 1] = torch.tensor(s.tokens + t[:-1])
+            y[j, :len(t)] = torch.tensor(t)
+        logits = model(x.to(model.device))[:, T - 1:].float().cpu()  # (b, n, V)
+        mask = y != -100
+        lp = logits.log_softmax(-1).gather(-1, y.clamp_min(0)[..., None])[..., 0]  # (b, n)
+        hit = (logits.argmax(-1) == y) & mask
+        nll -= float(lp[mask].sum())
+        correct += int(hit.sum())
+        count += int(mask.sum())
+        exact += int((hit | ~mask).all(-1).sum())
+    return {"answer_loss": nll / count, "answer_token_acc": correct / count, "answer_exact": exact / len(batch)}
+
+
 def niah_grid(model, context_lens, depths=DEFAULT_DEPTHS, variant: str = "single_1", n: int = 4, *,
               seed: int = 0, haystack: str | None = None, max_new_tokens: int | None = None,
               batch_size: int = 8, details: bool = False, progress: bool = True) -> pd.DataFrame:

@@ -5,6 +5,8 @@
     >>> df = ablation_experiment(model, k=2, context_lens=[128], depths=[0.5], n=1, progress=False)
     >>> sorted(df["condition"].unique())[:3]
     ['none', 'random_same_kind', 'swa']
+    >>> list(df.columns[:8])
+    ['condition', 'draw', 'k', 'heads', 'kinds', 'context_len', 'accuracy', 'answer_loss']
 
 Conditions (each ablates ``k`` heads; ``random_*`` ones average ``n_random`` seeded draws):
 
@@ -13,7 +15,8 @@ Conditions (each ablates ``k`` heads; ``random_*`` ones average ``n_random`` see
 - ``top_full``: the top-k heads of the full-attention (``F``) layers;
 - ``random_same_kind``: k random heads matching ``top`` layer kind by layer kind, disjoint from it;
 - ``swa``: k random heads of the sliding-window (``S``) layers, disjoint from ``top``;
-- ``top_swa``: the top-k heads of the ``S`` layers.
+- ``top_swa``: the top-k heads of the ``S`` layers (skipped when they all score the same,
+  e.g. 0 because the needle lies outside the window).
 
 A condition that cannot be formed (e.g. fewer than k candidate heads) is skipped and listed
 in ``df.attrs["skipped"]``.
@@ -25,7 +28,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from ..eval.niah import niah_grid
+from ..eval.niah import answer_metrics, niah_grid
 from ..tasks import niah_batch
 from .ablation import ablate_heads
 from .heads import format_heads, heads_of_kind, random_heads, same_kind_random, top_heads
@@ -54,6 +57,10 @@ def head_sets(model, scores: torch.Tensor, k: int, *, conditions=CONDITIONS, n_r
             elif cond == "top_full":
                 out.append((cond, 0, top_heads(scores, k, cfg, kinds="F")))
             elif cond == "top_swa":
+                sw = [float(scores[l, h]) for l, h in heads_of_kind(cfg, "S")]
+                if sw and max(sw) == min(sw):
+                    raise ValueError(f"every SWA head scores {sw[0]:.3g} (the needle lies outside the "
+                                     "window): there is no ranking to take the top of")
                 out.append((cond, 0, top_heads(scores, k, cfg, kinds="S")))
             elif cond == "random_same_kind":
                 if top is None:
@@ -85,22 +92,30 @@ def ablation_experiment(model, *, k: int = 4, scores: torch.Tensor | None = None
 
     ``scores``: a [n_layers, n_heads] retrieval-score matrix; when None it is computed with
     ``retrieval_head_scores(model, score_batch, score_method)`` on a needle batch seeded apart
-    from the evaluation prompts. ``method``/``reference``: as in ``ablate_heads``.
+    from the evaluation prompts. ``method``/``reference``: as in ``ablate_heads``; for ``"mean"``
+    the reference defaults to that same scoring batch.
     """
+    if score_batch is None and (scores is None or (method == "mean" and reference is None)):
+        score_batch = niah_batch(n=16, context_len=int(max(context_lens)), seed=seed + 7919, variant=variant)
     if scores is None:
-        if score_batch is None:
-            score_batch = niah_batch(n=16, context_len=int(max(context_lens)), seed=seed + 7919, variant=variant)
         scores = retrieval_head_scores(model, score_batch, method=score_method)
+    if method == "mean" and reference is None:
+        reference = score_batch  # needle prompts seeded apart from the evaluation prompts
     sets, skipped = head_sets(model, scores, k, conditions=conditions, n_random=n_random, seed=seed)
+    # teacher-forced prompts for the graded answer metrics (the same prompts niah_grid uses)
+    tf = {int(L): niah_batch(n=len(depths) * n, context_len=int(L), seed=seed * 1_000_003 + int(L),
+                             variant=variant, depths=[float(d) for d in depths for _ in range(n)])
+          for L in context_lens}
     rows = []
     for cond, draw, heads in tqdm(sets, desc="ablation", disable=not progress):
         with ablate_heads(model, heads, method=method, reference=reference):
             grid = niah_grid(model, context_lens, depths, variant, n, seed=seed, progress=False)
+            graded = {L: answer_metrics(model, b) for L, b in tf.items()}
         for L, g in grid.groupby("context_len"):
             rows.append({"condition": cond, "draw": draw, "k": len(heads), "heads": format_heads(heads),
                          "kinds": "".join(sorted({model.cfg.layer_kind(l) for l, _ in heads})),
                          "context_len": int(L), "accuracy": float((g["accuracy"] * g["n"]).sum() / g["n"].sum()),
-                         "n": int(g["n"].sum()), "method": method})
+                         **graded[int(L)], "n": int(g["n"].sum()), "method": method})
     df = pd.DataFrame(rows)
     df.attrs["skipped"] = skipped
     df.attrs["scores"] = scores.tolist()
@@ -109,7 +124,11 @@ def ablation_experiment(model, *, k: int = 4, scores: torch.Tensor | None = None
 
 def summarize(df: pd.DataFrame) -> pd.DataFrame:
     """Accuracy per condition (mean over draws and lengths), with the drop from ``none``."""
-    out = df.groupby("condition", sort=False).agg(accuracy=("accuracy", "mean"), draws=("draw", "nunique"),
+    aggs = dict(accuracy=("accuracy", "mean"))
+    for c in ("answer_token_acc", "answer_loss"):
+        if c in df:
+            aggs[c] = (c, "mean")
+    out = df.groupby("condition", sort=False).agg(**aggs, draws=("draw", "nunique"),
                                                   heads=("heads", lambda s: " / ".join(dict.fromkeys(s))))
     out = out.reset_index()
     if "none" in set(out["condition"]):
