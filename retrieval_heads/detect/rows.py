@@ -211,19 +211,19 @@ class HybridRows:
         cur = tokens[:, -1]
         done = torch.zeros(B, dtype=torch.bool, device=tokens.device)
         alive = []
-        for i in range(max_new_tokens):
-            step_rows.clear()
-            with model.hooks(fwd_hooks=list(fwd_hooks) + pat_hooks + rec_hooks):
+        with model.hooks(fwd_hooks=list(fwd_hooks) + pat_hooks + rec_hooks):
+            for i in range(max_new_tokens):
+                step_rows.clear()
                 logits = model(cur[:, None], cache=cache)  # (B, 1, vocab)
-            nxt = logits[:, -1].argmax(-1)  # (B,)
-            gen.append(nxt)
-            alive.append(~done)
-            rows.append({l: reduce(i, l, r) for l, r in step_rows.items()})
-            if stop is not None:
-                done = done | (nxt == stop)
-                if bool(done.all()):
-                    break
-            cur = nxt
+                nxt = logits[:, -1].argmax(-1)  # (B,)
+                gen.append(nxt)
+                alive.append(~done)
+                rows.append({l: reduce(i, l, r) for l, r in step_rows.items()})
+                if stop is not None:
+                    done = done | (nxt == stop)
+                    if bool(done.all()):
+                        break
+                cur = nxt
         if store:
             n = len(gen)
             rec = self._recurrent_rows(store, list(range(T - 1, T - 1 + n)))  # (B, H, n, T+n-1)
