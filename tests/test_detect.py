@@ -139,8 +139,8 @@ def test_qk_distance_per_head():
     nz = (d["l2"][:2] > 0).nonzero().tolist()
     assert nz == [[1, 1]]
     assert abs(float(d["l2"][1, 1]) - 0.5 * math.sqrt(8 * 32)) < 1e-4
-    q = a.blocks[1].attn.W_Q.weight[8:16]
-    k = a.blocks[1].attn.W_K.weight[0:8]  # kv group 0 serves heads 0 and 1
+    q = a.blocks[1].attn.W_Q.weight[8:16].detach()
+    k = a.blocks[1].attn.W_K.weight[0:8].detach()  # kv group 0 serves heads 0 and 1
     ref = (q.pow(2).sum() + k.pow(2).sum()).sqrt()
     assert abs(float(d["rel_l2"][1, 1]) - 0.5 * math.sqrt(8 * 32) / float(ref)) < 1e-4
 
