@@ -61,16 +61,18 @@ def top_heads(scores: pd.DataFrame, k: int = 6, metric: str = "copy") -> list[tu
     return [tuple(map(int, i)) for i in best.dropna().index[:k]]
 
 
-def formation_curves(scores: pd.DataFrame, k: int = 6, metric: str = "copy", threshold: float = 0.1,
+def formation_curves(scores: pd.DataFrame, k: int = 6, metric: str = "copy", threshold: float | None = 0.1,
                      x: str = "tokens_seen") -> go.Figure:
-    """``metric`` over training for the ``k`` heads with the highest peak score."""
+    """``metric`` over training for the ``k`` heads with the highest peak score (a dashed
+    line at ``threshold`` unless None)."""
     d = scores[scores["metric"] == metric].sort_values("step")
     fig = go.Figure()
     for l, h in top_heads(scores, k, metric):
         g = d[(d["layer"] == l) & (d["head"] == h)]
         fig.add_trace(go.Scatter(x=g[x], y=g["value"], mode="lines+markers",
                                  name=head_label(l, h, g["layer_type"].iloc[0])))
-    fig.add_hline(y=threshold, line_dash="dash", annotation_text=f"threshold {threshold}")
+    if threshold is not None:
+        fig.add_hline(y=threshold, line_dash="dash", annotation_text=f"threshold {threshold}")
     fig.update_layout(title=f"Formation: {metric} score of the top {k} heads", xaxis_title=x.replace("_", " "),
                       yaxis_title=metric)
     return fig

@@ -81,6 +81,7 @@ def build_report(run_dir, out=None) -> Path:
     figs = []
     if len(scores):
         figs += [plots.best_head_and_niah(scores, niah), plots.formation_curves(scores, threshold=meta["threshold"]),
+                 plots.formation_curves(scores, metric="mass", threshold=None),
                  plots.heatmap_slider(scores, "copy"), plots.heatmap_slider(scores, "mass"),
                  plots.heatmap_slider(scores, "entropy_norm")]
         if (scores["metric"] == "qk_distance").any():
