@@ -194,3 +194,15 @@ def test_compare_and_report_cli(base_run, tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         main(["report", str(tmp_path / "nope")])
     assert e.value.code == 2 and "no scan tables" in capsys.readouterr().err
+
+
+def test_scan_recurrent_option(tmp_path):
+    r = make_run(tmp_path / "rec", layout="MDLF", steps=(0, 1))
+    off = rh.scan(r, **FAST, report=False)
+    assert set(off.layer_type) == {"F"}  # recurrent layers are not scored by default
+    on = rh.scan(r, **FAST, report=False, recurrent=True)
+    assert set(on.layer_type) == {"M", "D", "L", "F"}
+    qk = on[on.metric == "qk_distance"]
+    assert set(qk.layer_type) == {"D", "L", "F"}  # Mamba's shared B/C have no per-head Q/K
+    m = on[(on.metric == "mass")]
+    assert m.value.between(0, 1).all()
