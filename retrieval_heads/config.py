@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,11 +33,17 @@ POS_ENCODINGS = ("rope", "nope")
 ATTN_BACKENDS = ("auto", "eager", "sdpa", "blocked", "flex", "flash")
 
 
+def _ascii_upper(s: str) -> str:
+    """Upper-case ASCII letters only: ``str.upper`` maps e.g. 'ſ' to 'S' and 'ß' to 'SS',
+    which would silently turn an unknown letter into a layer kind."""
+    return "".join(c.upper() if c.isascii() else c for c in s)
+
+
 def parse_layout(layout: str) -> str:
     """Return the layout with spaces removed, or raise ``ValueError`` on an unknown letter."""
     if not isinstance(layout, str):
         raise ValueError(f"layout: expected a string like 'SSSF', got {type(layout).__name__}")
-    clean = "".join(layout.split()).upper()
+    clean = _ascii_upper("".join(layout.split()))
     if not clean:
         raise ValueError("layout: empty; give one letter per layer, e.g. 'SSSF'")
     bad = sorted({c for c in clean if c not in LAYER_KINDS})
@@ -56,11 +63,21 @@ def parse_pos(spec: str | dict | None) -> dict[str, str]:
             if "=" not in part:
                 raise ValueError(f"pos: expected KIND=rope|nope items like 'F=nope,S=rope', got {part!r}")
             k, v = (s.strip() for s in part.split("=", 1))
-            out[k.upper()] = v.lower()
+            if _ascii_upper(k) in out:
+                raise ValueError(f"pos: kind {k!r} given twice in {spec!r}")
+            out[_ascii_upper(k)] = v
         spec = out
     if not isinstance(spec, dict):
         raise ValueError(f"pos: expected a dict or 'F=nope,S=rope', got {type(spec).__name__}")
-    return {str(k).upper(): str(v).lower() for k, v in spec.items()}
+    out = {}
+    for k, v in spec.items():
+        if not isinstance(k, str) or not isinstance(v, str):
+            raise ValueError(f"pos: expected KIND: 'rope'|'nope' string pairs, got {k!r}: {v!r}")
+        key = _ascii_upper(k)
+        if key in out:
+            raise ValueError(f"pos: kind {k!r} given twice")
+        out[key] = v.lower() if v.isascii() else v
+    return out
 
 
 def _check_int(name: str, value: Any, minimum: int = 1) -> None:
@@ -73,6 +90,8 @@ def _check_int(name: str, value: Any, minimum: int = 1) -> None:
 def _check_float(name: str, value: Any, positive: bool = True) -> None:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise ValueError(f"{name}: expected a number, got {value!r}")
+    if not math.isfinite(value):
+        raise ValueError(f"{name}: must be a finite number, got {value!r}")
     if positive and not value > 0:
         raise ValueError(f"{name}: must be > 0, got {value}")
 
@@ -91,7 +110,7 @@ class _JSONMixin:
         if not isinstance(d, dict):
             raise ValueError(f"{cls.__name__}: expected a JSON object, got {type(d).__name__}")
         names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - names)
+        unknown = sorted(set(d) - names, key=repr)  # keys may be of mixed types
         if unknown:
             raise ValueError(
                 f"{cls.__name__}: unknown key(s) {unknown}; valid keys: {sorted(names)}"
@@ -100,9 +119,11 @@ class _JSONMixin:
 
     @classmethod
     def from_json(cls, s: str):
+        if not isinstance(s, (str, bytes, bytearray)):
+            raise ValueError(f"{cls.__name__}: expected a JSON string, got {type(s).__name__}")
         try:
             d = json.loads(s)
-        except json.JSONDecodeError as e:
+        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
             raise ValueError(f"{cls.__name__}: malformed JSON ({e})") from None
         return cls.from_dict(d)
 
@@ -178,12 +199,24 @@ class ModelConfig(_JSONMixin):
             self.rope_base = {k: float(self.rope_base) for k in ATTENTION_KINDS}
         if not isinstance(self.rope_base, dict):
             raise ValueError(f"rope_base: expected a number or a dict per kind, got {self.rope_base!r}")
-        base = {str(k).upper(): v for k, v in self.rope_base.items()}
+        base = {}
+        for k, v in self.rope_base.items():
+            key = _ascii_upper(k) if isinstance(k, str) else k
+            if key in base:
+                raise ValueError(f"rope_base: kind {k!r} given twice")
+            base[key] = v
         for k, v in base.items():
             if k not in ATTENTION_KINDS:
                 raise ValueError(f"rope_base: {k!r} is not an attention kind; use one of {ATTENTION_KINDS}")
             _check_float(f"rope_base[{k}]", v)
         self.rope_base = {k: float(base.get(k, 10000.0)) for k in ATTENTION_KINDS}
+        rope_kinds = sorted({c for c in self.layout if c in ATTENTION_KINDS and self.pos[c] == "rope"})
+        if rope_kinds and self.d_head % 2:
+            raise ValueError(
+                f"d_model: d_head = d_model / n_heads = {self.d_model} / {self.n_heads} = {self.d_head} "
+                f"must be even for RoPE (used by layer kind(s) {''.join(rope_kinds)}); "
+                "change d_model or n_heads, or use pos='nope' for those kinds"
+            )
         _check_float("norm_eps", self.norm_eps)
         _check_float("init_std", self.init_std)
         if not isinstance(self.tie_embeddings, bool):

@@ -59,11 +59,29 @@ def sdpa_attention(q, k, v):
     return F.scaled_dot_product_attention(q, k, v, is_causal=True)
 
 
+@functools.lru_cache(maxsize=32)
+def _blocked_swa_mask(nb: int, bs: int, window: int, device: torch.device) -> torch.Tensor:
+    """Boolean (nb, bs, 2bs) mask of `blocked_swa`, built once per shape and reused.
+
+    Query ``i`` of a block sits at frame index ``bs + i`` of its 2bs keys (previous block,
+    then its own block) and sees frame key ``j`` iff ``0 <= bs + i - j < window``. Block 0's
+    previous block is padding before position 0, so it is masked out.
+    """
+    qi = torch.arange(bs, device=device) + bs
+    kj = torch.arange(2 * bs, device=device)
+    inner = attention_mask(qi, kj, window)  # (bs, 2bs)
+    first = inner & (kj >= bs)[None, :]  # (bs, 2bs)
+    return torch.cat([first[None], inner[None].expand(nb - 1, bs, 2 * bs)], dim=0)  # (nb, bs, 2bs)
+
+
 def blocked_swa(q, k, v, window: int):
     """Causal sliding-window self-attention in O(T·w) time and memory (Tq == Tk).
 
     Queries are split into blocks of ``bs = window`` positions; block ``i`` attends to key
-    blocks ``i-1`` and ``i``, which hold every key within the window.
+    blocks ``i-1`` and ``i``, which hold every key within the window. Blocks are laid out
+    as the head axis of a 4-D SDPA call, (B*H, nb, bs, D) against (B*H, nb, 2bs, D), so that
+    one fused kernel (flash attention on CPU) runs all blocks with the cached (nb, bs, 2bs)
+    mask broadcast over B*H. Exact: equals ``eager_attention``.
     """
     B, H, T, D = q.shape
     if window >= T:
@@ -71,24 +89,19 @@ def blocked_swa(q, k, v, window: int):
     bs = window
     nb = -(-T // bs)  # number of blocks
     pad_end = nb * bs - T
-    if pad_end:
+    if pad_end:  # padded keys lie in every real query's future, so they are masked anyway
         q = F.pad(q, (0, 0, 0, pad_end))
         k = F.pad(k, (0, 0, 0, pad_end))
         v = F.pad(v, (0, 0, 0, pad_end))
-    qb = q.view(B, H, nb, bs, D)  # (B, H, nb, bs, D)
+    qb = q.reshape(B * H, nb, bs, D)  # (B*H, nb, bs, D)
     # keys: previous block (zeros before the first) then the current block
-    kp = F.pad(k, (0, 0, bs, 0)).view(B, H, nb + 1, bs, D)  # (B, H, nb+1, bs, D)
-    vp = F.pad(v, (0, 0, bs, 0)).view(B, H, nb + 1, bs, D)
-    kb = torch.cat([kp[:, :, :-1], kp[:, :, 1:]], dim=3)  # (B, H, nb, 2bs, D)
-    vb = torch.cat([vp[:, :, :-1], vp[:, :, 1:]], dim=3)  # (B, H, nb, 2bs, D)
-    # query at local index i (absolute bs + i in the 2bs key frame) sees key j iff 0 <= bs+i-j < w
-    qi = torch.arange(bs, device=q.device) + bs
-    kj = torch.arange(2 * bs, device=q.device)
-    mask = attention_mask(qi, kj, window).expand(nb, bs, 2 * bs).clone()  # (nb, bs, 2bs)
-    mask[0, :, :bs] = False  # block 0's "previous block" is zero padding before position 0
-    out = F.scaled_dot_product_attention(qb, kb, vb, attn_mask=mask)  # (B, H, nb, bs, D)
-    out = out.reshape(B, H, nb * bs, D)[:, :, :T]  # (B, H, T, D)
-    return out
+    kp = F.pad(k, (0, 0, bs, 0)).reshape(B * H, nb + 1, bs, D)  # (B*H, nb+1, bs, D)
+    vp = F.pad(v, (0, 0, bs, 0)).reshape(B * H, nb + 1, bs, D)
+    kb = torch.cat([kp[:, :-1], kp[:, 1:]], dim=2)  # (B*H, nb, 2bs, D)
+    vb = torch.cat([vp[:, :-1], vp[:, 1:]], dim=2)  # (B*H, nb, 2bs, D)
+    mask = _blocked_swa_mask(nb, bs, window, q.device)[None]  # (1, nb, bs, 2bs)
+    out = F.scaled_dot_product_attention(qb, kb, vb, attn_mask=mask)  # (B*H, nb, bs, D)
+    return out.reshape(B, H, nb * bs, D)[:, :, :T]  # (B, H, T, D)
 
 
 @functools.lru_cache(maxsize=32)
