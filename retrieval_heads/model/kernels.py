@@ -121,6 +121,13 @@ def _flex_block_mask(T: int, window: int | None, device: str):
 def _compiled_flex():
     from torch.nn.attention.flex_attention import flex_attention
 
+    # one compiled kernel per (T, window, dtype): evaluation over many context lengths would
+    # exceed dynamo's default recompile limit (8) and fall back to the slow unfused path
+    import torch._dynamo.config as dcfg
+
+    for name in ("recompile_limit", "cache_size_limit"):
+        if hasattr(dcfg, name):
+            setattr(dcfg, name, max(getattr(dcfg, name), 64))
     return torch.compile(flex_attention, dynamic=False)
 
 
