@@ -13,7 +13,18 @@ of one optimizer step. It is split into ``world_size × grad_accum`` micro-batch
 ``batch_size / (world_size × grad_accum)`` rows; rank ``r`` runs micro-batches
 ``m·world_size + r``. The data of a step does not depend on how it is split, so 2 processes,
 1 process with ``grad_accum=2`` and 1 process with ``grad_accum=1`` see the same rows and
-follow the same trajectory up to float summation order (and thread-count effects).
+follow the same trajectory: 2 CPU processes are bit-identical to 1 process with
+``grad_accum=2`` (same rows per forward, same thread count), and equal to ``grad_accum=1`` up
+to float summation order (tested in tests/test_train.py). The progress bar, evaluation,
+metrics and checkpoints are rank 0's.
+
+Resume: the data of a step is a pure function of (config, step) and each checkpoint carries
+the optimizer state, the RNG state and the running loss sums, so training N steps, stopping
+(``stop_at``, Ctrl-C, a crash after a checkpoint) and resuming gives bit-identical weights on
+CPU. ``--resume`` continues from the newest checkpoint that has ``train_state.pt``; it may
+change ``RESUME_MAY_CHANGE`` (steps, device, evaluation/checkpoint cadence), anything else
+makes it a different run, which is refused unless ``--overwrite``. A folder that holds no
+run is never deleted.
 
 Run folder::
 
@@ -42,6 +53,10 @@ from .checkpoint import (list_checkpoints, load_checkpoint, load_train_state, re
                          save_checkpoint)
 
 RUN_FILE = "run.json"
+# TrainConfig fields a resumed run may change (the others would make it a different run);
+# a new ``steps`` stretches the cosine schedule from the resume point on.
+RESUME_MAY_CHANGE = ("steps", "device", "eval_every", "eval_samples", "save_every", "save_log_spaced",
+                     "compile")
 METRICS_FILE = "metrics.jsonl"
 
 
@@ -147,7 +162,7 @@ def check_out_dir(out: Path, model_cfg: ModelConfig, cfg: TrainConfig, *, resume
     except (OSError, KeyError, ValueError, TypeError):
         raise ValueError(f"out: {out} holds a run whose {RUN_FILE} is missing or unreadable; "
                          "pass --overwrite to replace it") from None
-    diff = [k for k, v in cfg.to_dict().items() if k not in ("steps", "device") and getattr(saved_train, k) != v]
+    diff = [k for k, v in cfg.to_dict().items() if k not in RESUME_MAY_CHANGE and getattr(saved_train, k) != v]
     if not same_model or diff:
         what = ", ".join(["model"] * (not same_model) + diff)
         raise ValueError(f"out: {out} holds a different run (differs in: {what}); "
@@ -224,12 +239,9 @@ def train(model_cfg: ModelConfig, cfg: TrainConfig, out: str | Path, *, resume: 
     ``resume`` continues from the last checkpoint of ``out`` holding optimizer state (a new
     run when ``out`` is empty); ``overwrite`` replaces a run in ``out``; ``stop_at`` stops
     after that step (with a checkpoint), as if interrupted. Under torchrun every rank calls
-    this; rank 0 writes. Returns ``{"step", "tokens_seen", "wall_s", "tokens_per_s",
-    "final": last eval metrics, "out"}``.
+    this; rank 0 writes. Returns ``{"step", "tokens_seen", "wall_s" (training time, without
+    evaluation and checkpoints), "tokens_per_s", "final": last eval metrics, "out", "model"}``.
     """
-    from torch.nn.parallel import DistributedDataParallel as DDP
-    from ..model import HybridLM
-
     out = Path(out)
     rank, world, local_rank = dist_env()
     device = resolve_device(cfg.device, local_rank)
@@ -237,12 +249,24 @@ def train(model_cfg: ModelConfig, cfg: TrainConfig, out: str | Path, *, resume: 
     mode = check_out_dir(out, model_cfg, cfg, resume=resume, overwrite=overwrite)
     if stop_at is not None and not 0 <= stop_at <= cfg.steps:
         raise ValueError(f"stop_at: must lie in [0, steps={cfg.steps}], got {stop_at}")
-    if world > 1 and not torch.distributed.is_initialized():
-        torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo")
     if device.type == "cuda":
         torch.cuda.set_device(device)
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
+    own_group = world > 1 and not torch.distributed.is_initialized()
+    if own_group:
+        torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    try:
+        return _train(model_cfg, cfg, out, mode, rank, world, device, stop_at, progress, log)
+    finally:
+        if own_group and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()  # else gloo may abort the process at exit
+
+
+def _train(model_cfg, cfg, out, mode, rank, world, device, stop_at, progress, log) -> dict:
+    from torch.nn.parallel import DistributedDataParallel as DDP
+    from ..model import HybridLM
+
     is_main = rank == 0
 
     # ---- model, optimizer, state
