@@ -106,3 +106,13 @@ def test_ablation_context_applies_inside_nnsight_trace(model, pair):
         ref = rh.interventions.logit_diff(model(pair.clean), pair)
         clean_ld, _, _ = _run_nnsight(model, pair, patch_list(model, "resid")[:1])
     assert clean_ld == pytest.approx(ref, abs=1e-6)
+
+
+def test_patch_at_query_only(model, pair):
+    a = activation_patching(model, pair, kind="resid", at=[pair.query_pos])
+    # layer 0's residual at the query is the query token's embedding, the same in both prompts
+    assert abs(a.df.loc[a.df.layer == 0, "recovered"].item()) < 1e-6
+    assert (a.df["at"] == str(pair.query_pos)).all()
+    b = activation_patching(model, pair, kind="heads", at=[pair.query_pos], backend="nnsight")
+    c = activation_patching(model, pair, kind="heads", at=[pair.query_pos], backend="tl")
+    assert b.df["logit_diff"].tolist() == c.df["logit_diff"].tolist()

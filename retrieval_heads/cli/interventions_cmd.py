@@ -202,10 +202,11 @@ def ablate(ckpt, k, scores_path, metric, method, context_lens, depths, variant, 
 @click.option("--n", "n", default=4, show_default=True, type=int, help="Clean/corrupted pairs.")
 @click.option("--variant", default="single_1", show_default=True)
 @click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--query-only", is_flag=True, help="heads/resid/mixer: patch the query position only.")
 @click.option("--backend", default="tl", show_default=True, type=click.Choice(["tl", "nnsight"]))
 @click.option("--out", default=None, help="Folder for patching.csv and patching.html.")
 @click.option("--no-progress", is_flag=True)
-def patch(ckpt, kind, context_len, depth, n, variant, seed, backend, out, no_progress):
+def patch(ckpt, kind, context_len, depth, n, variant, seed, query_only, backend, out, no_progress):
     """Activation patching clean -> corrupted needle prompt: recovered logit difference."""
     from ..eval import train_len
     from ..interventions import activation_patching, needle_pairs
@@ -213,7 +214,8 @@ def patch(ckpt, kind, context_len, depth, n, variant, seed, backend, out, no_pro
     ck, model = _load(ckpt)
     L = context_len or train_len(model) or 512
     pair = needle_pairs(n=n, context_len=L, seed=seed, variant=variant, depths=depth)
-    res = activation_patching(model, pair, kind=kind, backend=backend, progress=not no_progress)
+    at = [pair.query_pos] if query_only and kind != "position" else None
+    res = activation_patching(model, pair, kind=kind, at=at, backend=backend, progress=not no_progress)
     click.echo(f"logit difference: clean {res.clean_diff:.3f}, corrupted {res.corrupt_diff:.3f}")
     top = res.df.sort_values("recovered", ascending=False).head(10)
     cols = [c for c in ("layer", "layer_type", "head", "position", "token", "recovered") if c in top]

@@ -112,11 +112,12 @@ class Patch:
     layer: int
     head: int | None = None  # index on the head axis of hook_z
     position: int | None = None  # index on the position axis
+    at: tuple | None = None  # or several positions patched together (None = all)
 
     def apply(self, target: torch.Tensor, clean: torch.Tensor) -> torch.Tensor:
         """``target`` with the patched slice taken from ``clean`` (both [B, T, ...])."""
         out = target.clone()
-        pos = slice(None) if self.position is None else self.position
+        pos = self.position if self.position is not None else (list(self.at) if self.at else slice(None))
         if self.head is None:
             out[:, pos] = clean[:, pos]
         else:
@@ -124,16 +125,17 @@ class Patch:
         return out
 
 
-def patch_list(model, kind: str, positions=None) -> list[Patch]:
+def patch_list(model, kind: str, positions=None, at=None) -> list[Patch]:
     cfg = model.cfg
+    at = None if at is None else tuple(int(p) for p in at)
     if kind == "heads":
-        return [Patch(f"blocks.{l}.attn.hook_z", l, head=h) for l in cfg.attention_layers
+        return [Patch(f"blocks.{l}.attn.hook_z", l, head=h, at=at) for l in cfg.attention_layers
                 for h in range(cfg.n_heads)]
     if kind == "resid":
-        return [Patch(f"blocks.{l}.hook_resid_pre", l) for l in range(cfg.n_layers)]
+        return [Patch(f"blocks.{l}.hook_resid_pre", l, at=at) for l in range(cfg.n_layers)]
     if kind == "mixer":
-        return [Patch(f"blocks.{l}.hook_attn_out" if cfg.is_attention(l) else f"blocks.{l}.hook_mixer_out", l)
-                for l in range(cfg.n_layers)]
+        return [Patch(f"blocks.{l}.hook_attn_out" if cfg.is_attention(l) else f"blocks.{l}.hook_mixer_out", l,
+                      at=at) for l in range(cfg.n_layers)]
     if kind == "position":
         if positions is None:
             raise ValueError("kind='position' needs positions= (see default_positions)")
@@ -191,11 +193,13 @@ class PatchingResult:
         return iter((self.df, self.figure))
 
 
-def activation_patching(model, pair: NeedlePair, kind: str = "heads", *, positions=None,
+def activation_patching(model, pair: NeedlePair, kind: str = "heads", *, positions=None, at=None,
                         backend: str = "tl", min_gap: float = 1e-6, progress: bool = False) -> PatchingResult:
     """Patch clean activations into the corrupted run, one at a time; see the module doc.
 
     ``positions`` (``kind="position"`` only; default ``default_positions(pair)``).
+    ``at`` (``heads``/``resid``/``mixer``): patch only these positions, together (default all;
+    e.g. ``at=[pair.query_pos]`` asks what a head writes at the query).
     ``backend``: ``"tl"`` or ``"nnsight"``. Raises ``ValueError`` when the clean and corrupted
     logit differences coincide (the recovered fraction is then undefined).
     """
@@ -203,7 +207,9 @@ def activation_patching(model, pair: NeedlePair, kind: str = "heads", *, positio
         raise ValueError(f"kind: {kind!r}; use one of {KINDS}")
     if kind == "position" and positions is None:
         positions = default_positions(pair)
-    patches = patch_list(model, kind, positions)
+    if kind == "position" and at is not None:
+        raise ValueError("at= applies to kinds heads, resid and mixer; use positions= for kind='position'")
+    patches = patch_list(model, kind, positions, at)
     was_training = model.training
     model.eval()
     try:
@@ -226,6 +232,7 @@ def activation_patching(model, pair: NeedlePair, kind: str = "heads", *, positio
             "kind": kind, "hook": p.hook, "layer": p.layer, "layer_type": model.cfg.layer_kind(p.layer),
             "head": -1 if p.head is None else p.head, "position": -1 if p.position is None else p.position,
             "token": "" if p.position is None else TOKENIZER.decode([tokens[p.position]], stop_at_eos=False),
+            "at": "all" if p.at is None else ",".join(map(str, p.at)),
             "logit_diff": d, "recovered": (d - corrupt_ld) / gap,
         })
     df = pd.DataFrame(rows)
