@@ -84,6 +84,25 @@ class Attention(nn.Module):
             q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         return q, k
 
+    @staticmethod
+    def _append_to_cache(cache: dict, k, v, positions):
+        """Append keys/values to a decode cache whose buffers grow by doubling, so a decode
+        step costs O(1) amortised copies instead of re-concatenating the whole cache."""
+        n, T = cache.get("n", 0), k.shape[1]
+        if "k_buf" not in cache or n + T > cache["k_buf"].shape[1]:
+            cap = max(2 * (n + T), 64)
+            kb = k.new_empty(k.shape[0], cap, *k.shape[2:])  # (B, cap, Hkv, D)
+            vb = v.new_empty(v.shape[0], cap, *v.shape[2:])
+            pb = positions.new_empty(cap)
+            if n:
+                kb[:, :n], vb[:, :n], pb[:n] = cache["k_buf"][:, :n], cache["v_buf"][:, :n], cache["pos_buf"][:n]
+            cache["k_buf"], cache["v_buf"], cache["pos_buf"] = kb, vb, pb
+        cache["k_buf"][:, n:n + T] = k
+        cache["v_buf"][:, n:n + T] = v
+        cache["pos_buf"][n:n + T] = positions
+        cache["n"] = n + T
+        return cache["k_buf"][:, :n + T], cache["v_buf"][:, :n + T], cache["pos_buf"][:n + T]
+
     def forward(self, x: torch.Tensor, positions: torch.Tensor, cache: dict | None = None) -> torch.Tensor:
         B, T, _ = x.shape  # x: (B, T, d_model), positions: (T,)
         q = self.hook_q(self.W_Q(x).view(B, T, self.n_heads, self.d_head))  # (B, T, H, D)
@@ -96,13 +115,7 @@ class Attention(nn.Module):
         k = self.hook_rot_k(k)
         q_pos = positions
         if cache is not None:
-            if "k" in cache:
-                k = torch.cat([cache["k"], k], dim=1)  # (B, Tk, Hkv, D)
-                v = torch.cat([cache["v"], v], dim=1)
-                k_pos = torch.cat([cache["pos"], positions])
-            else:
-                k_pos = positions
-            cache["k"], cache["v"], cache["pos"] = k, v, k_pos
+            k, v, k_pos = self._append_to_cache(cache, k, v, positions)  # (B, Tk, Hkv, D)
         else:
             k_pos = positions
         qh = q.transpose(1, 2)  # (B, H, T, D)
