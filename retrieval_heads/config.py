@@ -300,6 +300,8 @@ class TrainConfig(_JSONMixin):
             _check_int(name, getattr(self, name))
         _check_int("warmup_steps", self.warmup_steps, minimum=0)
         _check_int("seed", self.seed, minimum=0)
+        if self.seed >= 2**63:  # torch.manual_seed takes < 2**64; keep room for derived seeds
+            raise ValueError(f"seed: must be < 2**63, got {self.seed}")
         _check_float("lr", self.lr)
         for name in ("min_lr_ratio", "niah_fraction", "niah_context_weight", "induction_fraction"):
             v = getattr(self, name)

@@ -1,8 +1,9 @@
 """`retrieval-heads` command line. Each subcommand lives in its own module of this package
 and is registered in ``_COMMANDS``; a module that fails to import does not break the others.
 
-Errors: a ``ValueError``/``FileNotFoundError`` raised by the library becomes a one-line
-``error: ...`` and exit code 2 (``--debug`` shows the traceback).
+Errors: a bad option or argument, and a ``ValueError``/``OSError`` (``FileNotFoundError``,
+``PermissionError``, ...) or out-of-memory error raised by the library, become one line
+``error: ...`` on stderr and exit code 2 (``--debug`` shows the library's traceback).
 """
 
 from __future__ import annotations
@@ -53,6 +54,15 @@ def cli(ctx, debug):
     ctx.obj["debug"] = debug
 
 
+def _one_line(msg) -> str:
+    return " ".join(part.strip() for part in str(msg).splitlines() if part.strip())
+
+
+def _is_oom(e: BaseException) -> bool:
+    msg = str(e).lower()
+    return isinstance(e, MemoryError) or "out of memory" in msg or "can't allocate memory" in msg
+
+
 def main(argv=None):
     """Entry point: one-line errors with exit code 2 unless --debug."""
     args = list(sys.argv[1:] if argv is None else argv)
@@ -62,13 +72,21 @@ def main(argv=None):
     except click.exceptions.Abort:
         click.echo("aborted", err=True)
         sys.exit(130)
-    except click.ClickException as e:
-        e.show()
+    except click.ClickException as e:  # bad option or argument: one line, like the library's errors
+        ctx = getattr(e, "ctx", None)
+        hint = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
+        click.echo(f"error: {_one_line(e.format_message())}{hint}", err=True)
         sys.exit(2)
-    except (ValueError, FileNotFoundError, NotADirectoryError, FileExistsError, PermissionError) as e:
+    except (ValueError, OSError) as e:  # FileNotFoundError, PermissionError, disk full, ...
         if debug:
             raise
-        click.echo(f"error: {e}", err=True)
+        click.echo(f"error: {_one_line(e)}", err=True)
+        sys.exit(2)
+    except (MemoryError, RuntimeError) as e:  # torch's OutOfMemoryError is a RuntimeError
+        if debug or not _is_oom(e):
+            raise
+        click.echo(f"error: out of memory ({_one_line(e)[:300]}); use a shorter context or a smaller batch",
+                   err=True)
         sys.exit(2)
     except SystemExit:
         raise

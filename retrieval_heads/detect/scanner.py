@@ -76,6 +76,12 @@ class ScanSettings:
             raise ValueError(f"depths: expected values in [0, 1], got {self.depths}")
         if self.n_per_cell < 1:
             raise ValueError(f"n_per_cell: must be >= 1, got {self.n_per_cell}")
+        if self.max_new_tokens is not None and self.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens: must be >= 1, got {self.max_new_tokens}")
+        if self.haystack is not None:
+            from ..tasks.haystack import load_haystack
+
+            load_haystack(self.haystack)  # ValueError naming the file (missing, empty, not UTF-8 text)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -313,34 +319,39 @@ def scan(run_dir, settings: ScanSettings | None = None, *, reference="first", th
         settings = dataclasses.replace(settings, **setting_kw)
     if workers < 1:
         raise ValueError(f"workers: must be >= 1, got {workers}")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size: must be an integer >= 1, got {batch_size!r}")
+    if not (isinstance(threshold, (int, float)) and 0.0 <= threshold <= 1.0):
+        raise ValueError(f"threshold: a copy score in [0, 1], got {threshold!r}")
     run_dir = Path(run_dir)
     paths = list_checkpoints(run_dir)
     if not paths:
         raise ValueError(f"{run_dir}: no checkpoints (step_XXXXXX folders) to scan")
     scan_dir, cache_dir = run_dir / "scan", run_dir / "scan" / "cache"
+    # Read and check everything first: a bad setting or an unreadable run writes nothing.
+    hashes = _HashCache(cache_dir / "hashes.json")
+    ckpts = []
+    for p in paths:
+        c = _Ckpt(path=p, step=int(STEP_RE.match(p.name).group(1)))
+        try:
+            c.meta = read_meta(p)
+            c.step = int(c.meta.get("step", c.step))
+            c.tokens_seen = int(c.meta.get("tokens_seen", 0))
+            c.sha = hashes.get(p)
+        except (CheckpointError, OSError) as e:
+            c.error = str(e) if not isinstance(e, FileNotFoundError) else \
+                f"{p / 'model.safetensors'}: missing; a checkpoint needs config.json and model.safetensors"
+        ckpts.append(c)
+    good = [c for c in ckpts if c.error is None]
+    if not good:
+        raise ValueError(f"{run_dir}: none of the {len(ckpts)} checkpoint(s) can be read; first: "
+                         f"{ckpts[0].error}")
+    settings = _resolve_context_lens(settings, good[0].meta)
+    skey = settings.key()
+    ref = _pick_reference(run_dir, reference, good)
     cache_dir.mkdir(parents=True, exist_ok=True)
     with scan_lock(scan_dir, echo):
-        hashes = _HashCache(cache_dir / "hashes.json")
-        ckpts = []
-        for p in paths:
-            c = _Ckpt(path=p, step=int(STEP_RE.match(p.name).group(1)))
-            try:
-                c.meta = read_meta(p)
-                c.step = int(c.meta.get("step", c.step))
-                c.tokens_seen = int(c.meta.get("tokens_seen", 0))
-                c.sha = hashes.get(p)
-            except (CheckpointError, OSError) as e:
-                c.error = str(e) if not isinstance(e, FileNotFoundError) else \
-                    f"{p / 'model.safetensors'}: missing; a checkpoint needs config.json and model.safetensors"
-            ckpts.append(c)
         hashes.save()
-        good = [c for c in ckpts if c.error is None]
-        if not good:
-            raise ValueError(f"{run_dir}: none of the {len(ckpts)} checkpoint(s) can be read; first: "
-                             f"{ckpts[0].error}")
-        settings = _resolve_context_lens(settings, good[0].meta)
-        skey = settings.key()
-        ref = _pick_reference(run_dir, reference, good)
         jobs = []
         for c in good:
             cf, qf = _cache_file(cache_dir, c.sha, skey), _qk_file(cache_dir, c.sha, ref.sha, settings.recurrent)
@@ -410,13 +421,14 @@ def scan(run_dir, settings: ScanSettings | None = None, *, reference="first", th
 
 def _pick_reference(run_dir: Path, reference, good: list[_Ckpt]) -> _Ckpt:
     if reference in (None, "first"):
+        errors = []
         for c in good:  # the first checkpoint whose weights load
             try:
                 load_checkpoint(c.path)
                 return c
-            except CheckpointError:
-                continue
-        raise ValueError(f"{run_dir}: no readable checkpoint to use as the qk_distance reference")
+            except CheckpointError as e:
+                errors.append(str(e))
+        raise ValueError(f"{run_dir}: none of the {len(good)} checkpoint(s) can be loaded; first: {errors[0]}")
     if isinstance(reference, int) or (isinstance(reference, str) and reference.isdigit()):
         for c in good:
             if c.step == int(reference):

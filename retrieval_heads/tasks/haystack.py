@@ -75,6 +75,8 @@ def load_haystack(name: str = "essay") -> str:
         return NOISE * 64
     if name == "essay":
         return _essay_text()
+    if not isinstance(name, str) or not name.strip():  # Path("") would be the working directory
+        raise ValueError(f"haystack: empty name; give a built-in haystack {BUILTIN} or a file or folder path")
     path = Path(name)
     if not path.exists():
         raise ValueError(
