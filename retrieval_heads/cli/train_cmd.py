@@ -29,13 +29,14 @@ class _Command(click.Command):
                                    ctx=ctx) from None
 
 
-def _preset_help() -> str:
-    return "; ".join(f"{k}: {v}" for k, v in list_presets().items())
+def _preset_epilog() -> str:
+    return "\b\nPresets (retrieval_heads/data/presets/NAME.json):\n" + "\n".join(
+        f"  {k}: {v}" for k, v in list_presets().items())
 
 
-@click.command(cls=_Command)
+@click.command(cls=_Command, epilog=_preset_epilog())
 @click.option("--preset", default="tiny", show_default=True, metavar="NAME",
-              help="Preset name (retrieval_heads/data/presets/NAME.json) or a preset .json file. " + _preset_help())
+              help=f"One of {', '.join(list_presets())}, or a preset .json file.")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Run folder to write.")
 @click.option("--steps", type=int, help="Optimizer steps.")
 @click.option("--layout", help="Layer layout, one letter per layer (F S M D L), e.g. SSSF.")
@@ -50,6 +51,7 @@ def _preset_help() -> str:
 @click.option("--grad-accum", type=int, help="Micro-steps per optimizer step.")
 @click.option("--lr", type=float, help="Peak learning rate.")
 @click.option("--niah-fraction", type=float, help="Fraction of rows that are needle tasks.")
+@click.option("--induction-fraction", type=float, help="Fraction of rows that are repeated random strings.")
 @click.option("--variant", help="Needle variant used in training and evaluation (e.g. single_1).")
 @click.option("--haystack", help="LM text: essay, noise, or a path to a text file / folder.")
 @click.option("--stop-at", type=int, help="Stop after this step (with a checkpoint); --resume continues.")
@@ -57,8 +59,8 @@ def _preset_help() -> str:
 @click.option("--overwrite", is_flag=True, help="Replace the run in --out.")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 def train(preset, out, steps, layout, window, pos, context_len, seed, device, save_every, eval_every,
-          batch_size, grad_accum, lr, niah_fraction, variant, haystack, stop_at, resume, overwrite,
-          no_progress):
+          batch_size, grad_accum, lr, niah_fraction, induction_fraction, variant, haystack, stop_at,
+          resume, overwrite, no_progress):
     """Train a small hybrid LM on LM text + needle tasks, with checkpoints for scanning."""
     from ..tasks.mixture import answer_reserve
     from ..train.loop import dist_env, train as run_train
@@ -75,7 +77,8 @@ def train(preset, out, steps, layout, window, pos, context_len, seed, device, sa
     tchanges = {k: v for k, v in dict(
         steps=steps, context_len=context_len, seed=seed, device=device, save_every=save_every,
         eval_every=eval_every, batch_size=batch_size, grad_accum=grad_accum, lr=lr,
-        niah_fraction=niah_fraction, niah_variant=variant, haystack=haystack).items() if v is not None}
+        niah_fraction=niah_fraction, induction_fraction=induction_fraction, niah_variant=variant,
+        haystack=haystack).items() if v is not None}
     cfg = cfg.replace(**tchanges)
     need = cfg.context_len + answer_reserve(cfg.niah_variant)
     if model_cfg.max_seq_len < need:  # room to evaluate past the training length
