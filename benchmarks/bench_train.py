@@ -96,6 +96,7 @@ def main(argv=None):
     p.add_argument("--iters", type=int, default=3)
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--device", default="cpu")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (1 is steadier on a shared machine)")
     p.add_argument("--compile", action="store_true")
     p.add_argument("--peak-tflops", type=float, default=None, help="bf16 dense peak for MFU (H100 SXM: 989)")
     p.add_argument("--quick", action="store_true", help="T=1024, 2 iterations")
@@ -103,10 +104,12 @@ def main(argv=None):
     args = p.parse_args(argv)
     if args.quick:
         args.context_len, args.iters = 1024, 2
+    if args.threads:
+        torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     rows = [bench_layout(l.strip(), args, device) for l in args.layouts.split(",")]
     ref = next((r for r in rows if set(r["layout"]) == {"F"}), rows[-1])
-    print(f"device={device} T={args.context_len} B={args.batch_size} d_model={args.d_model} "
+    print(f"device={device} threads={torch.get_num_threads()} T={args.context_len} B={args.batch_size} d_model={args.d_model} "
           f"heads={args.n_heads} window={args.window} compile={args.compile}")
     print(f"{'layout':>10} {'step ms':>10} {'tokens/s':>12} {'speedup vs ' + ref['layout']:>16} {'MFU':>7}")
     for r in rows:
