@@ -1,0 +1,238 @@
+"""Gradient influence: how strongly does the output at the end of a sequence depend on each
+input position, by distance from the end?
+
+For held-out text rows (and, separately, needle prompts) of ``L`` tokens, the objective is
+the study's: the mean over the last 20 positions of the logits summed over the vocabulary;
+also the mean next-token NLL over the same positions (``--objective`` both by default). Its
+gradient with respect to the input embeddings (``hook_embed``, [batch, pos, d_model]) gives
+one L2 norm per input position; the table holds that norm by distance ``d = L - 1 - i`` from
+the last position, averaged over samples, per run. Summary per run: the share of gradient
+norm beyond the SWA window (distance >= window + 20, i.e. out of reach of every sliding-window
+layer at every scored position) and the distance that holds 50% / 90% of the total.
+
+Give several runs (``--runs a b c``) to compare layouts or windows; a run folder stands for
+its last checkpoint, ``RUN@STEP`` for a given step (e.g. before and after retrieval heads
+form: ``/work/tiny_run@1000 /work/tiny_run@2000``).
+
+How to run::
+
+    python analyses/gradient_influence.py --quick --runs /work/tiny_run@0 /work/tiny_run@1000 /work/tiny_run
+    python analyses/gradient_influence.py --device cuda --runs runs/w16 runs/w64 runs/w256
+    python analyses/gradient_influence.py --smoke                      # seconds (tests): micro-trained model
+
+Writes ``influence.csv`` (+ ``.parquet``: run, source, objective, distance, grad_norm,
+grad_norm_rel), ``summary.csv``, ``influence.html`` (PNG where kaleido works) and
+``results.json`` to ``--out`` (default ``analyses/out/gradient_influence/``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import torch
+import torch.nn.functional as F
+
+import retrieval_heads as rh
+
+NAME = "gradient_influence"
+OUT_ROOT = Path(__file__).resolve().parent / "out"
+LAST = 20  # positions whose output is differentiated
+QUICK_TRAIN = dict(preset="tiny", context_len=160, batch_size=8, steps=1500)
+SMOKE_TRAIN = dict(preset="tiny", context_len=160, batch_size=4, steps=2)
+FULL_TRAIN = dict(preset="gpu-small")
+MODES = {"smoke": dict(n=2, batch=2), "quick": dict(n=16, batch=4), "full": dict(n=64, batch=8)}
+
+
+def log(msg):
+    print(f"[{NAME}] {msg}", flush=True)
+
+
+def save_table(df, out, name):
+    df.to_csv(out / f"{name}.csv", index=False)
+    try:
+        df.to_parquet(out / f"{name}.parquet", index=False)
+    except Exception as e:  # noqa: BLE001
+        log(f"parquet skipped for {name} ({type(e).__name__})")
+
+
+def save_fig(fig, out, name):
+    fig.write_html(out / f"{name}.html", include_plotlyjs="cdn")
+    try:
+        fig.write_image(out / f"{name}.png")
+        return [f"{name}.html", f"{name}.png"]
+    except Exception as e:  # noqa: BLE001 - kaleido without Chrome, etc.
+        log(f"PNG export skipped ({type(e).__name__}: {str(e).strip().splitlines()[0][:80]})")
+        return [f"{name}.html"]
+
+
+def machine(device):
+    d = {"platform": platform.platform(), "python": platform.python_version(), "torch": torch.__version__,
+         "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "device": device}
+    if device.startswith("cuda") and torch.cuda.is_available():
+        d["gpu"] = torch.cuda.get_device_name(0)
+    return d
+
+
+def train_model(spec, run_dir, device):
+    spec = dict(spec)
+    model_cfg, train_cfg = rh.train.presets.load_preset(spec.pop("preset"))
+    train_cfg = train_cfg.replace(device=device, **spec)
+    log(f"training {model_cfg.describe()} for {train_cfg.steps} steps into {run_dir}")
+    res = rh.train.loop.train(model_cfg, train_cfg, run_dir, resume=True, progress=False, log=log)
+    return Path(res["out"])
+
+
+def resolve(spec: str) -> Path:
+    """``RUN``, ``RUN@STEP`` or a checkpoint folder -> a checkpoint folder."""
+    path, _, step = spec.partition("@")
+    p = Path(path)
+    if step:
+        return rh.train.checkpoint.step_dir(p, int(step))
+    if (p / "config.json").exists():
+        return p
+    ck = rh.list_checkpoints(p)
+    if not ck:
+        raise SystemExit(f"--runs {spec}: no checkpoint found")
+    return ck[-1]
+
+
+# ----------------------------------------------------------------------------- measurement
+def influence(model, tokens: torch.Tensor, objective: str, batch: int) -> torch.Tensor:
+    """Mean over rows of ||d objective / d hook_embed[i]||_2 for every input position i: (T,)."""
+    was = model.training
+    model.eval()
+    total = torch.zeros(tokens.shape[1], dtype=torch.float64)
+    try:
+        for i in range(0, tokens.shape[0], batch):
+            x = tokens[i:i + batch].to(model.device)
+            store = {}
+
+            def keep(e, hook):
+                e = e.detach().requires_grad_(True)  # a leaf, so .grad holds d obj / d embed
+                store["e"] = e
+                return e
+
+            with torch.enable_grad():
+                logits = model.run_with_hooks(x, fwd_hooks=[("hook_embed", keep)]).float()  # (b, T, V)
+                if objective == "logit_sum":
+                    obj = logits[:, -LAST:].sum(-1).mean(-1)  # (b,) mean over positions of the summed logits
+                else:  # mean next-token NLL over the last LAST predictions (targets inside the row)
+                    lg = logits[:, -LAST - 1:-1]
+                    obj = F.cross_entropy(lg.transpose(1, 2), x[:, -LAST:], reduction="none").mean(-1)
+                g, = torch.autograd.grad(obj.sum(), store["e"])  # rows are independent: one backward
+            total += g.norm(dim=-1).double().sum(0).cpu()
+    finally:
+        model.train(was)
+    return (total / tokens.shape[0]).float()
+
+
+def summarize(df: pd.DataFrame, window: int) -> dict:
+    g = df.sort_values("distance")
+    v = g["grad_norm"].to_numpy()
+    tot = v.sum()
+    cum = v.cumsum() / tot if tot > 0 else v * 0
+    d = g["distance"].to_numpy()
+    far = d >= window + LAST
+    return {"beyond_window_share": float(v[far].sum() / tot) if tot > 0 else float("nan"),
+            "d50": int(d[(cum >= 0.5).argmax()]), "d90": int(d[(cum >= 0.9).argmax()]),
+            "last_quarter_share": float(v[d >= 0.75 * d.max()].sum() / tot) if tot > 0 else float("nan")}
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--runs", nargs="*", default=[], help="runs / checkpoints (RUN, RUN@STEP); default: train one")
+    g = ap.add_mutually_exclusive_group()
+    g.add_argument("--quick", action="store_true")
+    g.add_argument("--smoke", action="store_true")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--context-len", type=int, default=0, help="row length [default: each run's training length]")
+    ap.add_argument("--objective", default="both", choices=["logit_sum", "nll", "both"])
+    ap.add_argument("--sources", default="text,needle", help="text (held-out essay rows) and/or needle prompts")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--note", default="")
+    ap.add_argument("--out", default=None)
+    a = ap.parse_args(argv)
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    mode_name = "smoke" if a.smoke else "quick" if a.quick else "full"
+    mode = MODES[mode_name]
+    out = Path(a.out) if a.out else OUT_ROOT / NAME
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.time()
+    specs = list(a.runs)
+    if not specs:
+        specs = [str(train_model({"smoke": SMOKE_TRAIN, "quick": QUICK_TRAIN, "full": FULL_TRAIN}[mode_name],
+                                 out / "run", a.device))]
+    train_s = time.time() - t0
+    objectives = ["logit_sum", "nll"] if a.objective == "both" else [a.objective]
+    sources = [s.strip() for s in a.sources.split(",") if s.strip()]
+    frames, summ = [], []
+    for spec in specs:
+        ck = resolve(spec)
+        model = rh.load_checkpoint(ck, device=a.device)
+        cfg = model.cfg
+        L = a.context_len or rh.eval.train_len(model) or 256
+        label = f"{cfg.layout} w={cfg.window} F={cfg.pos['F']} @{model.checkpoint['step']}"
+        for src in sources:
+            if src == "text":
+                toks = rh.eval.text_rows(L, mode["n"], seed=a.seed)
+            elif src == "needle":
+                toks = rh.tasks.niah_batch(n=mode["n"], context_len=L, seed=a.seed + 31).tokens
+            else:
+                raise SystemExit(f"--sources: unknown {src!r}; use text, needle")
+            for obj in objectives:
+                t1 = time.time()
+                gn = influence(model, toks, obj, mode["batch"])  # (L,)
+                d = pd.DataFrame({"distance": torch.arange(L - 1, -1, -1).tolist(), "grad_norm": gn.tolist()})
+                d = d.sort_values("distance").reset_index(drop=True)
+                d["grad_norm_rel"] = d["grad_norm"] / d["grad_norm"].sum()
+                d.insert(0, "objective", obj)
+                d.insert(0, "source", src)
+                d.insert(0, "run", label)
+                d.insert(1, "checkpoint", str(ck))
+                d["layout"], d["window"], d["pos_F"] = cfg.layout, cfg.window, cfg.pos["F"]
+                d["step"], d["context_len"] = int(model.checkpoint["step"]), L
+                frames.append(d)
+                s = {"run": label, "checkpoint": str(ck), "layout": cfg.layout, "window": cfg.window,
+                     "pos_F": cfg.pos["F"], "step": int(model.checkpoint["step"]), "source": src, "objective": obj,
+                     "context_len": L, "n": mode["n"], **summarize(d, cfg.window), "seconds": round(time.time() - t1, 1)}
+                summ.append(s)
+                log(f"{label} {src} {obj}: beyond-window share {s['beyond_window_share']:.3f}, "
+                    f"d50 {s['d50']}, d90 {s['d90']} ({s['seconds']}s)")
+    df = pd.concat(frames, ignore_index=True)
+    sm = pd.DataFrame(summ)
+    save_table(df, out, "influence")
+    save_table(sm, out, "summary")
+
+    import plotly.express as px
+    fig = px.line(df, x="distance", y="grad_norm", color="run", facet_row="objective", facet_col="source",
+                  log_y=True, title="Gradient influence of the input embeddings by distance from the end "
+                                    f"(last {LAST} outputs)")
+    fig.update_yaxes(matches=None)
+    for w in sorted(df["window"].unique()):
+        fig.add_vline(x=int(w) + LAST, line_dash="dot", annotation_text=f"w+{LAST}={int(w) + LAST}")
+    files = save_fig(fig, out, "influence")
+
+    results = {
+        "analysis": NAME, "mode": mode_name, "command": " ".join([Path(sys.executable).name] + sys.argv),
+        "note": a.note, "machine": machine(a.device), "last_positions": LAST, "objectives": objectives,
+        "sources": sources, "summary": sm.to_dict("records"),
+        "wall_s": {"total": round(time.time() - t0, 1), "train": round(train_s, 1)},
+        "files": sorted({"influence.csv", "summary.csv", *files}),
+    }
+    (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    log(f"wrote {out} in {time.time() - t0:.0f}s")
+    return results
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,386 @@
+"""Mechanism: is long-range retrieval carried by the full-attention heads?
+
+1. Score every attention head (``mass`` and ``copy``) on needle prompts.
+2. Ablate the top-k full-attention (``F``) retrieval heads, and as controls k random heads of
+   the same kind, k random SWA heads, the top-k SWA heads and k random heads of any attention
+   layer; for each: NIAH accuracy (greedy, RULER ``string_match_all``), teacher-forced answer
+   loss / token accuracy, and held-out long-context loss. Both zero and mean ablation.
+3. Restrict the receptive field of the full-attention layers (``w'``) or of the efficient
+   layers (``w''``) at inference; NIAH accuracy and long-context loss for each.
+
+Everything is computed by the library (``rh.interventions.ablation_experiment``,
+``receptive_field_experiment``, ``ablate_heads``, ``rh.eval``); this script only chooses the
+settings, adds the long-context loss per head set, and writes tables, figures and a summary.
+
+How to run::
+
+    python analyses/mechanism.py --quick --run /work/tiny_run       # CPU, ~1-2 min on a trained tiny run
+    python analyses/mechanism.py --quick                            # trains a quick model first (CPU, minutes)
+    python analyses/mechanism.py --device cuda                      # full: trains gpu-small, then analyses it
+    python analyses/mechanism.py --device cuda --run runs/x         # full analysis of an existing run
+    python analyses/mechanism.py --smoke                            # seconds (tests): micro-trained model
+
+Writes to ``--out`` (default ``analyses/out/mechanism/``): ``scores.csv``, ``ablation.csv``,
+``receptive_field.csv`` (tidy tables, also ``.parquet``), ``scores.html``, ``ablation.html``,
+``receptive_field.html`` (PNG beside them where kaleido can render), ``results.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+import retrieval_heads as rh
+from retrieval_heads.interventions import (ablate_heads, ablation_experiment, format_heads, heads_of_kind,
+                                           random_heads, receptive_field_experiment, retrieval_head_scores,
+                                           summarize, top_heads)
+
+NAME = "mechanism"
+OUT_ROOT = Path(__file__).resolve().parent / "out"
+
+# Quick model when --run is not given: the tiny preset (SSSF, d_model 64, window 16, NoPE F)
+# at a shorter context and batch, so that NIAH forms within a few CPU minutes.
+QUICK_TRAIN = dict(preset="tiny", context_len=160, batch_size=8, steps=1500)
+SMOKE_TRAIN = dict(preset="tiny", context_len=160, batch_size=4, steps=2)
+FULL_TRAIN = dict(preset="gpu-small")
+
+MODES = {
+    #        NIAH samples per (length, depth), depths, long-loss rows, random draws, score samples
+    "smoke": dict(n=1, depths=[0.5], loss_rows=1, n_random=1, score_n=2, methods=["zero"]),
+    "quick": dict(n=4, depths=[0.1, 0.3, 0.5, 0.7, 0.9], loss_rows=4, n_random=3, score_n=16,
+                  methods=["zero", "mean"]),
+    "full": dict(n=8, depths=[0.0, 0.1, 0.25, 0.5, 0.75, 0.9, 1.0], loss_rows=16, n_random=5, score_n=64,
+                 methods=["zero", "mean"]),
+}
+
+
+# ----------------------------------------------------------------------------- helpers
+def ints(s):
+    return [int(x) for x in str(s).split(",") if x.strip()] if s else []
+
+
+def log(msg):
+    print(f"[{NAME}] {msg}", flush=True)
+
+
+def save_table(df: pd.DataFrame, out: Path, name: str) -> None:
+    df.to_csv(out / f"{name}.csv", index=False)
+    try:
+        df.to_parquet(out / f"{name}.parquet", index=False)
+    except Exception as e:  # noqa: BLE001 - pyarrow missing or an odd dtype: the CSV is enough
+        log(f"parquet skipped for {name} ({type(e).__name__})")
+
+
+_PNG_OK = [True]
+
+
+def save_fig(fig, out: Path, name: str) -> list[str]:
+    """HTML always; PNG when kaleido can render (else one log line, once)."""
+    fig.write_html(out / f"{name}.html", include_plotlyjs="cdn")
+    files = [f"{name}.html"]
+    if _PNG_OK[0]:
+        try:
+            fig.write_image(out / f"{name}.png")
+            files.append(f"{name}.png")
+        except Exception as e:  # noqa: BLE001 - kaleido without Chrome, etc.
+            _PNG_OK[0] = False
+            log(f"PNG export skipped ({type(e).__name__}: {str(e).strip().splitlines()[0][:80]})")
+    return files
+
+
+def machine(device: str) -> dict:
+    d = {"platform": platform.platform(), "python": platform.python_version(), "torch": torch.__version__,
+         "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "device": device}
+    if device.startswith("cuda") and torch.cuda.is_available():
+        d["gpu"] = torch.cuda.get_device_name(0)
+    return d
+
+
+def train_model(spec: dict, run_dir: Path, device: str) -> Path:
+    """Train (or resume / reuse) a run for ``spec`` = preset + TrainConfig overrides."""
+    spec = dict(spec)
+    model_cfg, train_cfg = rh.train.presets.load_preset(spec.pop("preset"))
+    model_over = spec.pop("model", {})
+    model_cfg = model_cfg.replace(**model_over) if model_over else model_cfg
+    train_cfg = train_cfg.replace(device=device, **spec)
+    log(f"training {model_cfg.describe()} for {train_cfg.steps} steps (context {train_cfg.context_len}, "
+        f"batch {train_cfg.batch_size}) into {run_dir}")
+    t0 = time.time()
+    res = rh.train.loop.train(model_cfg, train_cfg, run_dir, resume=True, progress=False, log=log)
+    log(f"trained in {time.time() - t0:.0f}s; final {res.get('final')}")
+    return Path(res["out"])
+
+
+def resolve_ckpt(path: Path) -> Path:
+    if (path / "config.json").exists():
+        return path
+    ckpts = rh.list_checkpoints(path)
+    if not ckpts:
+        raise SystemExit(f"--run {path}: no checkpoint found")
+    return ckpts[-1]
+
+
+def fits(model, L: int) -> bool:
+    try:
+        rh.eval.check_length(model, L, 10)
+        return True
+    except ValueError:
+        return False
+
+
+# ----------------------------------------------------------------------------- analysis
+def head_scores(model, batch) -> pd.DataFrame:
+    cfg = model.cfg
+    mats = {m: retrieval_head_scores(model, batch, method=m) for m in ("mass", "copy")}
+    rows = [{"layer": l, "head": h, "layer_type": cfg.layer_kind(l), "metric": m, "value": float(S[l, h])}
+            for m, S in mats.items() for l in cfg.attention_layers for h in range(cfg.n_heads)]
+    return pd.DataFrame(rows), mats
+
+
+def k_values(model, scores: torch.Tensor, given: list[int], threshold: float) -> list[int]:
+    """Default: 1, half of the F heads, and the number of F retrieval heads (score >= threshold)."""
+    nF = len(heads_of_kind(model, "F"))
+    if given:
+        return sorted({k for k in given if 1 <= k <= nF})
+    n_ret = sum(float(scores[l, h]) >= threshold for l, h in heads_of_kind(model, "F"))
+    return sorted({1, max(nF // 2, 1), max(n_ret, 1)})
+
+
+def long_loss(model, L: int, rows: int, seed: int) -> dict:
+    lc = rh.eval.long_context_loss(model, context_len=L, n=rows, buckets=4, seed=seed)
+    return {"long_loss": float((lc["loss"] * lc["n_tokens"]).sum() / lc["n_tokens"].sum()),
+            "long_loss_last_quarter": float(lc["loss"].iloc[-1])}
+
+
+def ablation(model, scores, ks, lens, mode, method, seed, score_batch, loss_len):
+    """ablation_experiment for each k, plus a ``random_any`` control and long-context loss per head set."""
+    frames = []
+    for k in ks:
+        df = ablation_experiment(model, k=k, scores=scores, method=method, context_lens=lens, depths=mode["depths"],
+                                 n=mode["n"], seed=seed, n_random=mode["n_random"], score_batch=score_batch,
+                                 progress=False)
+        for cond, why in df.attrs.get("skipped", {}).items():
+            log(f"k={k} {method}: condition {cond} skipped ({why})")
+        # random_any: k random heads of any attention layer, disjoint from the top-k F heads
+        pool = heads_of_kind(model, "FS")
+        topF = top_heads(scores, k, model, kinds="F")
+        extra = []
+        for i in range(mode["n_random"]):
+            try:
+                heads = random_heads(pool, k, seed=seed + 100 + i, exclude=topF)
+            except ValueError:
+                break
+            with ablate_heads(model, heads, method=method, reference=score_batch if method == "mean" else None):
+                grid = rh.eval.niah_grid(model, lens, mode["depths"], n=mode["n"], seed=seed, progress=False)
+                for L, g in grid.groupby("context_len"):
+                    tf = rh.tasks.niah_batch(n=len(mode["depths"]) * mode["n"], context_len=int(L),
+                                             seed=seed * 1_000_003 + int(L),
+                                             depths=[d for d in mode["depths"] for _ in range(mode["n"])])
+                    extra.append({"condition": "random_any", "draw": i, "k": k, "heads": format_heads(heads),
+                                  "kinds": "".join(sorted({model.cfg.layer_kind(l) for l, _ in heads})),
+                                  "context_len": int(L),
+                                  "accuracy": float((g["accuracy"] * g["n"]).sum() / g["n"].sum()),
+                                  **rh.eval.answer_metrics(model, tf), "n": int(g["n"].sum()), "method": method})
+        df = pd.concat([df, pd.DataFrame(extra)], ignore_index=True)
+        # long-context loss once per distinct head set
+        losses = {}
+        for heads in df["heads"].unique():
+            if not heads:  # the unablated baseline
+                losses[heads] = long_loss(model, loss_len, mode["loss_rows"], seed)
+                continue
+            with ablate_heads(model, heads, method=method, reference=score_batch if method == "mean" else None):
+                losses[heads] = long_loss(model, loss_len, mode["loss_rows"], seed)
+        df = df.assign(**{c: [losses[h][c] for h in df["heads"]] for c in ("long_loss", "long_loss_last_quarter")})
+        df["k_requested"] = k
+        frames.append(df)
+    return pd.concat(frames, ignore_index=True)
+
+
+def summary_table(abl: pd.DataFrame) -> pd.DataFrame:
+    rows = []
+    for (method, k), d in abl.groupby(["method", "k_requested"], sort=True):
+        s = summarize(d)
+        extra = d.groupby("condition", sort=False)[["long_loss", "long_loss_last_quarter"]].mean()
+        s = s.merge(extra, left_on="condition", right_index=True)
+        s.insert(0, "k", int(k))
+        s.insert(0, "method", method)
+        rows.append(s)
+    return pd.concat(rows, ignore_index=True)
+
+
+# ----------------------------------------------------------------------------- figures
+def figures(out: Path, scores_df, summ, rf, title) -> list[str]:
+    import plotly.express as px
+    from plotly.subplots import make_subplots
+    import plotly.graph_objects as go
+
+    files = []
+    fig = make_subplots(rows=1, cols=2, subplot_titles=["mass", "copy"])
+    for i, m in enumerate(["mass", "copy"]):
+        d = scores_df[scores_df["metric"] == m]
+        piv = d.pivot(index="layer", columns="head", values="value")
+        kinds = d.drop_duplicates("layer").set_index("layer")["layer_type"]
+        fig.add_trace(go.Heatmap(z=piv.values, x=[f"H{h}" for h in piv.columns],
+                                 y=[f"L{l} ({kinds[l]})" for l in piv.index], zmin=0, zmax=1,
+                                 colorscale="Viridis", showscale=i == 1), 1, i + 1)
+    fig.update_yaxes(autorange="reversed")
+    fig.update_layout(title=f"Retrieval scores per head — {title}")
+    files += save_fig(fig, out, "scores")
+
+    s = summ.copy()
+    s["k"] = s["k"].astype(str)
+    fig = px.bar(s, x="condition", y="accuracy", color="k", barmode="group", facet_col="method",
+                 hover_data=["heads", "answer_token_acc", "long_loss"],
+                 title=f"NIAH accuracy under head ablation — {title}")
+    files += save_fig(fig, out, "ablation")
+    fig = px.bar(s, x="condition", y="long_loss", color="k", barmode="group", facet_col="method",
+                 title=f"Held-out long-context loss under head ablation — {title}")
+    files += save_fig(fig, out, "ablation_loss")
+
+    r = rf[rf["module"] != "none"].copy()
+    base = rf[rf["module"] == "none"]
+    fig = make_subplots(rows=1, cols=2, subplot_titles=["NIAH accuracy", "long-context loss"])
+    for (module, L), g in r.groupby(["module", "context_len"]):
+        g = g.sort_values("window")
+        fig.add_trace(go.Scatter(x=g["window"].astype(int), y=g["accuracy"], mode="lines+markers",
+                                 name=f"{module} w, NIAH @{L}"), 1, 1)
+    for module, g in r.drop_duplicates(["module", "window"]).groupby("module"):
+        g = g.sort_values("window")
+        fig.add_trace(go.Scatter(x=g["window"].astype(int), y=g["long_loss"], mode="lines+markers",
+                                 name=f"{module} w, loss"), 1, 2)
+    if len(base):
+        fig.add_hline(y=float(base["long_loss"].iloc[0]), line_dash="dash", row=1, col=2,
+                      annotation_text="unconstrained")
+    fig.update_xaxes(type="log", title="receptive field (tokens)")
+    fig.update_layout(title=f"Receptive-field limits at inference — {title}")
+    files += save_fig(fig, out, "receptive_field")
+    return files
+
+
+# ----------------------------------------------------------------------------- main
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--run", help="checkpoint folder or run folder (its last checkpoint); default: train one")
+    g = ap.add_mutually_exclusive_group()
+    g.add_argument("--quick", action="store_true", help="CPU budget (< 15 min on 2 cores)")
+    g.add_argument("--smoke", action="store_true", help="seconds: micro settings for tests")
+    ap.add_argument("--device", default="cpu", help="cpu or cuda (full mode is meant for a GPU)")
+    ap.add_argument("--preset", default=None, help="preset to train when --run is not given "
+                                                     "(default: tiny with a short context in quick mode, gpu-small in full)")
+    ap.add_argument("--k", default="", help="numbers of heads to ablate, e.g. 1,2,4 "
+                                            "[default: 1, half the F heads, the F retrieval heads]")
+    ap.add_argument("--context-lens", default="", help="NIAH lengths [default: training length and 2x]")
+    ap.add_argument("--full-windows", default="", help="w' for the F layers [default: window..train length]")
+    ap.add_argument("--efficient-windows", default="", help="w'' for the efficient layers [default: 1..window/2]")
+    ap.add_argument("--threshold", type=float, default=0.1, help="retrieval-head threshold on the mass score")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=1, help="torch threads (0 = torch's default)")
+    ap.add_argument("--note", default="", help="free text stored in results.json (e.g. the machine)")
+    ap.add_argument("--out", default=None, help=f"output folder [default: analyses/out/{NAME}]")
+    a = ap.parse_args(argv)
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    mode_name = "smoke" if a.smoke else "quick" if a.quick else "full"
+    mode = MODES[mode_name]
+    out = Path(a.out) if a.out else OUT_ROOT / NAME
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.time()
+
+    if a.run:
+        ckpt = resolve_ckpt(Path(a.run))
+        train_s = 0.0
+    else:
+        spec = {"smoke": SMOKE_TRAIN, "quick": QUICK_TRAIN, "full": FULL_TRAIN}[mode_name]
+        if a.preset:
+            spec = {"preset": a.preset}
+        ckpt = resolve_ckpt(train_model(spec, out / "run", a.device))
+        train_s = time.time() - t0
+    model = rh.load_checkpoint(ckpt, device=a.device)
+    cfg = model.cfg
+    tl = rh.eval.train_len(model) or 256
+    lens = ints(a.context_lens) or [tl, 2 * tl]
+    lens = [L for L in lens if fits(model, L)] or [tl]
+    if mode_name == "smoke":
+        lens = lens[:1]
+    w = cfg.window
+    full_w = ints(a.full_windows) or sorted({w, 2 * w, tl // 4, tl // 2, tl} - {0})
+    eff_w = ints(a.efficient_windows) or sorted({1, 2, max(w // 4, 1), max(w // 2, 1)})
+    if mode_name == "smoke":
+        full_w, eff_w = full_w[:1], eff_w[:1]
+    title = f"{cfg.layout} w={w} pos F={cfg.pos['F']}, step {model.checkpoint['step']}"
+    log(f"checkpoint {ckpt}: {cfg.describe()}, train length {tl}; NIAH lengths {lens}")
+
+    score_batch = rh.tasks.niah_batch(n=mode["score_n"], context_len=max(lens), seed=a.seed + 7919)
+    scores_df, mats = head_scores(model, score_batch)
+    save_table(scores_df, out, "scores")
+    scores = mats["mass"]
+    log(f"mass scores (rows = layers):\n{scores.numpy().round(3)}")
+    ks = k_values(model, scores, ints(a.k), a.threshold)
+    if mode_name == "smoke":
+        ks = ks[:1]
+    log(f"ablating k in {ks} heads; methods {mode['methods']}")
+
+    t1 = time.time()
+    abl = pd.concat([ablation(model, scores, ks, lens, mode, m, a.seed, score_batch, max(lens))
+                     for m in mode["methods"]], ignore_index=True)
+    save_table(abl, out, "ablation")
+    summ = summary_table(abl)
+    save_table(summ, out, "ablation_summary")
+    fmt = lambda v: f"{v:.3f}"  # noqa: E731
+    log("ablation summary:\n" + summ.drop(columns=["heads"]).to_string(index=False, float_format=fmt))
+    ablation_s = time.time() - t1
+
+    t1 = time.time()
+    rf = receptive_field_experiment(model, full=full_w, efficient=eff_w, context_lens=lens, depths=mode["depths"],
+                                    n=mode["n"], seed=a.seed, loss_len=max(lens), loss_rows=mode["loss_rows"],
+                                    progress=False)
+    save_table(rf, out, "receptive_field")
+    log("receptive field:\n" + rf.to_string(index=False, float_format=fmt))
+    rf_s = time.time() - t1
+
+    files = figures(out, scores_df, summ, rf, title)
+
+    def acc_of(method, k, cond):
+        d = summ[(summ["method"] == method) & (summ["k"] == k) & (summ["condition"] == cond)]
+        return None if d.empty else {c: float(d[c].iloc[0]) for c in
+                                     ("accuracy", "answer_token_acc", "answer_loss", "long_loss") if c in d}
+
+    F_heads = heads_of_kind(model, "F")
+    results = {
+        "analysis": NAME, "mode": mode_name, "command": " ".join([Path(sys.executable).name] + sys.argv),
+        "note": a.note, "machine": machine(a.device), "checkpoint": str(ckpt), "step": model.checkpoint["step"],
+        "model": cfg.describe(), "layout": cfg.layout, "window": w, "pos": cfg.pos, "train_len": tl,
+        "context_lens": lens, "depths": mode["depths"], "n_per_cell": mode["n"],
+        "n_F_heads": len(F_heads),
+        "n_F_retrieval_heads_mass": int(sum(float(scores[l, h]) >= a.threshold for l, h in F_heads)),
+        "n_F_retrieval_heads_copy": int(sum(float(mats["copy"][l, h]) >= a.threshold for l, h in F_heads)),
+        "n_S_retrieval_heads_mass": int(sum(float(scores[l, h]) >= a.threshold
+                                            for l, h in heads_of_kind(model, "S"))),
+        "scores": {m: [[None if v != v else round(float(v), 4) for v in row] for row in S.tolist()]
+                   for m, S in mats.items()},
+        "ks": ks,
+        "ablation": {m: {str(k): {c: acc_of(m, k, c) for c in summ["condition"].unique()
+                                  if acc_of(m, k, c) is not None} for k in ks} for m in mode["methods"]},
+        "receptive_field": [{k: (None if pd.isna(v) else (int(v) if k in ("window", "context_len", "loss_len")
+                                                          else v)) for k, v in r.items()}
+                            for r in rf.to_dict("records")],
+        "wall_s": {"total": round(time.time() - t0, 1), "train": round(train_s, 1), "ablation": round(ablation_s, 1),
+                   "receptive_field": round(rf_s, 1)},
+        "files": sorted({"scores.csv", "ablation.csv", "ablation_summary.csv", "receptive_field.csv", *files}),
+    }
+    (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    log(f"wrote {out} in {time.time() - t0:.0f}s")
+    return results
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,305 @@
+"""Probing: at which layer does the last-token residual know which needle value is present?
+
+Needle prompts (RULER single_1 format) carry one of 8 fixed 7-digit values; a multinomial
+logistic-regression probe per layer reads ``blocks.{l}.hook_resid_post`` (and ``hook_embed``
+as a chance-level control) at the query position (the last prompt token) and predicts which
+of the 8 values it is. Two value sets:
+
+- ``hard``: the 8 values share their first 6 digits and differ only in the last digit, so the
+  query position (whose next token is the shared first digit) must carry the *whole* value
+  to decode it;
+- ``easy``: 8 values that differ in every digit (the first digit alone identifies them).
+
+Stratified train/test split; accuracy per (checkpoint, layer, value set); chance is 1/8.
+The probe is an L2-regularised softmax regression fitted with L-BFGS in torch (``fit_probe``),
+its L2 strength chosen by 3-fold cross-validation on the training split.
+
+How to run::
+
+    python analyses/probing.py --quick --run /work/tiny_run          # CPU, ~1-2 min (5 checkpoints)
+    python analyses/probing.py --quick                               # trains a quick model first
+    python analyses/probing.py --device cuda --run runs/x            # full: more samples, all checkpoints
+    python analyses/probing.py --smoke                               # seconds (tests)
+
+Writes ``probes.csv`` (+ ``.parquet``), ``probes.html`` (PNG where kaleido works) and
+``results.json`` to ``--out`` (default ``analyses/out/probing/``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import random
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import torch
+import torch.nn.functional as F
+
+import retrieval_heads as rh
+
+NAME = "probing"
+OUT_ROOT = Path(__file__).resolve().parent / "out"
+QUICK_TRAIN = dict(preset="tiny", context_len=160, batch_size=8, steps=1500)
+SMOKE_TRAIN = dict(preset="tiny", context_len=160, batch_size=4, steps=2)
+FULL_TRAIN = dict(preset="gpu-small")
+N_VALUES = 8
+MODES = {
+    # samples per value, checkpoints probed (max), L2 grid
+    "smoke": dict(per_value=4, n_ckpts=1, l2=[1e-2]),
+    "quick": dict(per_value=40, n_ckpts=5, l2=[1e-3, 1e-2, 1e-1]),
+    "full": dict(per_value=100, n_ckpts=12, l2=[1e-4, 1e-3, 1e-2, 1e-1]),
+}
+
+
+def log(msg):
+    print(f"[{NAME}] {msg}", flush=True)
+
+
+def save_table(df, out, name):
+    df.to_csv(out / f"{name}.csv", index=False)
+    try:
+        df.to_parquet(out / f"{name}.parquet", index=False)
+    except Exception as e:  # noqa: BLE001
+        log(f"parquet skipped for {name} ({type(e).__name__})")
+
+
+def save_fig(fig, out, name):
+    fig.write_html(out / f"{name}.html", include_plotlyjs="cdn")
+    try:
+        fig.write_image(out / f"{name}.png")
+        return [f"{name}.html", f"{name}.png"]
+    except Exception as e:  # noqa: BLE001 - kaleido without Chrome, etc.
+        log(f"PNG export skipped ({type(e).__name__}: {str(e).strip().splitlines()[0][:80]})")
+        return [f"{name}.html"]
+
+
+def machine(device):
+    d = {"platform": platform.platform(), "python": platform.python_version(), "torch": torch.__version__,
+         "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "device": device}
+    if device.startswith("cuda") and torch.cuda.is_available():
+        d["gpu"] = torch.cuda.get_device_name(0)
+    return d
+
+
+def train_model(spec, run_dir, device):
+    spec = dict(spec)
+    model_cfg, train_cfg = rh.train.presets.load_preset(spec.pop("preset"))
+    train_cfg = train_cfg.replace(device=device, **spec)
+    log(f"training {model_cfg.describe()} for {train_cfg.steps} steps into {run_dir}")
+    res = rh.train.loop.train(model_cfg, train_cfg, run_dir, resume=True, progress=False, log=log)
+    return Path(res["out"])
+
+
+# ----------------------------------------------------------------------------- data
+def value_sets(seed: int) -> dict[str, list[str]]:
+    rng = random.Random(f"probing-values/{seed}")
+    base = str(rng.randint(100_000, 999_999))
+    last = rng.sample(range(10), N_VALUES)
+    hard = [f"{base}{d}" for d in last]
+    firsts = rng.sample(range(1, 10), N_VALUES)
+    easy = [f"{f}{rng.randint(0, 999_999):06d}" for f in firsts]
+    return {"hard": hard, "easy": easy}
+
+
+def probe_prompts(values: list[str], per_value: int, context_len: int, seed: int):
+    """Needle prompts whose (7-digit) value is replaced by ``values[label]``; returns (tokens, labels)."""
+    n = len(values) * per_value
+    labels = torch.arange(n) % len(values)
+    rng = random.Random(f"probing-depths/{seed}")
+    batch = rh.tasks.niah_batch(n=n, context_len=context_len, seed=seed, variant="single_1",
+                                depths=[rng.random() for _ in range(n)])
+    toks = batch.tokens.clone()
+    for i, s in enumerate(batch.samples):
+        a, b = s.answer_spans[0]
+        v = rh.tasks.TOKENIZER.encode(values[int(labels[i])])
+        assert b - a == len(v), (a, b, v)
+        toks[i, a:b] = torch.tensor(v)
+    return toks, labels
+
+
+@torch.no_grad()
+def query_residuals(model, tokens, batch_size=32):
+    """{hook name: (n, d_model)} at the last position, for hook_embed and every hook_resid_post."""
+    names = ["hook_embed"] + [f"blocks.{l}.hook_resid_post" for l in range(model.cfg.n_layers)]
+    outs = {n: [] for n in names}
+
+    def keep(x, hook):
+        outs[hook.name].append(x[:, -1].float().cpu())
+
+    for i in range(0, tokens.shape[0], batch_size):
+        model.run_with_hooks(tokens[i:i + batch_size].to(model.device), fwd_hooks=[(n, keep) for n in names])
+    return {n: torch.cat(v) for n, v in outs.items()}
+
+
+# ----------------------------------------------------------------------------- probe
+def fit_probe(X: torch.Tensor, y: torch.Tensor, n_classes: int, l2: float, iters: int = 200):
+    """Multinomial logistic regression (softmax + L2 on the weights), L-BFGS. Features are
+    standardised with the training mean/std. Returns predict(X) -> class ids."""
+    X = X.double()
+    mu, sd = X.mean(0), X.std(0).clamp_min(1e-6)
+    Z = (X - mu) / sd
+    W = torch.zeros(X.shape[1], n_classes, dtype=torch.float64, requires_grad=True)
+    b = torch.zeros(n_classes, dtype=torch.float64, requires_grad=True)
+    opt = torch.optim.LBFGS([W, b], lr=1.0, max_iter=iters, history_size=20, line_search_fn="strong_wolfe")
+
+    def closure():
+        opt.zero_grad()
+        loss = F.cross_entropy(Z @ W + b, y) + l2 * (W ** 2).sum()
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    W, b = W.detach(), b.detach()
+    return lambda Xn: (((Xn.double() - mu) / sd) @ W + b).argmax(-1)
+
+
+def split(y: torch.Tensor, test_frac: float, seed: int):
+    """Stratified train/test indices."""
+    g = torch.Generator().manual_seed(seed)
+    tr, te = [], []
+    for c in y.unique():
+        idx = (y == c).nonzero()[:, 0]
+        idx = idx[torch.randperm(len(idx), generator=g)]
+        k = max(1, int(round(len(idx) * test_frac)))
+        te.append(idx[:k])
+        tr.append(idx[k:])
+    return torch.cat(tr), torch.cat(te)
+
+
+def choose_l2(X, y, grid, seed, folds=3):
+    if len(grid) == 1:
+        return grid[0]
+    g = torch.Generator().manual_seed(seed)
+    perm = torch.randperm(len(y), generator=g)
+    best, best_acc = grid[0], -1.0
+    for l2 in grid:
+        accs = []
+        for f in range(folds):
+            te = perm[f::folds]
+            tr = torch.cat([perm[j::folds] for j in range(folds) if j != f])
+            pred = fit_probe(X[tr], y[tr], N_VALUES, l2, iters=100)
+            accs.append(float((pred(X[te]) == y[te]).float().mean()))
+        acc = sum(accs) / folds
+        if acc > best_acc + 1e-9:
+            best, best_acc = l2, acc
+    return best
+
+
+def probe_layers(model, step, tasks, mode, seed):
+    rows = []
+    cfg = model.cfg
+    for task, (tokens, y) in tasks.items():
+        feats = query_residuals(model, tokens)
+        tr, te = split(y, 0.3, seed)
+        for name, X in feats.items():
+            layer = -1 if name == "hook_embed" else int(name.split(".")[1])
+            l2 = choose_l2(X[tr], y[tr], mode["l2"], seed)
+            pred = fit_probe(X[tr], y[tr], N_VALUES, l2)
+            rows.append({"step": step, "task": task, "layer": layer, "hook": name,
+                         "layer_type": "embed" if layer < 0 else cfg.layer_kind(layer),
+                         "train_acc": float((pred(X[tr]) == y[tr]).float().mean()),
+                         "test_acc": float((pred(X[te]) == y[te]).float().mean()),
+                         "n_train": len(tr), "n_test": len(te), "l2": l2, "chance": 1 / N_VALUES})
+    return rows
+
+
+def pick_checkpoints(path: Path, n: int) -> list[Path]:
+    if (path / "config.json").exists():
+        return [path]
+    ck = rh.list_checkpoints(path)
+    if not ck:
+        raise SystemExit(f"--run {path}: no checkpoint found")
+    if n <= 1 or len(ck) <= n:
+        return ck[-max(n, 1):]
+    # the last one, and n-1 spread linearly over the run (skipping step 0)
+    idx = sorted({round(i * (len(ck) - 1) / (n - 1)) for i in range(1, n)} | {len(ck) - 1})
+    return [ck[i] for i in idx]
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--run", help="checkpoint folder or run folder; default: train one")
+    g = ap.add_mutually_exclusive_group()
+    g.add_argument("--quick", action="store_true")
+    g.add_argument("--smoke", action="store_true")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--steps", default="", help="checkpoint steps to probe, e.g. 1000,1500,2000 "
+                                                "[default: spread over the run]")
+    ap.add_argument("--context-len", type=int, default=0, help="prompt length [default: training length]")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--note", default="")
+    ap.add_argument("--out", default=None)
+    a = ap.parse_args(argv)
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    mode_name = "smoke" if a.smoke else "quick" if a.quick else "full"
+    mode = MODES[mode_name]
+    out = Path(a.out) if a.out else OUT_ROOT / NAME
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.time()
+    if a.run:
+        run = Path(a.run)
+    else:
+        run = train_model({"smoke": SMOKE_TRAIN, "quick": QUICK_TRAIN, "full": FULL_TRAIN}[mode_name],
+                          out / "run", a.device)
+    train_s = time.time() - t0
+    if a.steps:
+        want = {int(s) for s in a.steps.split(",")}
+        ckpts = [p for p in rh.list_checkpoints(run) if int(p.name.split("_")[1]) in want]
+    else:
+        ckpts = pick_checkpoints(run, mode["n_ckpts"])
+    vals = value_sets(a.seed)
+    rows, tasks, niah = [], None, {}
+    for ck in ckpts:
+        model = rh.load_checkpoint(ck, device=a.device)
+        L = a.context_len or rh.eval.train_len(model) or 256
+        if tasks is None:
+            tasks = {t: probe_prompts(v, mode["per_value"], L, a.seed + 1 + i) for i, (t, v) in enumerate(vals.items())}
+            log(f"values: {vals}; {len(tasks['hard'][1])} prompts of {L} tokens per value set")
+        step = int(model.checkpoint["step"])
+        niah[step] = rh.eval.niah_accuracy(model, [L], depths=[0.1, 0.5, 0.9], n=2 if mode_name == "smoke" else 8)
+        r = probe_layers(model, step, tasks, mode, a.seed)
+        rows += r
+        d = pd.DataFrame(r).pivot(index="task", columns="hook", values="test_acc")
+        log(f"step {step} (NIAH {niah[step]:.2f}) test accuracy:\n{d.round(3).to_string()}")
+    df = pd.DataFrame(rows)
+    save_table(df, out, "probes")
+
+    import plotly.express as px
+    d = df.copy()
+    d["layer_label"] = [("embed" if l < 0 else f"L{l} ({t})") for l, t in zip(d["layer"], d["layer_type"])]
+    d["step"] = d["step"].astype(str)
+    fig = px.line(d, x="layer_label", y="test_acc", color="step", facet_col="task", markers=True,
+                  hover_data=["train_acc", "l2"],
+                  title=f"Probe accuracy at the query position (8 values, chance 0.125) — {model.cfg.layout}")
+    fig.add_hline(y=1 / N_VALUES, line_dash="dash")
+    files = save_fig(fig, out, "probes")
+
+    final = df[df["step"] == df["step"].max()]
+    results = {
+        "analysis": NAME, "mode": mode_name, "command": " ".join([Path(sys.executable).name] + sys.argv),
+        "note": a.note, "machine": machine(a.device), "run": str(run), "model": model.cfg.describe(),
+        "values": vals, "per_value": mode["per_value"], "context_len": L, "chance": 1 / N_VALUES,
+        "steps": [int(c.name.split("_")[1]) for c in ckpts], "niah_acc": {str(k): v for k, v in niah.items()},
+        "final_test_acc": {t: {h: round(float(v), 4) for h, v in g.set_index("hook")["test_acc"].items()}
+                           for t, g in final.groupby("task")},
+        "best_layer": {t: g.sort_values("test_acc", ascending=False).iloc[0]["hook"] for t, g in final.groupby("task")},
+        "test_acc": [{k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items()}
+                     for r in df[["step", "task", "hook", "test_acc", "train_acc"]].to_dict("records")],
+        "wall_s": {"total": round(time.time() - t0, 1), "train": round(train_s, 1)},
+        "files": sorted({"probes.csv", *files}),
+    }
+    (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    log(f"wrote {out} in {time.time() - t0:.0f}s")
+    return results
+
+
+if __name__ == "__main__":
+    main()
