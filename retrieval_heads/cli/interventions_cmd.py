@@ -27,9 +27,15 @@ def _ints(s: str | None):
     if s is None:
         return None
     try:
-        return tuple(int(x) for x in s.split(",") if x.strip())
+        out = tuple(int(x) for x in s.split(",") if x.strip())
     except ValueError:
         raise click.BadParameter(f"expected comma-separated integers, got {s!r}") from None
+    if not out:
+        raise click.BadParameter(f"expected comma-separated integers, got {s!r}")
+    return out
+
+
+POSITIVE = click.IntRange(min=1)
 
 
 def resolve_checkpoint(path: str) -> Path:
@@ -42,8 +48,8 @@ def resolve_checkpoint(path: str) -> Path:
     if (p / "config.json").exists() or not p.is_dir():
         return p
     ckpts = list_checkpoints(p)
-    if not ckpts:
-        raise ValueError(f"{p}: neither a checkpoint (no config.json) nor a run with step_* checkpoints")
+    if not ckpts:  # not a run: load_checkpoint names what the folder lacks (empty, no config.json)
+        return p
     return ckpts[-1]
 
 
@@ -54,6 +60,19 @@ def _load(path: str):
     model = load_checkpoint(ck)
     click.echo(f"checkpoint {ck} (step {model.checkpoint['step']}): {model.cfg.describe()}", err=True)
     return ck, model
+
+
+def _default_len(model) -> int:
+    """The training length, or 512, capped so that a prompt and its answer fit the model."""
+    from ..eval import train_len
+
+    return train_len(model) or max(1, min(512, model.cfg.max_seq_len - 64))
+
+
+def _check_out(out: str | None) -> None:
+    """Fail before any work when --out cannot become a folder."""
+    if out is not None and Path(out).exists() and not Path(out).is_dir():
+        raise ValueError(f"out: {out} exists and is not a folder")
 
 
 def _default_lens(model) -> tuple:
@@ -83,11 +102,11 @@ def _windows(full_window, efficient_window):
 @click.option("--context-lens", default=None, help="Comma-separated NIAH prompt lengths [default: train length /2, x1, x2].")
 @click.option("--depths", default="0,0.25,0.5,0.75,1", show_default=True, help="Needle depths in [0, 1].")
 @click.option("--variant", default="single_1", show_default=True, help="Needle task variant (RULER name).")
-@click.option("--n", "n", default=4, show_default=True, type=int, help="Samples per (length, depth).")
+@click.option("--n", "n", default=4, show_default=True, type=POSITIVE, help="Samples per (length, depth).")
 @click.option("--seed", default=0, show_default=True, type=int)
-@click.option("--loss-len", default=None, type=int, help="Long-context loss length [default: longest NIAH length].")
-@click.option("--loss-rows", default=8, show_default=True, type=int, help="Held-out rows for the losses.")
-@click.option("--short-len", default=None, type=int, help="Short-context loss length [default: training length].")
+@click.option("--loss-len", default=None, type=POSITIVE, help="Long-context loss length [default: longest NIAH length].")
+@click.option("--loss-rows", default=8, show_default=True, type=POSITIVE, help="Held-out rows for the losses.")
+@click.option("--short-len", default=None, type=POSITIVE, help="Short-context loss length [default: training length].")
 @click.option("--text", default="essay", show_default=True, help="Loss text: 'essay' (its held-out tail) or a path.")
 @click.option("--full-window", default=None, type=int, help="Restrict full-attention layers to this many keys.")
 @click.option("--efficient-window", default=None, type=int,
@@ -99,6 +118,7 @@ def eval_cmd(ckpt, context_lens, depths, variant, n, seed, loss_len, loss_rows, 
     """NIAH accuracy per length and depth, long-context loss by position, short-context loss."""
     from ..eval import long_context_loss, niah_grid, short_context_loss, train_len
 
+    _check_out(out)
     ck, model = _load(ckpt)
     lens = _ints(context_lens) or _default_lens(model)
     with _windows(full_window, efficient_window)(model) as windows:
@@ -129,7 +149,7 @@ def eval_cmd(ckpt, context_lens, depths, variant, n, seed, loss_len, loss_rows, 
 # ---- ablate -------------------------------------------------------------------------------
 @click.command()
 @click.argument("ckpt", type=click.Path())
-@click.option("--top-k", "k", default=4, show_default=True, type=int, help="Heads per condition.")
+@click.option("--top-k", "k", default=4, show_default=True, type=POSITIVE, help="Heads per condition.")
 @click.option("--scores", "scores_path", default=None,
               help="Scan table (RUN or scores.parquet) [default: RUN/scan/scores.parquet if it has this step, "
                    "else scored now].")
@@ -139,8 +159,8 @@ def eval_cmd(ckpt, context_lens, depths, variant, n, seed, loss_len, loss_rows, 
 @click.option("--context-lens", default=None, help="Comma-separated NIAH lengths [default: training length].")
 @click.option("--depths", default="0.1,0.3,0.5,0.7,0.9", show_default=True)
 @click.option("--variant", default="single_1", show_default=True)
-@click.option("--n", "n", default=4, show_default=True, type=int, help="Samples per (length, depth).")
-@click.option("--n-random", default=3, show_default=True, type=int, help="Draws of each random control.")
+@click.option("--n", "n", default=4, show_default=True, type=POSITIVE, help="Samples per (length, depth).")
+@click.option("--n-random", default=3, show_default=True, type=POSITIVE, help="Draws of each random control.")
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--out", default=None, help="Folder for ablation.csv and ablation.html.")
 @click.option("--no-progress", is_flag=True)
@@ -153,8 +173,9 @@ def ablate(ckpt, k, scores_path, metric, method, context_lens, depths, variant, 
     from ..interventions import ablation_experiment, scores_from_scan, summarize
     from ..tasks import niah_batch
 
+    _check_out(out)
     ck, model = _load(ckpt)
-    lens = _ints(context_lens) or (train_len(model) or 512,)
+    lens = _ints(context_lens) or (_default_len(model),)
     scores = None
     scan = Path(scores_path) if scores_path else ck.parent / "scan" / "scores.parquet"
     if scan.exists() or scan.is_dir():
@@ -197,9 +218,9 @@ def ablate(ckpt, k, scores_path, metric, method, context_lens, depths, variant, 
 @click.command()
 @click.argument("ckpt", type=click.Path())
 @click.option("--kind", default="heads", show_default=True, type=click.Choice(["heads", "resid", "mixer", "position"]))
-@click.option("--context-len", default=None, type=int, help="Prompt length [default: training length].")
+@click.option("--context-len", default=None, type=POSITIVE, help="Prompt length [default: training length].")
 @click.option("--depth", default=0.5, show_default=True, type=float)
-@click.option("--n", "n", default=4, show_default=True, type=int, help="Clean/corrupted pairs.")
+@click.option("--n", "n", default=4, show_default=True, type=POSITIVE, help="Clean/corrupted pairs.")
 @click.option("--variant", default="single_1", show_default=True)
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--query-only", is_flag=True, help="heads/resid/mixer: patch the query position only.")
@@ -211,8 +232,9 @@ def patch(ckpt, kind, context_len, depth, n, variant, seed, query_only, backend,
     from ..eval import train_len
     from ..interventions import activation_patching, needle_pairs
 
+    _check_out(out)
     ck, model = _load(ckpt)
-    L = context_len or train_len(model) or 512
+    L = context_len or _default_len(model)
     pair = needle_pairs(n=n, context_len=L, seed=seed, variant=variant, depths=depth)
     at = [pair.query_pos] if query_only and kind != "position" else None
     res = activation_patching(model, pair, kind=kind, at=at, backend=backend, progress=not no_progress)

@@ -1,0 +1,77 @@
+"""Helpers of the reliability tests (tests/test_reliability*.py): tiny checkpoints, a pickle
+payload that leaves a marker file when unpickled, the CLI run in-process or as a process."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import retrieval_heads as rh
+from retrieval_heads.cli import main
+
+TINY = rh.ModelConfig(layout="SF", d_model=16, n_heads=2, d_mlp=32, window=4, max_seq_len=256,
+                      pos={"F": "nope", "S": "rope"})
+# the smallest useful CLI workloads
+EVAL_ARGS = ["--context-lens", "160", "--depths", "0.5", "--n", "1", "--loss-rows", "1", "--loss-len", "64",
+             "--short-len", "64", "--no-progress"]
+ABLATE_ARGS = ["--context-lens", "160", "--depths", "0.5", "--n", "1", "--n-random", "1", "--top-k", "1",
+               "--no-progress"]
+PATCH_ARGS = ["--context-len", "160", "--n", "1", "--no-progress"]
+SCAN_ARGS = ["--context-lens", "160", "--depths", "0.5", "--n-per-cell", "1", "--no-progress", "--no-report"]
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+
+
+class Payload:
+    """Unpickling this object creates ``marker``: proof that code ran."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def make_run(path: Path, steps=(0, 2), seed: int = 0) -> Path:
+    """A run folder of tiny checkpoints (random init, then perturbed weights per step)."""
+    torch.manual_seed(seed)
+    model = rh.HybridLM(TINY)
+    for s in steps:
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(0.02 * torch.randn_like(p))
+        rh.save_checkpoint(path, s, model, tokens_seen=100 * s)
+    return path
+
+
+def cli(argv, capsys) -> tuple[int, str, str]:
+    """``retrieval-heads ARGV`` in this process: (exit code, stdout, stderr)."""
+    with pytest.raises(SystemExit) as e:
+        main([str(a) for a in argv])
+    out = capsys.readouterr()
+    return e.value.code, out.out, out.err
+
+
+def cli_process(argv, timeout: float = 300, **kw) -> subprocess.CompletedProcess:
+    """``retrieval-heads ARGV`` as a separate single-threaded process."""
+    return subprocess.run([sys.executable, "-c", "from retrieval_heads.cli import main; main()",
+                           *map(str, argv)], capture_output=True, text=True, env=ENV, timeout=timeout, **kw)
+
+
+def assert_one_line_error(err: str, *needles: str) -> None:
+    """stderr ends with exactly one ``error: ...`` line holding every needle; no traceback."""
+    assert "Traceback" not in err, err
+    lines = [l for l in err.splitlines() if l.strip()]
+    errors = [l for l in lines if l.startswith("error: ")]
+    assert len(errors) == 1 and lines[-1] == errors[0], err
+    for n in needles:
+        assert n in errors[0], (n, errors[0])
+
+
+def tree(path: Path) -> dict:
+    """{relative path: bytes} of every file below ``path`` (to show nothing changed)."""
+    return {str(p.relative_to(path)): p.read_bytes() for p in sorted(Path(path).rglob("*")) if p.is_file()}

@@ -1,0 +1,166 @@
+"""Untrusted checkpoints through the CLI: nothing is ever unpickled. A pickle with a
+code-executing payload (as ``train_state.pt`` or as a ``.bin``/``.pt`` weight file) is refused
+by ``scan``, ``eval`` and ``train --resume``, and its payload never runs (a marker file it
+would create stays absent). Also: the package source never calls an unsafe loader."""
+
+import ast
+import pickle
+import shutil
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+import retrieval_heads as rh
+from reliability_util import (EVAL_ARGS, SCAN_ARGS, Payload, assert_one_line_error, cli, make_run,
+                              tree)
+from test_train import TC, write_preset
+
+PKG = Path(rh.__file__).parent
+
+
+def _calls(tree_):
+    for node in ast.walk(tree_):
+        if isinstance(node, ast.Call):
+            f = node.func
+            name = ast.unparse(f)
+            yield node, name, {k.arg: k.value for k in node.keywords}
+
+
+def test_source_never_unpickles():
+    """No ``torch.load`` without ``weights_only=True``, no pickle/dill/joblib/marshal loads,
+    no ``numpy.load(allow_pickle=True)``, HF ``from_pretrained`` models only with safetensors."""
+    bad = []
+    files = sorted(PKG.rglob("*.py"))
+    assert len(files) > 20
+    for f in files:
+        src = f.read_text()
+        where = lambda n: f"{f.relative_to(PKG.parent)}:{n.lineno}"  # noqa: E731
+        for node, name, kw in _calls(ast.parse(src)):
+            last = name.rsplit(".", 1)[-1]
+            if name == "torch.load":
+                v = kw.get("weights_only")
+                if not (isinstance(v, ast.Constant) and v.value is True):
+                    bad.append(f"{where(node)}: {name}( without weights_only=True")
+            if name.split(".")[0] in ("pickle", "cPickle", "dill", "cloudpickle", "joblib", "marshal", "shelve") \
+                    and last in ("load", "loads", "open", "Unpickler"):
+                bad.append(f"{where(node)}: {name}(")
+            if name in ("np.load", "numpy.load"):
+                v = kw.get("allow_pickle")
+                if isinstance(v, ast.Constant) and v.value is True:
+                    bad.append(f"{where(node)}: {name}(allow_pickle=True)")
+            if last == "from_pretrained" and "Model" in name:
+                v = kw.get("use_safetensors")
+                if not (isinstance(v, ast.Constant) and v.value is True):
+                    bad.append(f"{where(node)}: {name}( without use_safetensors=True")
+        # and the plain-text form, for calls ast would name differently (aliases)
+        for i, line in enumerate(src.splitlines(), 1):
+            code = line.split("#", 1)[0]
+            if any(s in code for s in ("pickle.load", "pickle.Unpickler", "from pickle import", "from torch import load")):
+                bad.append(f"{f.relative_to(PKG.parent)}:{i}: {code.strip()}")
+    assert not bad, "\n".join(bad)
+
+
+# ---- train --resume ---------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A finished 2-step training run (micro preset) with train_state.pt in each checkpoint."""
+    d = tmp_path_factory.mktemp("trained")
+    preset = write_preset(d / "p.json", tc=TC.replace(steps=2, save_every=2, eval_every=2))
+    from retrieval_heads.train import load_preset, train
+
+    train(*load_preset(preset), d / "run", progress=False, log=lambda *a: None)
+    return preset, d / "run"
+
+
+@pytest.mark.parametrize("where", ["train_state.pt", "pytorch_model.bin", "model.pt"])
+def test_train_resume_refuses_a_pickle_payload(trained, tmp_path, capsys, where):
+    preset, base = trained
+    run = shutil.copytree(base, tmp_path / "run")
+    last = rh.list_checkpoints(run)[-1]
+    marker = tmp_path / "PWNED"
+    if where == "train_state.pt":  # a torch.save zip holding an object whose unpickling runs code
+        torch.save({"optimizer": Payload(marker), "step": 2}, last / where)
+    else:
+        with open(last / where, "wb") as f:
+            pickle.dump(Payload(marker), f)
+    before = tree(run)
+    code, _, err = cli(["train", "--preset", preset, "--out", run, "--resume", "--steps", "4", "--no-progress"],
+                       capsys)
+    assert code == 2
+    assert_one_line_error(err, str(last / where))
+    assert not marker.exists()
+    assert tree(run) == before  # nothing written
+
+
+def test_train_resume_refuses_a_payload_as_a_subprocess(trained, tmp_path):
+    """The same through ``python -m retrieval_heads.train`` (the torchrun entry point)."""
+    import subprocess
+    import sys
+
+    from reliability_util import ENV
+
+    preset, base = trained
+    run = shutil.copytree(base, tmp_path / "run")
+    marker = tmp_path / "PWNED"
+    torch.save({"optimizer": Payload(marker)}, rh.list_checkpoints(run)[-1] / "train_state.pt")
+    p = subprocess.run([sys.executable, "-m", "retrieval_heads.train", "--preset", preset, "--out", str(run),
+                        "--resume", "--no-progress"], capture_output=True, text=True, env=ENV, timeout=300)
+    assert p.returncode == 2, p.stderr
+    assert_one_line_error(p.stderr, "train_state.pt", "refused")
+    assert not marker.exists()
+
+
+# ---- eval / scan --------------------------------------------------------------------------------
+@pytest.fixture
+def run(tmp_path):
+    return make_run(tmp_path / "run", steps=(0, 2))
+
+
+@pytest.mark.parametrize("name", ["pytorch_model.bin", "model.pt", "weights.pth", "model.ckpt"])
+def test_eval_refuses_pickle_weight_files(run, tmp_path, capsys, name):
+    ck = rh.list_checkpoints(run)[-1]
+    marker = tmp_path / "PWNED"
+    with open(ck / name, "wb") as f:
+        pickle.dump(Payload(marker), f)
+    for target in (ck, run):  # a checkpoint folder, or a run (its last checkpoint)
+        code, _, err = cli(["eval", target, *EVAL_ARGS], capsys)
+        assert code == 2
+        assert_one_line_error(err, str(ck / name), "pickle-format weight file refused")
+    assert not marker.exists()
+
+
+def test_scan_skips_a_checkpoint_with_a_pickle_payload(run, tmp_path, capsys):
+    bad = rh.list_checkpoints(run)[-1]
+    marker = tmp_path / "PWNED"
+    with open(bad / "model.pt", "wb") as f:
+        pickle.dump(Payload(marker), f)
+    code, _, err = cli(["scan", run, *SCAN_ARGS], capsys)
+    assert code == 1  # the others scanned, then non-zero
+    assert "Traceback" not in err
+    assert f"skipped {bad.name}" in err and "model.pt: pickle-format weight file refused" in err
+    assert err.splitlines()[-1].startswith("error: 1 checkpoint(s) could not be read")
+    ck = pd.read_parquet(run / "scan" / "checkpoints.parquet").set_index("step").status.to_dict()
+    assert ck == {0: "ok", 2: "skipped"}
+    assert not marker.exists()
+    # every checkpoint poisoned: nothing to scan, exit 2
+    with open(rh.list_checkpoints(run)[0] / "pytorch_model.bin", "wb") as f:
+        pickle.dump(Payload(marker), f)
+    code, _, err = cli(["scan", run, *SCAN_ARGS, "--force"], capsys)
+    assert code == 2
+    assert_one_line_error(err, "pickle-format weight file refused")
+    assert not marker.exists()
+
+
+def test_eval_and_scan_never_read_train_state(run, tmp_path, capsys):
+    """``train_state.pt`` (optimizer state) is read only by ``train --resume``, and there with
+    ``weights_only=True``: ``eval``/``scan`` use the weights and leave a poisoned one unread."""
+    marker = tmp_path / "PWNED"
+    for ck in rh.list_checkpoints(run):
+        torch.save({"optimizer": Payload(marker)}, ck / "train_state.pt")
+    code, _, err = cli(["eval", run, *EVAL_ARGS], capsys)
+    assert code == 0, err
+    code, _, err = cli(["scan", run, *SCAN_ARGS], capsys)
+    assert code == 0, err
+    assert not marker.exists()
