@@ -1,11 +1,11 @@
 """The demo: Large-Window Laziness on a laptop.
 
-Trains two copies of the ``tiny`` preset that differ only in the sliding window of their
+Trains two copies of the ``demo`` preset that differ only in the sliding window of their
 `S` layers (small vs large), scans every checkpoint of both for retrieval heads, and writes
 one HTML report with their formation curves side by side and NIAH accuracy vs tokens seen.
 
-    retrieval-heads demo                       # runs/demo/report.html, ~10-15 min on 2 cores
-    retrieval-heads demo --windows 8,256 --steps 600 --out runs/demo_quick
+    retrieval-heads demo                       # runs/demo/report.html (preset `demo`, windows 8 and 128)
+    retrieval-heads demo --preset tiny --windows 16,256 --out runs/demo_tiny   # slower, richer
 
     >>> from retrieval_heads.demo import run_demo   # doctest: +SKIP
     >>> run_demo("runs/demo")                       # doctest: +SKIP
@@ -69,7 +69,7 @@ def demo_figure(runs: dict[str, dict]) -> go.Figure:
     return fig
 
 
-def run_demo(out="runs/demo", *, windows=(16, 256), preset: str = "tiny", steps: int | None = None,
+def run_demo(out="runs/demo", *, windows=(8, 128), preset: str = "demo", steps: int | None = None,
              seed: int = 0, progress: bool = True, log=print) -> Path:
     """Train one run per window, scan them, write ``out/report.html``; returns its path."""
     from .detect import scan
@@ -79,16 +79,22 @@ def run_demo(out="runs/demo", *, windows=(16, 256), preset: str = "tiny", steps:
         raise ValueError(f"windows: give two or more distinct windows, got {windows}")
     out = Path(out)
     t0 = time.time()
-    run_dirs = {}
-    for w in windows:
-        model_cfg, train_cfg = _demo_configs(preset, w, steps, seed)
+    configs = {}
+    for w in windows:  # validate every run before training any, so bad input writes nothing
+        try:
+            model_cfg, train_cfg = _demo_configs(preset, w, steps, seed)
+        except ValueError as e:
+            raise ValueError(f"windows: {w} does not fit preset {preset!r} ({e})") from None
         if w > train_cfg.context_len:
             raise ValueError(f"windows: {w} is larger than the training context ({train_cfg.context_len})")
+        configs[w] = (model_cfg, train_cfg)
+    run_dirs = {}
+    for w, (model_cfg, train_cfg) in configs.items():
         rd = out / f"window_{w}"
         log(f"[demo] training {model_cfg.describe()} for {train_cfg.steps} steps -> {rd}")
         train(model_cfg, train_cfg, rd, resume=True, progress=progress, log=log)
         log(f"[demo] scanning {rd}")
-        scan(rd, progress=progress, echo=log)
+        scan(rd, progress=progress, echo=log, depths=(0.1, 0.3, 0.5, 0.7, 0.9), n_per_cell=2)
         run_dirs[f"window {w}"] = rd
     tables = {name: load_scan(rd) for name, rd in run_dirs.items()}
     cmp_path, summary = compare_runs([str(p) for p in run_dirs.values()], out / "compare.html")
