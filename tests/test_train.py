@@ -137,16 +137,21 @@ def test_presets_load_and_fit():
         rh.train.check_configs(mc, tc)
     mc, tc = load_preset("tiny")
     assert mc.layout == "SSSF" and mc.window <= 32 and tc.context_len == 256
-    with pytest.raises(ValueError, match="valid presets: gpu-base, gpu-small, small, tiny"):
+    with pytest.raises(ValueError, match="valid presets: ") as e:
         load_preset("huge")
+    assert all(n in str(e.value) for n in names)
 
 
 @pytest.mark.slow
 def test_tiny_preset_learns_niah(tmp_path):
     """The tiny preset reaches >= 90% NIAH accuracy at its training length (a few minutes)."""
-    torch.set_num_threads(os.cpu_count() or 1)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(os.cpu_count() or 1)  # conftest pins 1 thread; the preset assumes 2 cores
     mc, tc = load_preset("tiny")
-    r = train(mc, tc.replace(device="cpu"), tmp_path / "tiny", progress=False)
+    try:
+        r = train(mc, tc.replace(device="cpu"), tmp_path / "tiny", progress=False)
+    finally:
+        torch.set_num_threads(threads)
     rows = read_metrics(tmp_path / "tiny")
     assert r["final"]["niah_acc"] >= 0.9, rows[-1]
     assert rows[1]["niah_acc"] == 0.0  # retrieval forms during training, not at the start
