@@ -1,11 +1,11 @@
 """The demo: Large-Window Laziness on a laptop.
 
-Trains two copies of the ``demo`` preset that differ only in the sliding window of their
+Trains two copies of the ``tiny`` preset that differ only in the sliding window of their
 `S` layers (small vs large), scans every checkpoint of both for retrieval heads, and writes
 one HTML report with their formation curves side by side and NIAH accuracy vs tokens seen.
 
-    retrieval-heads demo                       # runs/demo/report.html (preset `demo`, windows 8 and 128)
-    retrieval-heads demo --preset tiny --windows 16,256 --out runs/demo_tiny   # slower, richer
+    retrieval-heads demo                       # runs/demo/report.html (preset `tiny`, windows 16 and 64)
+    retrieval-heads demo --windows 8,16,32 --out runs/demo3    # three windows
 
     >>> from retrieval_heads.demo import run_demo   # doctest: +SKIP
     >>> run_demo("runs/demo")                       # doctest: +SKIP
@@ -69,7 +69,7 @@ def demo_figure(runs: dict[str, dict]) -> go.Figure:
     return fig
 
 
-def run_demo(out="runs/demo", *, windows=(8, 128), preset: str = "demo", steps: int | None = None,
+def run_demo(out="runs/demo", *, windows=(16, 64), preset: str = "tiny", steps: int | None = None,
              seed: int = 0, progress: bool = True, log=print) -> Path:
     """Train one run per window, scan them, write ``out/report.html``; returns its path."""
     from .detect import scan

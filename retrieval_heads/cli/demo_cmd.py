@@ -7,8 +7,8 @@ import click
 
 @click.command()
 @click.option("--out", default="runs/demo", show_default=True, help="Output folder (one run per window).")
-@click.option("--windows", default="8,128", show_default=True, help="Comma-separated SWA windows to compare.")
-@click.option("--preset", default="demo", show_default=True, help="Training preset for both runs.")
+@click.option("--windows", default="16,64", show_default=True, help="Comma-separated SWA windows to compare.")
+@click.option("--preset", default="tiny", show_default=True, help="Training preset for both runs.")
 @click.option("--steps", default=None, type=int, help="Override the preset's number of steps.")
 @click.option("--seed", default=0, show_default=True, type=int)
 def demo(out, windows, preset, steps, seed):
