@@ -23,7 +23,9 @@ ABLATE_ARGS = ["--context-lens", "160", "--depths", "0.5", "--n", "1", "--n-rand
                "--no-progress"]
 PATCH_ARGS = ["--context-len", "160", "--n", "1", "--no-progress"]
 SCAN_ARGS = ["--context-lens", "160", "--depths", "0.5", "--n-per-cell", "1", "--no-progress", "--no-report"]
-ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+# a fixed, different hash seed: results must not depend on str-hash (set) ordering either
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1",
+       "PYTHONHASHSEED": "12345"}
 
 
 class Payload:

@@ -136,6 +136,30 @@ def check_configs(model_cfg: ModelConfig, cfg: TrainConfig, world_size: int = 1)
     check_mixture(cfg)
 
 
+def check_memory(model_cfg: ModelConfig, cfg: TrainConfig, world_size: int = 1,
+                 device: torch.device | str = "cpu") -> None:
+    """``ValueError`` when a micro-batch cannot fit in memory even by a generous lower bound
+    (its logits and their gradient, one residual stream per layer): an absurd context length
+    fails here, before anything is written, instead of in the middle of the first step."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        total = torch.cuda.get_device_properties(device).total_memory
+    else:
+        try:
+            total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        except (AttributeError, ValueError, OSError):  # not available on this OS: no check
+            return
+    bytes_per = 2 if device.type == "cuda" else 4  # bf16 autocast at best
+    rows = max(cfg.batch_size // max(world_size * cfg.grad_accum, 1), 1)
+    per_token = 2 * model_cfg.vocab_size + 2 * model_cfg.n_layers * model_cfg.d_model
+    need = bytes_per * cfg.context_len * max(rows * per_token, cfg.eval_samples * model_cfg.vocab_size)
+    if need > total:
+        raise ValueError(f"context_len: {cfg.context_len} tokens x {rows} rows per micro-batch need more than "
+                         f"{need / 2**30:,.1f} GiB of activations, more than the {total / 2**30:,.1f} GiB of "
+                         f"{device.type}; use a shorter --context-len, a smaller --batch-size or a larger "
+                         "--grad-accum")
+
+
 def _looks_like_run(path: Path) -> bool:
     return (path / RUN_FILE).exists() or (path / METRICS_FILE).exists() or any(
         p.name.startswith("step_") for p in path.iterdir())
@@ -148,8 +172,8 @@ def check_out_dir(out: Path, model_cfg: ModelConfig, cfg: TrainConfig, *, resume
         raise ValueError("--resume and --overwrite contradict each other; pick one")
     if out.exists() and not out.is_dir():
         raise ValueError(f"out: {out} exists and is not a folder")
-    if not out.exists() or not any(out.iterdir()):
-        return "new"
+    if not out.exists() or all(p.name.startswith(".tmp_") for p in out.iterdir()):
+        return "new"  # empty, or only what a process killed before its first write left
     if not _looks_like_run(out):
         raise ValueError(f"out: {out} is not empty and holds no retrieval-heads run; "
                          "choose another --out (it is never deleted)")
@@ -224,11 +248,25 @@ def _write_metrics(out: Path, row: dict) -> None:
         f.write(json.dumps(row) + "\n")
 
 
+def _write_atomic(path: Path, text: str) -> None:
+    """Write via a temporary file + rename: a process killed mid-write leaves the old file."""
+    tmp = path.with_name(f".tmp_{path.name}.{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
 def _truncate_metrics(out: Path, step: int) -> None:
+    """Keep the rows up to ``step``; a partial last line (a process killed mid-append) is dropped."""
     f = out / METRICS_FILE
     if f.exists():
-        rows = [l for l in f.read_text().splitlines() if l.strip() and json.loads(l)["step"] <= step]
-        f.write_text("".join(r + "\n" for r in rows))
+        rows = []
+        for line in f.read_text().splitlines():
+            try:
+                if json.loads(line)["step"] <= step:
+                    rows.append(line)
+            except (ValueError, KeyError, TypeError):
+                continue
+        _write_atomic(f, "".join(r + "\n" for r in rows))
 
 
 def train(model_cfg: ModelConfig, cfg: TrainConfig, out: str | Path, *, resume: bool = False,
@@ -245,6 +283,7 @@ def train(model_cfg: ModelConfig, cfg: TrainConfig, out: str | Path, *, resume: 
     out = Path(out)
     rank, world, local_rank = dist_env()
     device = resolve_device(cfg.device, local_rank)
+    check_memory(model_cfg, cfg, world, device)  # first: the other checks build sample rows
     check_configs(model_cfg, cfg, world)
     mode = check_out_dir(out, model_cfg, cfg, resume=resume, overwrite=overwrite)
     if stop_at is not None and not 0 <= stop_at <= cfg.steps:
@@ -296,9 +335,9 @@ def _train(model_cfg, cfg, out, mode, rank, world, device, stop_at, progress, lo
         if mode == "overwrite":
             shutil.rmtree(out)
         out.mkdir(parents=True, exist_ok=True)
-        (out / RUN_FILE).write_text(json.dumps({"model": model_cfg.to_dict(), "train": cfg.to_dict()},
-                                               indent=2, sort_keys=True))
-        _truncate_metrics(out, start)
+        _write_atomic(out / RUN_FILE, json.dumps({"model": model_cfg.to_dict(), "train": cfg.to_dict()},
+                                                 indent=2, sort_keys=True))
+        _truncate_metrics(out, start if mode == "resume" else -1)  # a fresh start re-evaluates step 0
     _barrier(world)
     net = DDP(model, device_ids=[device.index] if device.type == "cuda" else None) if world > 1 else model
     fwd = torch.compile(net) if cfg.compile else net
@@ -333,7 +372,7 @@ def _train(model_cfg, cfg, out, mode, rank, world, device, stop_at, progress, lo
             _write_metrics(out, last_metrics)
             loss_sum, loss_n, niah_sum, niah_n = 0.0, 0, 0.0, 0
 
-    if start == 0:
+    if start == 0 and mode != "resume":  # resumed from step 0: its evaluation and checkpoint exist
         maybe_eval(0)
         if 0 in ckpt_at:
             checkpoint(0)
@@ -402,5 +441,5 @@ def read_metrics(run: str | Path) -> list[dict]:
     return [json.loads(l) for l in f.read_text().splitlines() if l.strip()]
 
 
-__all__ = ["train", "evaluate", "lr_at", "checkpoint_steps", "eval_steps", "check_configs",
+__all__ = ["train", "evaluate", "lr_at", "checkpoint_steps", "eval_steps", "check_configs", "check_memory",
            "check_out_dir", "read_metrics", "resolve_device", "read_meta"]
