@@ -44,7 +44,7 @@ import retrieval_heads as rh
 NAME = "gradient_influence"
 OUT_ROOT = Path(__file__).resolve().parent / "out"
 LAST = 20  # positions whose output is differentiated
-QUICK_TRAIN = dict(preset="tiny", context_len=160, batch_size=8, steps=1500)
+QUICK_TRAIN = dict(preset="tiny", context_len=160, batch_size=16, steps=1500, min_lr_ratio=1.0)
 SMOKE_TRAIN = dict(preset="tiny", context_len=160, batch_size=4, steps=2)
 FULL_TRAIN = dict(preset="gpu-small")
 MODES = {"smoke": dict(n=2, batch=2), "quick": dict(n=16, batch=4), "full": dict(n=64, batch=8)}

@@ -47,8 +47,9 @@ NAME = "mechanism"
 OUT_ROOT = Path(__file__).resolve().parent / "out"
 
 # Quick model when --run is not given: the tiny preset (SSSF, d_model 64, window 16, NoPE F)
-# at a shorter context and batch, so that NIAH forms within a few CPU minutes.
-QUICK_TRAIN = dict(preset="tiny", context_len=160, batch_size=8, steps=1500)
+# at context 160 with a constant learning rate, so that NIAH forms within a few CPU minutes
+# (measured: NIAH 0.34 at step 1200, 1.0 at 1300; ~0.15-0.2 s/step on the loaded 2-core machine).
+QUICK_TRAIN = dict(preset="tiny", context_len=160, batch_size=16, steps=1500, min_lr_ratio=1.0)
 SMOKE_TRAIN = dict(preset="tiny", context_len=160, batch_size=4, steps=2)
 FULL_TRAIN = dict(preset="gpu-small")
 

@@ -44,7 +44,7 @@ import retrieval_heads as rh
 
 NAME = "probing"
 OUT_ROOT = Path(__file__).resolve().parent / "out"
-QUICK_TRAIN = dict(preset="tiny", context_len=160, batch_size=8, steps=1500)
+QUICK_TRAIN = dict(preset="tiny", context_len=160, batch_size=16, steps=1500, min_lr_ratio=1.0)
 SMOKE_TRAIN = dict(preset="tiny", context_len=160, batch_size=4, steps=2)
 FULL_TRAIN = dict(preset="gpu-small")
 N_VALUES = 8
@@ -208,6 +208,22 @@ def probe_layers(model, step, tasks, mode, seed):
     return rows
 
 
+def value_attention(model, tokens, batch_size=32) -> dict:
+    """Attention mass that the F heads put, at the query position, on the first token of the
+    value vs on the whole value (``mass`` score of ``rh.retrieval_scores`` with the answer span
+    cut to its first token): tells whether the query residual can hold the whole value."""
+    import dataclasses
+
+    b = rh.tasks.niah_batch(n=min(32, tokens.shape[0]), context_len=tokens.shape[1], seed=12345)
+    first = rh.tasks.NeedleBatch(b.tokens, [dataclasses.replace(s, values=[s.values[0][0]], answer_spans=[
+        (s.answer_spans[0][0], s.answer_spans[0][0] + 1)]) for s in b.samples])
+    F = [l for l in model.cfg.attention_layers if model.cfg.layer_kind(l) == "F"]
+    full = rh.retrieval_scores(model, b, method="mass")[F]
+    one = rh.retrieval_scores(model, first, method="mass")[F]
+    return {"attn_value_span": float(full.mean()), "attn_first_token": float(one.mean()),
+            "attn_value_span_max": float(full.max()), "attn_first_token_max": float(one.max())}
+
+
 def pick_checkpoints(path: Path, n: int) -> list[Path]:
     if (path / "config.json").exists():
         return [path]
@@ -216,8 +232,10 @@ def pick_checkpoints(path: Path, n: int) -> list[Path]:
         raise SystemExit(f"--run {path}: no checkpoint found")
     if n <= 1 or len(ck) <= n:
         return ck[-max(n, 1):]
-    # the last one, and n-1 spread linearly over the run (skipping step 0)
-    idx = sorted({round(i * (len(ck) - 1) / (n - 1)) for i in range(1, n)} | {len(ck) - 1})
+    # n checkpoints spread evenly in step (the last one included)
+    steps = [int(p.name.split("_")[1]) for p in ck]
+    targets = [steps[-1] * (i + 1) / n for i in range(n)]
+    idx = sorted({min(range(len(ck)), key=lambda j: abs(steps[j] - t)) for t in targets})
     return [ck[i] for i in idx]
 
 
@@ -266,9 +284,13 @@ def main(argv=None):
         step = int(model.checkpoint["step"])
         niah[step] = rh.eval.niah_accuracy(model, [L], depths=[0.1, 0.5, 0.9], n=2 if mode_name == "smoke" else 8)
         r = probe_layers(model, step, tasks, mode, a.seed)
+        att = value_attention(model, tasks["hard"][0]) if "F" in model.cfg.layout else {}
+        r = [{**x, "niah_acc": niah[step], **att} for x in r]
         rows += r
         d = pd.DataFrame(r).pivot(index="task", columns="hook", values="test_acc")
-        log(f"step {step} (NIAH {niah[step]:.2f}) test accuracy:\n{d.round(3).to_string()}")
+        log(f"step {step} (NIAH {niah[step]:.2f}; F-head attention at the query: whole value "
+            f"{att.get('attn_value_span', float('nan')):.2f}, its first token {att.get('attn_first_token', float('nan')):.2f})"
+            " test accuracy:\n{d.round(3).to_string()}")
     df = pd.DataFrame(rows)
     save_table(df, out, "probes")
 
@@ -288,6 +310,8 @@ def main(argv=None):
         "note": a.note, "machine": machine(a.device), "run": str(run), "model": model.cfg.describe(),
         "values": vals, "per_value": mode["per_value"], "context_len": L, "chance": 1 / N_VALUES,
         "steps": [int(c.name.split("_")[1]) for c in ckpts], "niah_acc": {str(k): v for k, v in niah.items()},
+        "f_attention": ({str(s): {c: round(float(g[c].iloc[0]), 4) for c in g if c.startswith("attn_")}
+                         for s, g in df.groupby("step")} if "attn_value_span" in df else {}),
         "final_test_acc": {t: {h: round(float(v), 4) for h, v in g.set_index("hook")["test_acc"].items()}
                            for t, g in final.groupby("task")},
         "best_layer": {t: g.sort_values("test_acc", ascending=False).iloc[0]["hook"] for t, g in final.groupby("task")},
