@@ -47,7 +47,7 @@ LAST = 20  # positions whose output is differentiated
 QUICK_TRAIN = dict(preset="tiny", context_len=160, batch_size=16, steps=1500, min_lr_ratio=1.0)
 SMOKE_TRAIN = dict(preset="tiny", context_len=160, batch_size=4, steps=2)
 FULL_TRAIN = dict(preset="gpu-small")
-MODES = {"smoke": dict(n=2, batch=2), "quick": dict(n=16, batch=4), "full": dict(n=64, batch=8)}
+MODES = {"smoke": dict(n=2, batch=2), "quick": dict(n=64, batch=8), "full": dict(n=256, batch=16)}
 
 
 def log(msg):
@@ -140,9 +140,15 @@ def summarize(df: pd.DataFrame, window: int) -> dict:
     cum = v.cumsum() / tot if tot > 0 else v * 0
     d = g["distance"].to_numpy()
     far = d >= window + LAST
+    edges = [0, LAST]
+    while edges[-1] <= d.max():
+        edges.append(edges[-1] * 2)
+    bins = {f"[{a},{b})": round(float(v[(d >= a) & (d < b)].sum() / tot), 4) if tot > 0 else None
+            for a, b in zip(edges[:-1], edges[1:])}
     return {"beyond_window_share": float(v[far].sum() / tot) if tot > 0 else float("nan"),
             "d50": int(d[(cum >= 0.5).argmax()]), "d90": int(d[(cum >= 0.9).argmax()]),
-            "last_quarter_share": float(v[d >= 0.75 * d.max()].sum() / tot) if tot > 0 else float("nan")}
+            "last_quarter_share": float(v[d >= 0.75 * d.max()].sum() / tot) if tot > 0 else float("nan"),
+            "share_by_distance": bins}
 
 
 def main(argv=None):
@@ -181,7 +187,8 @@ def main(argv=None):
         model = rh.load_checkpoint(ck, device=a.device)
         cfg = model.cfg
         L = a.context_len or rh.eval.train_len(model) or 256
-        label = f"{cfg.layout} w={cfg.window} F={cfg.pos['F']} @{model.checkpoint['step']}"
+        run_name = ck.parent.name if ck.name.startswith("step_") else ck.name
+        label = f"{run_name}: {cfg.layout} w={cfg.window} F={cfg.pos['F']} @{model.checkpoint['step']}"
         for src in sources:
             if src == "text":
                 toks = rh.eval.text_rows(L, mode["n"], seed=a.seed)
@@ -209,7 +216,7 @@ def main(argv=None):
                 log(f"{label} {src} {obj}: beyond-window share {s['beyond_window_share']:.3f}, "
                     f"d50 {s['d50']}, d90 {s['d90']} ({s['seconds']}s)")
     df = pd.concat(frames, ignore_index=True)
-    sm = pd.DataFrame(summ)
+    sm = pd.DataFrame([{k: v for k, v in s.items() if k != "share_by_distance"} for s in summ])
     save_table(df, out, "influence")
     save_table(sm, out, "summary")
 
@@ -225,7 +232,7 @@ def main(argv=None):
     results = {
         "analysis": NAME, "mode": mode_name, "command": " ".join([Path(sys.executable).name] + sys.argv),
         "note": a.note, "machine": machine(a.device), "last_positions": LAST, "objectives": objectives,
-        "sources": sources, "summary": sm.to_dict("records"),
+        "sources": sources, "summary": summ,
         "wall_s": {"total": round(time.time() - t0, 1), "train": round(train_s, 1)},
         "files": sorted({"influence.csv", "summary.csv", *files}),
     }

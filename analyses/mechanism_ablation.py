@@ -14,6 +14,10 @@ How to run (CPU, a few minutes for the `tiny` preset)::
 Writes ``ablation.csv``, ``receptive_field.csv``, ``scores.csv`` and ``summary.md`` to ``--out``.
 All logic lives in ``retrieval_heads.interventions`` (``ablation_experiment``,
 ``receptive_field_experiment``), so other analyses can call it directly.
+
+``analyses/mechanism.py`` is the fuller version of this analysis (zero and mean ablation, several
+k, a random-head-of-any-kind control, long-context loss per head set, figures, results.json,
+``--quick``/``--smoke``/full modes); its measured quick result is ``analyses/results/mechanism.json``.
 """
 
 from __future__ import annotations

@@ -78,6 +78,8 @@ def test_probing_smoke(micro_run, tmp_path):
     assert set(df["hook"]) == {"hook_embed"} | {f"blocks.{l}.hook_resid_post" for l in range(4)}
     assert df["test_acc"].between(0, 1).all() and (df["chance"] == 0.125).all()
     assert set(res["final_test_acc"]) == {"hard", "easy"}
+    assert {"niah_acc", "attn_value_span", "attn_first_token"} <= set(df)
+    assert df["attn_first_token"].between(0, 1).all() and (df["attn_first_token"] <= df["attn_value_span"] + 1e-6).all()
 
 
 def test_probe_fits_separable_data():
@@ -105,6 +107,7 @@ def test_gradient_influence_smoke(micro_run, tmp_path):
     assert (df["grad_norm"] >= 0).all() and df["distance"].max() == 159
     s = res["summary"][0]
     assert 0 <= s["beyond_window_share"] <= 1 and 0 <= s["d50"] <= s["d90"] <= 159
+    assert abs(sum(s["share_by_distance"].values()) - 1) < 1e-3 and "[0,20)" in s["share_by_distance"]
 
 
 def test_nope_smoke(micro_run, tmp_path):
