@@ -64,6 +64,37 @@ def cli_process(argv, timeout: float = 300, **kw) -> subprocess.CompletedProcess
                            *map(str, argv)], capture_output=True, text=True, env=ENV, timeout=timeout, **kw)
 
 
+def forked_cli(argv, log) -> int:
+    """``retrieval-heads ARGV`` in a forked child of this (single-threaded, already imported)
+    test process, its stdout/stderr to the file ``log``: a real process to SIGKILL or to run
+    beside another, without paying the imports again. Returns the pid (``os.waitpid`` it)."""
+    pid = os.fork()
+    if pid == 0:  # the child: never returns into pytest
+        code = 3
+        try:
+            fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+            os.dup2(fd, 1)
+            os.dup2(fd, 2)
+            sys.stdout = sys.stderr = open(fd, "w", buffering=1)  # not pytest's capture
+            main([str(a) for a in argv])
+        except SystemExit as e:
+            code = e.code if isinstance(e.code, int) else 1
+        finally:
+            os._exit(code)
+    return pid
+
+
+def running(pid) -> bool:
+    """Whether a forked child still runs, without reaping it (so its pid stays ours to kill)."""
+    return os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is None
+
+
+def wait_code(pid) -> int | None:
+    """Exit code of a forked child (None when it was killed by a signal)."""
+    status = os.waitpid(pid, 0)[1]
+    return os.WEXITSTATUS(status) if os.WIFEXITED(status) else None
+
+
 def assert_one_line_error(err: str, *needles: str) -> None:
     """stderr ends with exactly one ``error: ...`` line holding every needle; no traceback."""
     assert "Traceback" not in err, err

@@ -18,7 +18,7 @@ import torch
 from safetensors.torch import load_file
 
 import retrieval_heads as rh
-from reliability_util import ENV, SCAN_ARGS, cli, cli_process, make_run
+from reliability_util import ENV, SCAN_ARGS, cli, forked_cli, make_run, running, wait_code
 from retrieval_heads.train.checkpoint import load_train_state
 from retrieval_heads.train import read_metrics, train
 from test_train import MC, TC, write_preset
@@ -44,23 +44,48 @@ def check_run_folder(run):
     return listed
 
 
-def kill_and_resume(preset, out, kills, rng, window_s):
-    """Start/resume training as a process; SIGKILL it ``kills`` times, each after a random delay
-    once it has started training; finally let it finish. Returns the delays used."""
+def _progress(out) -> int:
+    try:
+        return (out / "metrics.jsonl").read_text().count("\n")
+    except OSError:
+        return 0
+
+
+def kill_and_resume(preset, out, kills, rng, window_s, how="fork"):
+    """Start/resume training as a process (``fork``: forked from this one; ``process``:
+    ``python -m retrieval_heads.train``); SIGKILL it ``kills`` times, each at a random moment
+    once it has started: after 0-2 more evaluations (each followed by a checkpoint save) plus a
+    random delay up to ``window_s``; finally let it finish. Returns the kill points."""
     delays = []
     for attempt in range(kills + 1):
-        p = subprocess.Popen(_train_cmd(preset, out, resume=attempt > 0), stdout=subprocess.PIPE,
-                             stderr=subprocess.PIPE, text=True, env=ENV)
-        if attempt < kills:
+        cmd = _train_cmd(preset, out, resume=attempt > 0)
+        if how == "fork":
+            log = out.parent / f"{out.name}.attempt{attempt}.log"
+            pid = forked_cli(["train", *cmd[3:]], log)
+        else:
+            p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
             p.stdout.readline()  # the header line: imports done, training starts now
-            delay = rng.uniform(0, window_s)
-            delays.append(round(delay, 3))
+        if attempt < kills:
+            target, delay = _progress(out) + rng.randint(0, 2), rng.uniform(0, window_s)
+            delays.append((target, round(delay, 3)))
+            while _progress(out) < target and (running(pid) if how == "fork"
+                                               else p.poll() is None):
+                time.sleep(0.002)
             time.sleep(delay)
-            p.send_signal(signal.SIGKILL)
-        out_s, err_s = p.communicate(timeout=600)
+            if how == "fork":
+                os.kill(pid, signal.SIGKILL)  # a finished child is a zombie until waited for: no error
+            else:
+                p.send_signal(signal.SIGKILL)
+        if how == "fork":
+            ok = wait_code(pid) == 0
+            err = log.read_text()[-2000:]
+        else:
+            err = p.communicate(timeout=600)[1]
+            ok = p.returncode == 0
         if attempt == kills:
-            assert p.returncode == 0, err_s
+            assert ok, err
         check_run_folder(out)
+    assert not [p.name for p in out.iterdir() if p.name.startswith(".")]  # the last run cleaned up
     return delays
 
 
@@ -77,27 +102,29 @@ def assert_same_run(a, b):
     assert strip(ma) == strip(mb)
 
 
-def _kill_test(tmp_path, capsys, steps, kills, seed):
+def _kill_test(tmp_path, capsys, steps, kills, seed, how):
     tc = TC.replace(steps=steps, save_every=4, eval_every=4, eval_samples=2)
     preset = write_preset(tmp_path / "p.json", tc=tc)
     straight, killed = tmp_path / "straight", tmp_path / "killed"
+    cli(["train", "--preset", preset, "--out", tmp_path / "warm-up", "--stop-at", "0", "--no-progress"], capsys)
     t0 = time.perf_counter()
-    code, _, err = cli(["train", "--preset", preset, "--out", straight, "--no-progress"], capsys)
-    assert code == 0, err
-    window = 1.5 * (time.perf_counter() - t0)  # about the training part of a run, imports excluded
-    delays = kill_and_resume(preset, killed, kills, random.Random(seed), window)
+    kill_and_resume(preset, straight, 0, None, 0)  # uninterrupted
+    window = (time.perf_counter() - t0) / len(read_metrics(straight))  # ~ time between evaluations
+    delays = kill_and_resume(preset, killed, kills, random.Random(seed), window, how)
     assert_same_run(straight, killed)
     return delays
 
 
 def test_kill9_training_then_resume_equals_uninterrupted(tmp_path, capsys):
-    _kill_test(tmp_path, capsys, steps=8, kills=2, seed=0)
+    """Forked training processes, killed 4 times at random moments, then resumed to the end."""
+    _kill_test(tmp_path, capsys, steps=12, kills=4, seed=0, how="fork")
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("seed", [1, 2])
-def test_kill9_training_many_times(tmp_path, capsys, seed):
-    _kill_test(tmp_path, capsys, steps=24, kills=6, seed=seed)
+def test_kill9_training_process_many_times(tmp_path, capsys, seed):
+    """The same with ``python -m retrieval_heads.train`` processes (another hash seed), 6 kills."""
+    _kill_test(tmp_path, capsys, steps=24, kills=6, seed=seed, how="process")
 
 
 @pytest.mark.parametrize("die_in", ["torch.save", "os.rename"])
@@ -140,6 +167,32 @@ def test_death_inside_save_never_shows_a_half_checkpoint(tmp_path, monkeypatch, 
         assert any(p.name.startswith(".tmp_step_") for p in out.iterdir())  # the dead save's leftovers
         train(MC, tc, out, resume=True, **quiet)
         assert_same_run(straight, out)
+        assert not [p.name for p in out.iterdir() if p.name.startswith(".")]
+
+
+def test_clean_partial_checkpoints_restores_a_half_swapped_one(tmp_path):
+    """A re-save of an existing step renames it aside, then renames the new one in; dying
+    between the two leaves no ``step_X``: the clean-up puts the old one back."""
+    from retrieval_heads.train.checkpoint import clean_partial_checkpoints
+
+    run = make_run(tmp_path / "run", steps=(0, 3))
+    aside = run / ".old_step_000003_x"
+    aside.mkdir()
+    os.rename(run / "step_000003", aside / "ckpt")
+    (run / ".tmp_step_000003_y").mkdir()
+    (run / ".tmp_step_000003_y" / "model.safetensors").write_bytes(b"half")
+    assert [c.name for c in rh.list_checkpoints(run)] == ["step_000000"]
+    removed = clean_partial_checkpoints(run)
+    assert sorted(p.name for p in removed) == [".old_step_000003_x", ".tmp_step_000003_y"]
+    assert [c.name for c in check_run_folder_weights_only(run)] == ["step_000000", "step_000003"]
+    assert sorted(p.name for p in run.iterdir()) == ["step_000000", "step_000003"]
+
+
+def check_run_folder_weights_only(run):
+    listed = rh.list_checkpoints(run)
+    for ck in listed:
+        rh.load_checkpoint(ck)
+    return listed
 
 
 # ---- scans ------------------------------------------------------------------------------------
@@ -170,48 +223,77 @@ def check_scan_folder(run):
         json.loads(f.read_text())
 
 
-@pytest.mark.parametrize("when", ["scoring", pytest.param("random", marks=pytest.mark.slow)])
-def test_kill9_scan_then_rescan_equals_clean(scan_base, tmp_path, capsys, when):
-    base, clean = scan_base
-    rng = random.Random(7)
-    for attempt in range(1 if when == "scoring" else 3):
-        run = shutil.copytree(base, tmp_path / f"run{attempt}")
-        p = subprocess.Popen([sys.executable, "-c", "from retrieval_heads.cli import main; main()", "scan",
-                              str(run), *SCAN_ARGS], env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        cache = run / "scan" / "cache"
-        deadline = time.time() + 300
-        if when == "scoring":  # after the first checkpoint is scored, before the last
-            while time.time() < deadline and len(list(cache.glob("scores-*.json"))) < 1 and p.poll() is None:
-                time.sleep(0.01)
-        else:
-            while time.time() < deadline and not (run / "scan").exists() and p.poll() is None:
-                time.sleep(0.01)
-            time.sleep(rng.uniform(0, 1.5))
+def _scan_process(run, how, log):
+    """A ``retrieval-heads scan RUN`` process: forked from this one, or a new interpreter."""
+    if how == "fork":
+        return forked_cli(["scan", run, *SCAN_ARGS], log)
+    return subprocess.Popen([sys.executable, "-c", "from retrieval_heads.cli import main; main()", "scan",
+                             str(run), *SCAN_ARGS], env=ENV, stdout=open(log, "w"), stderr=subprocess.STDOUT)
+
+
+def _alive(p) -> bool:
+    return running(p) if isinstance(p, int) else p.poll() is None
+
+
+def _kill(p) -> None:
+    if isinstance(p, int):
+        os.kill(p, signal.SIGKILL)
+        os.waitpid(p, 0)
+    else:
         p.send_signal(signal.SIGKILL)
         p.wait(timeout=60)
-        if when == "scoring":
-            assert len(list(cache.glob("scores-*.json"))) < 6, "the scan finished before the kill"
+
+
+@pytest.mark.parametrize("how,kills", [("fork", 3), pytest.param("process", 4, marks=pytest.mark.slow)])
+def test_kill9_scan_then_rescan_equals_clean(scan_base, tmp_path, capsys, how, kills):
+    """Kill scans at random moments (while scoring, writing the cache or the tables), check that
+    whatever is visible is complete, then re-run: the tables equal a clean scan's."""
+    base, clean = scan_base
+    rng = random.Random(7)
+    for attempt in range(kills):
+        run = shutil.copytree(base, tmp_path / f"run{attempt}")
+        p = _scan_process(run, how, tmp_path / f"scan{attempt}.log")
+        cache = run / "scan" / "cache"
+        deadline = time.time() + 300
+        target = rng.randint(0, 5)  # checkpoints scored before the kill (+ a random delay)
+        while time.time() < deadline and len(list(cache.glob("scores-*.json"))) < target and _alive(p):
+            time.sleep(0.002)
+        time.sleep(rng.uniform(0, 0.3))
+        _kill(p)
         check_scan_folder(run)
         code, stdout, err = cli(["scan", run, *SCAN_ARGS], capsys)
         assert code == 0, err
         assert_same_tables(run, clean)
+        assert not [p for p in (run / "scan").rglob(".tmp*")]  # the re-run removed partial writes
 
 
-def test_two_cli_scans_at_once(scan_base, tmp_path):
+@pytest.mark.parametrize("how", ["fork", pytest.param("process", marks=pytest.mark.slow)])
+def test_two_cli_scans_at_once(scan_base, tmp_path, how):
     base, clean = scan_base
     run = shutil.copytree(base, tmp_path / "run")
-    procs = [subprocess.Popen([sys.executable, "-c", "from retrieval_heads.cli import main; main()", "scan",
-                               str(run), *SCAN_ARGS], env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                              text=True) for _ in range(2)]
-    outs = [p.communicate(timeout=600) for p in procs]
-    for p, (o, e) in zip(procs, outs):
-        assert p.returncode == 0, e
-    counts = sorted(o.splitlines()[0] for o, _ in outs)
+    logs = [tmp_path / f"scan{i}.log" for i in range(2)]
+    procs = [_scan_process(run, how, log) for log in logs]
+    codes = [wait_code(p) if isinstance(p, int) else p.wait(timeout=600) for p in procs]
+    outs = [log.read_text() for log in logs]
+    assert codes == [0, 0], outs
+    counts = sorted(next(l for l in o.splitlines() if l.startswith("6 checkpoint(s)")).replace(
+        " (tables unchanged)", "") for o in outs)
     # one scored everything; the other waited for the lock, then found it all cached
-    # (or, started later, found it cached straight away)
     assert counts == ["6 checkpoint(s): 0 scored, 6 cached, 0 skipped",
-                      "6 checkpoint(s): 6 scored, 0 cached, 0 skipped"] or \
-        counts[0].startswith("6 checkpoint(s): 0 scored, 6 cached"), counts
+                      "6 checkpoint(s): 6 scored, 0 cached, 0 skipped"], outs
     check_scan_folder(run)
     assert not [p for p in (run / "scan").rglob(".tmp*")]
+    assert_same_tables(run, clean)
+
+
+def test_rescan_repairs_damaged_tables(scan_base, tmp_path, capsys):
+    """A table damaged after a scan (truncated, overwritten) is rewritten by the next scan,
+    from the cache, instead of being trusted because scan.json still matches."""
+    base, clean = scan_base
+    run = shutil.copytree(clean, tmp_path / "run")
+    (run / "scan" / "scores.parquet").write_bytes(b"garbage")
+    (run / "scan" / "formation.json").write_text("{")
+    code, stdout, err = cli(["scan", run, *SCAN_ARGS], capsys)
+    assert code == 0, err
+    assert "6 checkpoint(s): 0 scored, 6 cached, 0 skipped\n" in stdout  # rewritten, not "unchanged"
     assert_same_tables(run, clean)

@@ -94,6 +94,7 @@ def test_train_resume_refuses_a_pickle_payload(trained, tmp_path, capsys, where)
     assert tree(run) == before  # nothing written
 
 
+@pytest.mark.slow
 def test_train_resume_refuses_a_payload_as_a_subprocess(trained, tmp_path):
     """The same through ``python -m retrieval_heads.train`` (the torchrun entry point)."""
     import subprocess

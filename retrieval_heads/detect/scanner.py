@@ -351,6 +351,8 @@ def scan(run_dir, settings: ScanSettings | None = None, *, reference="first", th
     ref = _pick_reference(run_dir, reference, good)
     cache_dir.mkdir(parents=True, exist_ok=True)
     with scan_lock(scan_dir, echo):
+        for f in [*scan_dir.glob(".tmp-*"), *cache_dir.glob(".tmp-*")]:  # a killed scan's partial writes
+            f.unlink(missing_ok=True)  # (safe: every writer of this folder holds the lock)
         hashes.save()
         jobs = []
         for c in good:
@@ -401,9 +403,7 @@ def scan(run_dir, settings: ScanSettings | None = None, *, reference="first", th
         }
         state = json.loads(json.dumps(state))  # as stored (tuples -> lists)
         old = _read_state(scan_dir)
-        unchanged = old == state and all((scan_dir / f).exists() for f in
-                                         ("scores.parquet", "niah.parquet", "formation.parquet",
-                                          "checkpoints.parquet", "formation.json"))
+        unchanged = not force and old == state and _tables_intact(scan_dir)
         if not unchanged:
             _write_tables(scan_dir, tables, state, settings, threshold)
         if report and (not unchanged or not (scan_dir / "report.html").exists()):
@@ -443,6 +443,17 @@ def _pick_reference(run_dir: Path, reference, good: list[_Ckpt]) -> _Ckpt:
         c.sha = weights_hash(p)
     load_checkpoint(c.path)  # raises CheckpointError (a ValueError) when unreadable
     return c
+
+
+def _tables_intact(scan_dir: Path) -> bool:
+    """Every table exists and parses (a damaged one is rewritten, not trusted)."""
+    try:
+        for f in ("scores.parquet", "niah.parquet", "formation.parquet", "checkpoints.parquet"):
+            pd.read_parquet(scan_dir / f, columns=[])
+        json.loads((scan_dir / "formation.json").read_text())
+        return True
+    except Exception:  # missing, truncated, not parquet/JSON: pyarrow raises several types
+        return False
 
 
 def _read_state(scan_dir: Path):

@@ -207,6 +207,23 @@ def list_checkpoints(run_dir: str | Path) -> list[Path]:
     return [p for _, p in sorted(found)]
 
 
+def clean_partial_checkpoints(run_dir: str | Path) -> list[Path]:
+    """Remove what killed saves left in a run (hidden ``.tmp_step_*`` folders), after putting
+    back a checkpoint whose re-save died between its two renames (``.old_step_*``). Call it
+    only from the one process that writes the run. Returns the folders removed."""
+    run_dir = Path(run_dir)
+    removed = []
+    for p in sorted(run_dir.glob(".old_step_*")):
+        m = re.match(r"^\.old_step_(\d+)_", p.name)
+        if m and (p / "ckpt").is_dir() and not step_dir(run_dir, int(m.group(1))).exists():
+            os.rename(p / "ckpt", step_dir(run_dir, int(m.group(1))))
+    for p in sorted([*run_dir.glob(".tmp_step_*"), *run_dir.glob(".old_step_*")]):
+        if p.is_dir():
+            shutil.rmtree(p, ignore_errors=True)
+            removed.append(p)
+    return removed
+
+
 def weights_hash(path: str | Path) -> str:
     """sha256 of a checkpoint's model.safetensors (keys the scan cache)."""
     h = hashlib.sha256()

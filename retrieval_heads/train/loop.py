@@ -49,8 +49,8 @@ import torch
 from ..config import ModelConfig, TrainConfig
 from ..tasks import TOKENIZER, niah_batch, string_match_all
 from ..tasks.mixture import check_mixture, eval_lm_batch, row_loss, training_batch
-from .checkpoint import (list_checkpoints, load_checkpoint, load_train_state, read_meta,
-                         save_checkpoint)
+from .checkpoint import (clean_partial_checkpoints, list_checkpoints, load_checkpoint, load_train_state,
+                         read_meta, save_checkpoint)
 
 RUN_FILE = "run.json"
 # TrainConfig fields a resumed run may change (the others would make it a different run);
@@ -335,6 +335,7 @@ def _train(model_cfg, cfg, out, mode, rank, world, device, stop_at, progress, lo
         if mode == "overwrite":
             shutil.rmtree(out)
         out.mkdir(parents=True, exist_ok=True)
+        clean_partial_checkpoints(out)  # what a killed save left
         _write_atomic(out / RUN_FILE, json.dumps({"model": model_cfg.to_dict(), "train": cfg.to_dict()},
                                                  indent=2, sort_keys=True))
         _truncate_metrics(out, start if mode == "resume" else -1)  # a fresh start re-evaluates step 0
