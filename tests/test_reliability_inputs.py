@@ -31,6 +31,8 @@ BREAKS = {
     "wrong_type": "n_heads",
     "zero_size": "d_model",
     "unknown_layout_letter": "unknown letter",
+    "step_not_int": "step: expected a non-negative integer, got nan",
+    "tokens_negative": "tokens_seen: expected a non-negative integer, got -5",
     "no_weights": "model.safetensors: missing",
     "weights_empty_file": "unreadable safetensors",
     "truncated_weights": "unreadable safetensors",
@@ -84,6 +86,12 @@ def break_checkpoint(ck, how):
         write_meta(d_model=0)
     elif how == "unknown_layout_letter":
         write_meta(layout="SX")
+    elif how == "step_not_int":
+        meta["step"] = float("nan")
+        cfg.write_text(json.dumps(meta))
+    elif how == "tokens_negative":
+        meta["tokens_seen"] = -5
+        cfg.write_text(json.dumps(meta))
     elif how == "no_weights":
         w.unlink()
     elif how == "weights_empty_file":
@@ -324,3 +332,36 @@ def test_fuzz_train_options(tmp_path_factory, preset, capsys, layout, window, po
         assert code == 2, err
         assert_one_line_error(err)
         assert not out.exists()
+
+
+json_values = st.recursive(st.none() | st.booleans() | st.integers(-2**40, 2**40) | st.floats() | st.text(max_size=6),
+                           lambda v: st.lists(v, max_size=3) | st.dictionaries(st.text(max_size=6), v, max_size=3),
+                           max_leaves=6)
+
+
+@settings(max_examples=30, deadline=None, derandomize=True,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(section=st.sampled_from(["model", "model", "top", "top", "train"]),
+       key=st.sampled_from(["layout", "d_model", "n_heads", "window", "pos", "max_seq_len", "vocab_size",
+                            "rope_base", "tie_embeddings", "n_layers", "step", "tokens_seen", "data_seed",
+                            "extra", "format", "new_key"]),
+       value=json_values)
+def test_fuzz_checkpoint_config(base_run, tmp_path_factory, capsys, section, key, value):
+    """Any value in a checkpoint's config.json: ``eval`` loads it or fails with one line naming
+    config.json or model.safetensors; never a traceback. (``--context-lens 0`` makes a loaded
+    checkpoint fail right after loading, so no evaluation runs.)"""
+    run = shutil.copytree(base_run, tmp_path_factory.mktemp("fuzzck") / "run")
+    ck = rh.list_checkpoints(run)[-1]
+    meta = json.loads((ck / "config.json").read_text())
+    target = meta if section == "top" else meta.setdefault(section, {}) if section == "model" else meta
+    if section == "train":
+        meta["train"] = value if not isinstance(value, dict) else {key: value}
+    else:
+        target[key] = value
+    (ck / "config.json").write_text(json.dumps(meta))  # NaN/Infinity become non-standard JSON tokens
+    code, _, err = cli(["eval", ck, *EVAL_ARGS, "--context-lens", "0"], capsys)
+    assert code == 2
+    assert_one_line_error(err)
+    line = err.strip().splitlines()[-1]
+    assert str(ck / "config.json") in line or str(ck / "model.safetensors") in line \
+        or line.startswith("error: context_len: must be a positive integer"), line

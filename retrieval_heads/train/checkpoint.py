@@ -125,6 +125,15 @@ def read_meta(path: str | Path) -> dict:
         raise CheckpointError(f"{cfg_file}: {e}") from None
     meta.setdefault("step", 0)
     meta.setdefault("tokens_seen", 0)
+    for k in ("step", "tokens_seen"):
+        v = meta[k]
+        if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+            raise CheckpointError(f"{cfg_file}: {k}: expected a non-negative integer, got {v!r}")
+    if meta.get("data_seed") is not None and (isinstance(meta["data_seed"], bool)
+                                              or not isinstance(meta["data_seed"], int)):
+        raise CheckpointError(f"{cfg_file}: data_seed: expected an integer or null, got {meta['data_seed']!r}")
+    if not isinstance(meta.get("extra") or {}, dict):
+        raise CheckpointError(f"{cfg_file}: extra: expected a JSON object, got {meta['extra']!r}")
     return meta
 
 
