@@ -165,3 +165,31 @@ def test_eval_and_scan_never_read_train_state(run, tmp_path, capsys):
     code, _, err = cli(["scan", run, *SCAN_ARGS], capsys)
     assert code == 0, err
     assert not marker.exists()
+
+
+# ---- Hugging Face checkpoints ----------------------------------------------------------------
+HF_SCAN = ["--context-lens", "80", "--depths", "0.5", "--n-per-cell", "1", "--no-progress", "--no-report",
+           "--all-samples"]
+
+
+@pytest.mark.parametrize("keep_safetensors", [False, True])
+def test_hf_scan_never_unpickles(tmp_path, capsys, keep_safetensors):
+    """An HF checkpoint offering ``pytorch_model.bin`` with a payload: refused when it is the
+    only weights file; ignored (safetensors are loaded) when safetensors sit beside it."""
+    from retrieval_heads.hf.testing import save_tiny
+
+    ck = save_tiny("qwen3", tmp_path / "hf" / "checkpoint-10")
+    marker = tmp_path / "PWNED"
+    if not keep_safetensors:
+        for f in ck.glob("*.safetensors"):
+            f.unlink()
+    with open(ck / "pytorch_model.bin", "wb") as f:
+        pickle.dump(Payload(marker), f)
+    code, _, err = cli(["scan", ck, *HF_SCAN], capsys)
+    if keep_safetensors:
+        assert code == 0, err
+    else:
+        assert code in (1, 2)
+        assert "Traceback" not in err
+        assert "pickle-format weights refused" in err or "no *.safetensors weights" in err, err
+    assert not marker.exists()
