@@ -4,7 +4,7 @@
 
 Stable surface (other analysis scripts import it): ``setup_threads``, ``out_dir``,
 ``save_figure``, ``write_json``, ``jsonable``, ``train_and_scan``, ``metrics_frame``,
-``non_embedding_params``, ``Timer``.
+``non_embedding_params``, ``apply_overrides``, ``Timer``.
 """
 
 from __future__ import annotations
@@ -88,6 +88,29 @@ def save_figure(fig, stem: str | Path, log=print, png: bool = True) -> list[Path
     return out
 
 
+def apply_overrides(model_cfg, train_cfg, spec: str | None):
+    """``"train.lr=0.01,model.d_model=64"`` -> (model_cfg, train_cfg) with those fields replaced
+    (values parsed as JSON where possible, else kept as strings); unknown fields raise."""
+    if not spec:
+        return model_cfg, train_cfg
+    m, t = {}, {}
+    for item in filter(None, (x.strip() for x in spec.split(","))):
+        key, sep, val = item.partition("=")
+        where, dot, field = key.strip().partition(".")
+        if not sep or not dot or where not in ("model", "train"):
+            raise ValueError(f"--set: expected model.FIELD=VALUE or train.FIELD=VALUE, got {item!r}")
+        try:
+            v = json.loads(val)
+        except json.JSONDecodeError:
+            v = val
+        (m if where == "model" else t)[field] = v
+    for name, d, cfg in (("model", m, model_cfg), ("train", t, train_cfg)):
+        bad = sorted(set(d) - set(cfg.to_dict()))
+        if bad:
+            raise ValueError(f"--set: unknown {name} field(s) {bad}")
+    return model_cfg.replace(**m), train_cfg.replace(**t)
+
+
 class Timer:
     def __init__(self):
         self.t0 = time.time()
@@ -115,24 +138,52 @@ def non_embedding_params(model_cfg) -> int:
 
 
 def train_and_scan(model_cfg, train_cfg, run_dir, *, scan: bool = True, scan_kw: dict | None = None,
-                   progress: bool = False, log=print) -> dict:
+                   stop_when_formed: int | None = None, max_steps: int | None = None, progress: bool = False,
+                   log=print) -> dict:
     """Train (or resume / reuse a finished run in ``run_dir``) and optionally scan it.
 
-    Returns ``{"run_dir", "train_s", "scan_s", "formation": formation.json's "run" entry or None,
-    "metrics": DataFrame}``. A finished run with the same configs is reused (resume finds
-    nothing to do) and the scan's cache makes a re-scan cheap."""
+    ``stop_when_formed=k`` trains in chunks of ``k`` checkpoints, scanning after each, and stops
+    once the run's first full-attention retrieval head has formed and held (copy >= threshold)
+    for ``k`` further checkpoints; the schedule (``train_cfg.steps``) is unchanged, the run is
+    just cut short (``stopped_early``). ``max_steps`` stops every run after that step (the
+    schedule is still that of ``train_cfg.steps``; a later call with a larger cap continues the
+    same run exactly). Returns ``{"run_dir", "train_s", "scan_s", "formation":
+    formation.json's "run" entry or None, "stopped_early", "metrics": DataFrame}``. A finished
+    run with the same configs is reused and the scan's cache makes a re-scan cheap."""
     from retrieval_heads.detect import scan as rh_scan
-    from retrieval_heads.train.loop import train
+    from retrieval_heads.train.loop import checkpoint_steps, train
 
     run_dir = Path(run_dir)
-    t = Timer()
-    train(model_cfg, train_cfg, run_dir, resume=True, progress=progress, log=log)
-    train_s = t()
-    res = {"run_dir": str(run_dir), "train_s": train_s, "scan_s": 0.0, "formation": None}
-    if scan:
+    res = {"run_dir": str(run_dir), "train_s": 0.0, "scan_s": 0.0, "formation": None, "stopped_early": False}
+
+    def do_scan():
         t = Timer()
         rh_scan(run_dir, progress=progress, echo=lambda m: None, report=False, **(scan_kw or {}))
-        res["scan_s"] = t()
+        res["scan_s"] += t()
         res["formation"] = json.loads((run_dir / "scan" / "formation.json").read_text())["run"]
+
+    if not (scan and stop_when_formed):
+        t = Timer()
+        cap = min(max_steps, train_cfg.steps) if max_steps else None
+        train(model_cfg, train_cfg, run_dir, resume=True, stop_at=cap, progress=progress, log=log)
+        res["train_s"] = t()
+        if scan:
+            do_scan()
+    else:
+        ck = [s for s in checkpoint_steps(train_cfg) if s > 0 and (not max_steps or s <= max_steps)]
+        if max_steps and max_steps < train_cfg.steps and ck[-1] != max_steps:
+            ck.append(max_steps)
+        stops = ck[stop_when_formed - 1::stop_when_formed]
+        if not stops or stops[-1] != ck[-1]:
+            stops.append(ck[-1])
+        for stop in stops:
+            t = Timer()
+            train(model_cfg, train_cfg, run_dir, resume=True, stop_at=stop, progress=progress, log=log)
+            res["train_s"] += t()
+            do_scan()
+            f = res["formation"]
+            if f.get("step") is not None and sum(1 for s in ck if f["step"] < s <= stop) >= stop_when_formed:
+                res["stopped_early"] = stop < train_cfg.steps
+                break
     res["metrics"] = metrics_frame(run_dir)
     return res

@@ -37,7 +37,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from analyses.common import (Timer, jsonable, metrics_frame, non_embedding_params, out_dir,  # noqa: E402
+from analyses.common import (Timer, apply_overrides, jsonable, metrics_frame, non_embedding_params, out_dir,  # noqa: E402
                              save_figure, setup_threads, train_and_scan, write_json)
 
 NAME = "emergence"
@@ -48,9 +48,9 @@ NAME = "emergence"
 QUICK = dict(
     model=dict(layout="SSSF", d_model=32, n_heads=4, d_mlp=64, window=8, pos={"F": "nope", "S": "rope"},
                max_seq_len=256),
-    train=dict(steps=900, batch_size=16, context_len=144, lr=5e-3, warmup_steps=30, niah_fraction=0.375,
-               induction_fraction=0.5, niah_variant="single_1", haystack="essay", eval_every=100,
-               eval_samples=8, save_every=100, save_log_spaced=True),
+    train=dict(steps=500, batch_size=8, context_len=144, lr=5e-3, warmup_steps=30, niah_fraction=0.25,
+               induction_fraction=0.25, niah_variant="single_1", haystack="essay", eval_every=50,
+               eval_samples=8, save_every=50, save_log_spaced=True),
     hybrids=("S:8", "S:32", "M", "D", "L"), sizes=(16, 32, 48), main_size=32, d_head=8,
     fit=("F", "S:8"), eval=dict(n=8, buckets=4), niah=dict(n=2),
 )
@@ -105,6 +105,7 @@ def build(a):
         mode = FULL_MODE
         base, tc = rh.train.presets.load_preset(a.preset or mode["preset"])
         tc = tc.replace(**mode["train"])
+    base, tc = apply_overrides(base, tc, a.set)
     changes = {"device": a.device}
     if a.steps:
         changes.update(steps=a.steps, save_every=max(1, a.steps // 10), eval_every=max(1, a.steps // 10))
@@ -331,10 +332,12 @@ def main(argv=None) -> dict:
     ap.add_argument("--target", default="long_loss", choices=["long_loss", "heldout_loss", "lm_loss"],
                     help="loss used in the scaling fit")
     ap.add_argument("--fit-min-step", type=int, default=None, help="fit only checkpoints from this step [2 x warm-up]")
+    ap.add_argument("--set", default=None, help="config overrides: train.lr=0.01,model.d_model=64")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--jobs", type=int, default=1, help="runs trained in parallel (one thread each)")
     ap.add_argument("--out", default=None, help="output folder [analyses/out/emergence]")
     ap.add_argument("--machine", default=None, help="free-text machine description for results.json")
+    ap.add_argument("--record", default=None, help="also write results.json here (e.g. analyses/results/emergence.json)")
     a = ap.parse_args(argv)
     setup_threads(1)
     import pandas as pd
@@ -416,6 +419,8 @@ def main(argv=None) -> dict:
         "files": sorted(p.name for p in out.iterdir() if p.is_file()),
     }
     write_json(out / "results.json", res)
+    if a.record:
+        write_json(a.record, res)
     print(main_runs[["label", "N", "final_niah_acc", "niah_gap_vs_F", "converged", "niah50_tokens",
                      "final_long_loss"]].to_string(index=False), flush=True)
     if len(fits):

@@ -8,9 +8,18 @@ head forms is *censored*: it is reported as "not formed by step N", never given 
 
 How to run::
 
-    python analyses/laziness.py --quick                    # CPU, ~10 min on 2 cores (micro config)
+    python analyses/laziness.py --quick --jobs 2           # CPU, ~10-15 min on 2 cores (micro config)
+    python analyses/laziness.py --quick --jobs 2 --max-steps 2000   # continue the same runs further
     python analyses/laziness.py --device cuda              # GPU, gpu-small preset, windows 16/64/256
     python analyses/laziness.py --quick --windows 8,64 --seeds 0,1 --out /tmp/lazy
+
+The quick config (SSSF, d_model 32, context 144, 16 rows/step: 6 needle + 8 induction + 2
+noise-text rows, single_1 needles) is the fastest-forming one found on the CPU: with window 8
+NIAH and the F retrieval head appear after ~1600-2000 steps (~4M tokens, 3-4 CPU-minutes per
+run), so 12 such runs do not fit in 15 minutes. ``--quick`` therefore trains the first 900 steps
+of the 2000-step schedule (``--max-steps``) and reports what has formed by then; runs stop
+early once their F head has held for 3 checkpoints (``--stop-when-formed``), and a re-run with a
+larger ``--max-steps`` continues the same runs exactly.
 
 Writes under ``--out`` (default ``analyses/out/laziness/``): ``runs.csv/.parquet`` (one row per
 run), ``summary.csv/.parquet`` (one row per window: mean ± std over formed seeds, counts of
@@ -29,7 +38,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from analyses.common import (Timer, jsonable, metrics_frame, out_dir, save_figure,  # noqa: E402
+from analyses.common import (Timer, apply_overrides, jsonable, metrics_frame, out_dir, save_figure,  # noqa: E402
                              setup_threads, train_and_scan, write_json)
 
 NAME = "laziness"
@@ -41,10 +50,10 @@ FULL = "full"  # label of the all-full-attention reference in the `window` colum
 QUICK = dict(
     model=dict(layout="SSSF", d_model=32, n_heads=4, d_mlp=64, pos={"F": "nope", "S": "rope"},
                max_seq_len=256),
-    train=dict(steps=900, batch_size=16, context_len=144, lr=5e-3, warmup_steps=30, niah_fraction=0.75,
-               induction_fraction=0.0, niah_variant="single_1", haystack="noise", eval_every=50,
+    train=dict(steps=2000, batch_size=16, context_len=144, lr=5e-3, warmup_steps=30, niah_fraction=0.375,
+               induction_fraction=0.5, niah_variant="single_1", haystack="noise", eval_every=50,
                eval_samples=8, save_every=50, save_log_spaced=False),
-    windows=(8, 32, 128), seeds=(0, 1, 2),
+    max_steps=900, windows=(8, 32, 128), seeds=(0, 1, 2),
     scan=dict(depths=(0.1, 0.3, 0.5, 0.7, 0.9), n_per_cell=1),
 )
 # smoke: a few steps, to test the pipeline and the output schema (numbers are meaningless)
@@ -53,11 +62,11 @@ SMOKE = dict(
     train=dict(steps=2, batch_size=2, context_len=144, lr=5e-3, warmup_steps=1, niah_fraction=0.5,
                induction_fraction=0.0, niah_variant="single_1", haystack="noise", eval_every=1,
                eval_samples=1, save_every=1, save_log_spaced=False),
-    windows=(8, 16), seeds=(0,),
+    max_steps=None, windows=(8, 16), seeds=(0,),
     scan=dict(depths=(0.5,), n_per_cell=1),
 )
 # full: the gpu-small preset (SSSF SSSF, d_model 256, context 1024), finer checkpoints
-FULL_MODE = dict(preset="gpu-small", windows=(16, 64, 256), seeds=(0, 1, 2),
+FULL_MODE = dict(preset="gpu-small", windows=(16, 64, 256), seeds=(0, 1, 2), max_steps=None,
                  train=dict(save_every=100, eval_every=100, save_log_spaced=False),
                  scan=dict(depths=(0.1, 0.3, 0.5, 0.7, 0.9), n_per_cell=4))
 
@@ -80,6 +89,7 @@ def build_configs(a):
         tc = tc.replace(**mode["train"])
     if a.preset and (a.quick or a.smoke):
         mc, tc = rh.train.presets.load_preset(a.preset)
+    mc, tc = apply_overrides(mc, tc, a.set)
     changes = {"device": a.device}
     if a.steps:
         changes["steps"] = a.steps
@@ -91,7 +101,8 @@ def build_configs(a):
     scan = dict(mode["scan"])
     if a.n_per_cell:
         scan["n_per_cell"] = a.n_per_cell
-    return mc, tc, windows, seeds, scan
+    max_steps = a.max_steps if a.max_steps is not None else mode["max_steps"]
+    return mc, tc, windows, seeds, scan, (max_steps or None)
 
 
 def run_configs(mc, tc, windows, seeds, full_ref: bool):
@@ -126,7 +137,8 @@ def one_run(job: dict) -> dict:
     import retrieval_heads as rh
 
     mc, tc = rh.ModelConfig.from_dict(job["model"]), rh.TrainConfig.from_dict(job["train"])
-    r = train_and_scan(mc, tc, job["run_dir"], scan_kw=job["scan"], log=lambda m: None)
+    r = train_and_scan(mc, tc, job["run_dir"], scan_kw=job["scan"], stop_when_formed=job["stop_when_formed"],
+                       max_steps=job["max_steps"], log=lambda m: None)
     m = r["metrics"]
     last = m.iloc[-1]
     form = r["formation"] or {}
@@ -142,7 +154,7 @@ def one_run(job: dict) -> dict:
            "niah50_step": int(reach["step"].iloc[0]) if len(reach) else None,
            "niah50_tokens": int(reach["tokens_seen"].iloc[0]) if len(reach) else None,
            "final_niah_acc": float(last["niah_acc"]), "final_lm_loss": float(last["lm_loss"]),
-           "steps": int(last["step"]), "tokens_seen": int(last["tokens_seen"]),
+           "steps": int(last["step"]), "tokens_seen": int(last["tokens_seen"]), "stopped_early": r["stopped_early"],
            "train_s": round(r["train_s"], 1), "scan_s": round(r["scan_s"], 1), "run_dir": job["run_dir"]}
     curve = _f_copy_curve(job["run_dir"]).merge(
         m[["step", "niah_acc", "niah_token_acc", "lm_loss"]], on="step", how="left")
@@ -248,14 +260,22 @@ def main(argv=None) -> dict:
     ap.add_argument("--preset", default=None, help="preset for the full mode [gpu-small]")
     ap.add_argument("--windows", default=None, help="comma-separated SWA windows")
     ap.add_argument("--seeds", default=None, help="comma-separated seeds")
-    ap.add_argument("--steps", type=int, default=None)
+    ap.add_argument("--steps", type=int, default=None, help="length of the LR schedule")
+    ap.add_argument("--max-steps", type=int, default=None,
+                    help="stop every run after this step (schedule unchanged; re-run with a larger cap to "
+                         "continue the same runs) [quick 900; 0 = no cap]")
     ap.add_argument("--save-every", type=int, default=None, help="checkpoint + eval cadence (formation resolution)")
     ap.add_argument("--n-per-cell", type=int, default=None, help="scan samples per depth")
+    ap.add_argument("--stop-when-formed", type=int, default=None,
+                    help="stop a run once its F retrieval head has held for K checkpoints (0 = off) "
+                         "[quick 3, otherwise 0]")
     ap.add_argument("--no-full-ref", action="store_true", help="skip the all-full-attention reference")
+    ap.add_argument("--set", default=None, help="config overrides: train.lr=0.01,model.d_model=64")
     ap.add_argument("--device", default="auto", help="auto, cpu, cuda")
     ap.add_argument("--jobs", type=int, default=1, help="runs trained in parallel (one thread each)")
     ap.add_argument("--out", default=None, help="output folder [analyses/out/laziness]")
     ap.add_argument("--machine", default=None, help="free-text machine description for results.json")
+    ap.add_argument("--record", default=None, help="also write results.json here (e.g. analyses/results/laziness.json)")
     a = ap.parse_args(argv)
     setup_threads(1)
     import pandas as pd
@@ -263,13 +283,15 @@ def main(argv=None) -> dict:
     timer = Timer()
     out = out_dir(NAME, a.out)
     mode = "smoke" if a.smoke else "quick" if a.quick else "full"
-    mc, tc, windows, seeds, scan_kw = build_configs(a)
+    mc, tc, windows, seeds, scan_kw, max_steps = build_configs(a)
     cfgs = run_configs(mc, tc, windows, seeds, full_ref=not a.no_full_ref)
+    stop = a.stop_when_formed if a.stop_when_formed is not None else (3 if a.quick else 0)
     jobs = [{"label": lab, "window": w, "model": m.to_dict(), "train": t.to_dict(), "scan": scan_kw,
+             "stop_when_formed": stop or None, "max_steps": max_steps,
              "run_dir": str(out / "runs" / f"{lab}_seed{t.seed}")} for lab, w, _, m, t in cfgs]
     print(f"[laziness] {mode}: {len(jobs)} runs ({', '.join(dict.fromkeys(j['label'] for j in jobs))} "
-          f"x seeds {list(seeds)}), {tc.steps} steps of {tc.batch_size}x{tc.context_len} tokens; out {out}",
-          flush=True)
+          f"x seeds {list(seeds)}), schedule {tc.steps} steps (cap {max_steps}) of {tc.batch_size}x{tc.context_len} "
+          f"tokens; out {out}", flush=True)
     results = []
     if a.jobs > 1:
         import multiprocessing as mp
@@ -311,7 +333,7 @@ def main(argv=None) -> dict:
         "device": tc.device, "wall_s": round(timer(), 1),
         "settings": {"model": mc.to_dict(), "train": tc.to_dict(), "windows": list(windows), "seeds": list(seeds),
                      "full_reference_layout": None if a.no_full_ref else mc.layout.replace("S", "F"),
-                     "scan": scan_kw, "threshold": 0.1,
+                     "scan": scan_kw, "threshold": 0.1, "stop_when_formed": stop or None, "max_steps": max_steps,
                      "formation": "first checkpoint from which some full-attention head's copy score stays >= 0.1"},
         "formation_tokens_per_window_per_seed": per_window,
         "summary": summary.to_dict("records"),
@@ -320,6 +342,8 @@ def main(argv=None) -> dict:
         "files": sorted(p.name for p in out.iterdir() if p.is_file()),
     }
     write_json(out / "results.json", res)
+    if a.record:
+        write_json(a.record, res)
     print(summary[["label", "n_seeds", "n_formed", "formation_tokens_mean", "formation_tokens_std",
                    "not_formed_by_tokens", "final_niah_acc_mean"]].to_string(index=False), flush=True)
     print(f"[laziness] trend: {tr}; wall {timer():.0f} s; wrote {out}", flush=True)
