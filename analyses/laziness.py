@@ -33,6 +33,7 @@ from __future__ import annotations
 import argparse
 import math
 import platform
+import shlex
 import sys
 from pathlib import Path
 
@@ -65,10 +66,11 @@ SMOKE = dict(
     max_steps=None, windows=(8, 16), seeds=(0,),
     scan=dict(depths=(0.5,), n_per_cell=1),
 )
-# full: the gpu-small preset (SSSF SSSF, d_model 256, context 1024), finer checkpoints
+# full: the gpu-small preset (SSSF SSSF, d_model 256, context 1024, 5000 steps), a checkpoint every
+# 200 steps. rh.scan scores native checkpoints on the CPU (it has no device option), hence workers.
 FULL_MODE = dict(preset="gpu-small", windows=(16, 64, 256), seeds=(0, 1, 2), max_steps=None,
-                 train=dict(save_every=100, eval_every=100, save_log_spaced=False),
-                 scan=dict(depths=(0.1, 0.3, 0.5, 0.7, 0.9), n_per_cell=4))
+                 train=dict(save_every=200, eval_every=200, save_log_spaced=False),
+                 scan=dict(depths=(0.1, 0.3, 0.5, 0.7, 0.9), n_per_cell=2, workers=8))
 
 
 def ints(s: str | None):
@@ -153,7 +155,9 @@ def one_run(job: dict) -> dict:
            "censored_at_tokens": None if formed else int(last["tokens_seen"]),
            "niah50_step": int(reach["step"].iloc[0]) if len(reach) else None,
            "niah50_tokens": int(reach["tokens_seen"].iloc[0]) if len(reach) else None,
-           "final_niah_acc": float(last["niah_acc"]), "final_lm_loss": float(last["lm_loss"]),
+           "final_niah_acc": float(last["niah_acc"]), "final_niah_token_acc": float(last["niah_token_acc"]),
+           "final_train_niah_loss": float(last["train_niah_loss"]) if last["train_niah_loss"] is not None else None,
+           "final_lm_loss": float(last["lm_loss"]),
            "steps": int(last["step"]), "tokens_seen": int(last["tokens_seen"]), "stopped_early": r["stopped_early"],
            "train_s": round(r["train_s"], 1), "scan_s": round(r["scan_s"], 1), "run_dir": job["run_dir"]}
     curve = _f_copy_curve(job["run_dir"]).merge(
@@ -328,7 +332,7 @@ def main(argv=None) -> dict:
                                                       f"(step {int(r.censored_at_step)})")
                            for r in g.itertuples()}
     res = {
-        "analysis": NAME, "mode": mode, "command": "python analyses/laziness.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "analysis": NAME, "mode": mode, "command": "python analyses/laziness.py " + shlex.join(argv if argv is not None else sys.argv[1:]),
         "machine": a.machine or f"{platform.machine()} {platform.system()}, {__import__('os').cpu_count()} cpus",
         "device": tc.device, "wall_s": round(timer(), 1),
         "settings": {"model": mc.to_dict(), "train": tc.to_dict(), "windows": list(windows), "seeds": list(seeds),

@@ -52,7 +52,7 @@ def test_emergence_smoke(tmp_path):
         assert (out / f).is_file(), f
     runs = pd.read_parquet(out / "runs.parquet")
     assert {"label", "family", "layout", "d_model", "N", "main", "final_niah_acc", "final_long_loss",
-            "niah_gap_vs_F", "converged"} <= set(runs.columns)
+            "niah_gap_vs_F", "converged", "convergence_status"} <= set(runs.columns)
     assert set(runs[runs["main"]]["layout"]) == {"SF", "MF", "FF"}
     assert sorted(runs[runs["family"] == "F"]["d_model"]) == [8, 16, 24]  # the fitted family: 3 sizes
     evals = pd.read_parquet(out / "evals.parquet")
