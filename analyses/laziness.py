@@ -124,13 +124,28 @@ def run_configs(mc, tc, windows, seeds, full_ref: bool):
 
 
 def _f_copy_curve(run_dir) -> "pd.DataFrame":
-    """Per checkpoint: the best full-attention copy score and its mean over F heads."""
+    """Per checkpoint: the best full-attention copy score, its mean over F heads, and the best
+    F-head mass score."""
     import pandas as pd
 
     s = pd.read_parquet(Path(run_dir) / "scan" / "scores.parquet")
-    s = s[(s["metric"] == "copy") & (s["layer_type"] == "F")]
-    g = s.groupby(["step", "tokens_seen"])["value"]
-    return pd.DataFrame({"f_copy_max": g.max(), "f_copy_mean": g.mean()}).reset_index()
+    f = s[s["layer_type"] == "F"]
+    g = f[f["metric"] == "copy"].groupby(["step", "tokens_seen"])["value"]
+    out = pd.DataFrame({"f_copy_max": g.max(), "f_copy_mean": g.mean()})
+    out["f_mass_max"] = f[f["metric"] == "mass"].groupby(["step", "tokens_seen"])["value"].max()
+    return out.reset_index()
+
+
+def _mass_formation(run_dir, threshold: float) -> dict:
+    """Secondary formation measure: the first F head whose *mass* score (attention on the answer
+    span at the query) stays >= threshold. It also catches heads that retrieve with an offset
+    (argmax next to, not on, the copied token), which the copy score does not count."""
+    import pandas as pd
+
+    from retrieval_heads.detect.formation import formation_table, run_formation
+
+    s = pd.read_parquet(Path(run_dir) / "scan" / "scores.parquet")
+    return run_formation(formation_table(s, threshold=threshold, metric="mass"), "F")
 
 
 def one_run(job: dict) -> dict:
@@ -144,6 +159,7 @@ def one_run(job: dict) -> dict:
     m = r["metrics"]
     last = m.iloc[-1]
     form = r["formation"] or {}
+    mass = _mass_formation(job["run_dir"], job["mass_threshold"])
     formed = form.get("step") is not None
     reach = m[m["niah_acc"] >= 0.5]
     row = {"label": job["label"], "window": job["window"], "seed": tc.seed, "layout": mc.layout,
@@ -153,6 +169,9 @@ def one_run(job: dict) -> dict:
            "formation_layer": form.get("layer"), "formation_head": form.get("head"),
            "censored_at_step": None if formed else int(last["step"]),
            "censored_at_tokens": None if formed else int(last["tokens_seen"]),
+           "mass_formed": mass.get("step") is not None,
+           "mass_formation_step": mass.get("step"), "mass_formation_tokens": mass.get("tokens_seen"),
+           "mass_formation_layer": mass.get("layer"), "mass_formation_head": mass.get("head"),
            "niah50_step": int(reach["step"].iloc[0]) if len(reach) else None,
            "niah50_tokens": int(reach["tokens_seen"].iloc[0]) if len(reach) else None,
            "final_niah_acc": float(last["niah_acc"]), "final_niah_token_acc": float(last["niah_token_acc"]),
@@ -185,6 +204,12 @@ def summarize(runs):
                      "censored_seeds": ",".join(str(s) for s in g[~g["formed"]]["seed"]),
                      "not_formed_by_tokens": (g[~g["formed"]]["censored_at_tokens"].astype(float).min()
                                               if (~g["formed"]).any() else math.nan),
+                     "n_mass_formed": int(g["mass_formed"].sum()),
+                     "mass_formation_tokens_mean": g["mass_formation_tokens"].astype(float).mean(),
+                     "mass_formation_tokens_std": (g["mass_formation_tokens"].astype(float).std(ddof=1)
+                                                   if g["mass_formed"].sum() > 1 else math.nan),
+                     "n_niah50": int(g["niah50_tokens"].notna().sum()),
+                     "niah50_tokens_mean": g["niah50_tokens"].astype(float).mean(),
                      "final_niah_acc_mean": g["final_niah_acc"].mean(), "order": order[lab]})
     return pd.DataFrame(rows).sort_values("order").drop(columns="order").reset_index(drop=True)
 
@@ -213,46 +238,59 @@ def figures(runs, summary, curves, ctx: int, out: Path, log=print):
     def xpos(w):
         return full_x if w is None or (isinstance(w, float) and math.isnan(w)) else w
 
-    fig = go.Figure()
-    for seed, g in runs.groupby("seed"):
-        f = g[g["formed"]]
-        c = g[~g["formed"]]
-        fig.add_trace(go.Scatter(x=[xpos(w) for w in f["window"]], y=f["formation_tokens"], mode="markers",
-                                 name=f"seed {seed}", marker=dict(size=9, opacity=0.7),
-                                 text=f["label"], hovertemplate="%{text}: %{y:,} tokens<extra></extra>"))
-        if len(c):
-            fig.add_trace(go.Scatter(x=[xpos(w) for w in c["window"]], y=c["censored_at_tokens"], mode="markers",
-                                     name=f"seed {seed}: not formed by (lower bound)",
-                                     marker=dict(symbol="triangle-up-open", size=11), text=c["label"],
-                                     hovertemplate="%{text}: not formed by %{y:,} tokens<extra></extra>"))
-    s = summary[summary["n_formed"] > 0]
-    fig.add_trace(go.Scatter(x=[xpos(w) for w in s["window"]], y=s["formation_tokens_mean"],
-                             error_y=dict(type="data", array=s["formation_tokens_std"].fillna(0)),
-                             mode="lines+markers", name="mean ± std (formed seeds)",
-                             line=dict(color="black"), marker=dict(symbol="diamond", size=11)))
-    fig.update_xaxes(type="log", title_text="SWA window (keys incl. itself)",
-                     tickvals=[*swa_w, full_x], ticktext=[*(str(int(w)) for w in swa_w), "full attn"])
-    fig.update_yaxes(title_text="tokens seen when the first F retrieval head forms", rangemode="tozero")
-    fig.update_layout(title="Large-Window Laziness: formation of the first full-attention retrieval head",
-                      height=500, width=900)
+    fig = make_subplots(rows=1, cols=2, subplot_titles=(
+        "copy score >= 0.1 (primary)", "mass score >= threshold (secondary)"))
+    markers = ["circle", "square", "diamond", "cross", "x", "star"]
+    for col, (ok, tok, mean, std, n) in enumerate((
+            ("formed", "formation_tokens", "formation_tokens_mean", "formation_tokens_std", "n_formed"),
+            ("mass_formed", "mass_formation_tokens", "mass_formation_tokens_mean", "mass_formation_tokens_std",
+             "n_mass_formed")), start=1):
+        for i, (seed, g) in enumerate(runs.groupby("seed")):
+            f, c = g[g[ok]], g[~g[ok]]
+            fig.add_trace(go.Scatter(x=[xpos(w) for w in f["window"]], y=f[tok], mode="markers",
+                                     name=f"seed {seed}", legendgroup=f"s{seed}", showlegend=col == 1,
+                                     marker=dict(size=9, opacity=0.7, symbol=markers[i % len(markers)]),
+                                     text=f["label"], hovertemplate="%{text}: %{y:,} tokens<extra></extra>"),
+                          row=1, col=col)
+            if len(c):
+                fig.add_trace(go.Scatter(x=[xpos(w) for w in c["window"]], y=c["tokens_seen"], mode="markers",
+                                         name=f"seed {seed}: not formed by (lower bound)", legendgroup=f"c{seed}",
+                                         showlegend=col == 1, marker=dict(symbol="triangle-up-open", size=11),
+                                         text=c["label"],
+                                         hovertemplate="%{text}: not formed by %{y:,} tokens<extra></extra>"),
+                              row=1, col=col)
+        sm = summary[summary[n] > 0]
+        fig.add_trace(go.Scatter(x=[xpos(w) for w in sm["window"]], y=sm[mean],
+                                 error_y=dict(type="data", array=sm[std].fillna(0)), mode="lines+markers",
+                                 name="mean ± std (formed seeds)", showlegend=col == 1,
+                                 line=dict(color="black"), marker=dict(symbol="diamond", size=11)), row=1, col=col)
+        fig.update_xaxes(type="log", title_text="SWA window (keys incl. itself)", row=1, col=col,
+                         tickvals=[*swa_w, full_x], ticktext=[*(str(int(w)) for w in swa_w), "full attn"])
+        fig.update_yaxes(title_text="tokens seen when the first F retrieval head forms" if col == 1 else None,
+                         rangemode="tozero", row=1, col=col)
+    fig.update_layout(title="Large-Window Laziness: formation of the first full-attention retrieval head "
+                            "(open triangles: censored)", height=500, width=1200)
     save_figure(fig, out / "formation_vs_window", log=log)
 
     labels = list(dict.fromkeys(runs["label"]))
     palette = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2"]
     color = {lab: palette[i % len(palette)] for i, lab in enumerate(labels)}
-    fig = make_subplots(rows=1, cols=2, subplot_titles=("best full-attention copy score", "NIAH accuracy (training eval)"))
+    fig = make_subplots(rows=1, cols=3, subplot_titles=("best full-attention copy score",
+                                                        "best full-attention mass score", "NIAH accuracy (training eval)"))
     for (lab, seed), g in curves.groupby(["label", "seed"], sort=False):
         g = g.sort_values("step")
         kw = dict(mode="lines", line=dict(color=color[lab], width=1.5), legendgroup=lab)
         fig.add_trace(go.Scatter(x=g["tokens_seen"], y=g["f_copy_max"], name=f"{lab}", showlegend=bool(seed == runs["seed"].min()),
                                  hovertemplate=f"{lab} seed {seed}: %{{y:.2f}}<extra></extra>", **kw), row=1, col=1)
-        fig.add_trace(go.Scatter(x=g["tokens_seen"], y=g["niah_acc"], name=f"{lab}", showlegend=False,
+        fig.add_trace(go.Scatter(x=g["tokens_seen"], y=g["f_mass_max"], name=f"{lab}", showlegend=False,
                                  hovertemplate=f"{lab} seed {seed}: %{{y:.2f}}<extra></extra>", **kw), row=1, col=2)
+        fig.add_trace(go.Scatter(x=g["tokens_seen"], y=g["niah_acc"], name=f"{lab}", showlegend=False,
+                                 hovertemplate=f"{lab} seed {seed}: %{{y:.2f}}<extra></extra>", **kw), row=1, col=3)
     fig.add_hline(y=0.1, line_dash="dash", row=1, col=1)
-    for c in (1, 2):
+    for c in (1, 2, 3):
         fig.update_xaxes(title_text="tokens seen", row=1, col=c)
         fig.update_yaxes(range=[-0.02, 1.05], row=1, col=c)
-    fig.update_layout(title="Per-run curves (one line per seed)", height=450, width=1100)
+    fig.update_layout(title="Per-run curves (one line per seed)", height=450, width=1400)
     save_figure(fig, out / "curves", log=log)
 
 
@@ -273,6 +311,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--stop-when-formed", type=int, default=None,
                     help="stop a run once its F retrieval head has held for K checkpoints (0 = off) "
                          "[quick 3, otherwise 0]")
+    ap.add_argument("--mass-threshold", type=float, default=0.5,
+                    help="threshold of the secondary, mass-score formation measure")
     ap.add_argument("--no-full-ref", action="store_true", help="skip the all-full-attention reference")
     ap.add_argument("--set", default=None, help="config overrides: train.lr=0.01,model.d_model=64")
     ap.add_argument("--device", default="auto", help="auto, cpu, cuda")
@@ -291,7 +331,7 @@ def main(argv=None) -> dict:
     cfgs = run_configs(mc, tc, windows, seeds, full_ref=not a.no_full_ref)
     stop = a.stop_when_formed if a.stop_when_formed is not None else (3 if a.quick else 0)
     jobs = [{"label": lab, "window": w, "model": m.to_dict(), "train": t.to_dict(), "scan": scan_kw,
-             "stop_when_formed": stop or None, "max_steps": max_steps,
+             "stop_when_formed": stop or None, "max_steps": max_steps, "mass_threshold": a.mass_threshold,
              "run_dir": str(out / "runs" / f"{lab}_seed{t.seed}")} for lab, w, _, m, t in cfgs]
     print(f"[laziness] {mode}: {len(jobs)} runs ({', '.join(dict.fromkeys(j['label'] for j in jobs))} "
           f"x seeds {list(seeds)}), schedule {tc.steps} steps (cap {max_steps}) of {tc.batch_size}x{tc.context_len} "
@@ -313,7 +353,8 @@ def main(argv=None) -> dict:
 
     runs = pd.DataFrame([r["row"] for r in results])
     for c in ("window", "formation_step", "formation_tokens", "censored_at_step", "censored_at_tokens",
-              "niah50_step", "niah50_tokens"):
+              "niah50_step", "niah50_tokens", "mass_formation_step", "mass_formation_tokens",
+              "formation_layer", "formation_head", "mass_formation_layer", "mass_formation_head"):
         runs[c] = pd.to_numeric(runs[c], errors="coerce").astype("float64")
     curves = pd.DataFrame([row for r in results for row in r["curve"]])
     curves["window"] = pd.to_numeric(curves["window"], errors="coerce").astype("float64")
@@ -325,12 +366,15 @@ def main(argv=None) -> dict:
     figures(runs, summary, curves, tc.context_len, out)
     tr = trend(runs)
 
-    per_window = {}
+    per_window, per_window_mass = {}, {}
     for lab, g in runs.groupby("label", sort=False):
         per_window[lab] = {f"seed{int(r.seed)}": (int(r.formation_tokens) if r.formed
                                                  else f"not formed by {int(r.censored_at_tokens)} tokens "
                                                       f"(step {int(r.censored_at_step)})")
                            for r in g.itertuples()}
+        per_window_mass[lab] = {f"seed{int(r.seed)}": (int(r.mass_formation_tokens) if r.mass_formed
+                                                      else f"not formed by {int(r.tokens_seen)} tokens")
+                                for r in g.itertuples()}
     res = {
         "analysis": NAME, "mode": mode, "command": "python analyses/laziness.py " + shlex.join(argv if argv is not None else sys.argv[1:]),
         "machine": a.machine or f"{platform.machine()} {platform.system()}, {__import__('os').cpu_count()} cpus",
@@ -338,8 +382,10 @@ def main(argv=None) -> dict:
         "settings": {"model": mc.to_dict(), "train": tc.to_dict(), "windows": list(windows), "seeds": list(seeds),
                      "full_reference_layout": None if a.no_full_ref else mc.layout.replace("S", "F"),
                      "scan": scan_kw, "threshold": 0.1, "stop_when_formed": stop or None, "max_steps": max_steps,
-                     "formation": "first checkpoint from which some full-attention head's copy score stays >= 0.1"},
+                     "formation": "first checkpoint from which some full-attention head's copy score stays >= 0.1",
+                     "mass_formation": f"secondary: same with the mass score >= {a.mass_threshold}"},
         "formation_tokens_per_window_per_seed": per_window,
+        "mass_formation_tokens_per_window_per_seed": per_window_mass,
         "summary": summary.to_dict("records"),
         "trend_window_vs_formation": tr,
         "runs": runs.drop(columns=["run_dir"]).to_dict("records"),
@@ -349,7 +395,8 @@ def main(argv=None) -> dict:
     if a.record:
         write_json(a.record, res)
     print(summary[["label", "n_seeds", "n_formed", "formation_tokens_mean", "formation_tokens_std",
-                   "not_formed_by_tokens", "final_niah_acc_mean"]].to_string(index=False), flush=True)
+                   "not_formed_by_tokens", "n_mass_formed", "mass_formation_tokens_mean", "n_niah50",
+                   "final_niah_acc_mean"]].to_string(index=False), flush=True)
     print(f"[laziness] trend: {tr}; wall {timer():.0f} s; wrote {out}", flush=True)
     return jsonable(res)
 

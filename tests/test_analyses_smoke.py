@@ -28,18 +28,20 @@ def test_laziness_smoke(tmp_path):
         assert (out / f).is_file(), f
     runs = pd.read_parquet(out / "runs.parquet")
     assert {"label", "window", "seed", "formed", "formation_step", "formation_tokens", "censored_at_step",
-            "censored_at_tokens", "final_niah_acc"} <= set(runs.columns)
+            "censored_at_tokens", "final_niah_acc", "mass_formed", "mass_formation_tokens",
+            "niah50_tokens"} <= set(runs.columns)
     assert sorted(runs["label"]) == ["full", "w16", "w8"] and len(runs) == 3
     # every run either formed (with a step) or is censored (with the step it was censored at)
     assert (runs["formed"] == runs["formation_step"].notna()).all()
     assert (runs["formed"] != runs["censored_at_step"].notna()).all()
     summary = pd.read_parquet(out / "summary.parquet")
     assert {"label", "n_seeds", "n_formed", "formation_tokens_mean", "formation_tokens_std",
-            "not_formed_by_tokens"} <= set(summary.columns)
+            "not_formed_by_tokens", "n_mass_formed", "mass_formation_tokens_mean"} <= set(summary.columns)
     curves = pd.read_parquet(out / "curves.parquet")
-    assert {"label", "seed", "step", "tokens_seen", "f_copy_max", "niah_acc"} <= set(curves.columns)
+    assert {"label", "seed", "step", "tokens_seen", "f_copy_max", "f_mass_max", "niah_acc"} <= set(curves.columns)
     saved = json.loads((out / "results.json").read_text())
     assert saved["mode"] == "smoke" and set(saved["formation_tokens_per_window_per_seed"]) == {"w8", "w16", "full"}
+    assert set(saved["mass_formation_tokens_per_window_per_seed"]) == {"w8", "w16", "full"}
     assert res["analysis"] == "laziness" and "trend_window_vs_formation" in saved
 
 
