@@ -100,6 +100,29 @@ def test_heldout_text_is_the_essay_tail(tmp_path):
         text_rows(1000, 1, text=str(f))
 
 
+def test_training_lm_rows_never_draw_the_heldout_tail():
+    """Training LM rows sample only the essay's first 90%; the training loop's own LM eval batch
+    and rh.eval's texts sample only the held-out tail, so eval losses are on unseen text."""
+    from retrieval_heads.tasks.haystack import text_bytes
+    from retrieval_heads.tasks.mixture import eval_lm_batch, lm_row, training_batch
+
+    full, train, tail = (text_bytes("essay", p) for p in ("all", "train", "heldout"))
+    assert train + tail == full and tail == heldout_bytes("essay")
+    # the held-out tail starts with text that occurs nowhere in the training part
+    assert tail[:48] not in train
+    for i in range(300):
+        t, _, _ = lm_row(context_len=256, haystack="essay", seed=(0, i, 0))
+        assert bytes(t[1:].tolist()) in train
+    cfg = rh.TrainConfig(batch_size=8, context_len=128, niah_fraction=0.0, induction_fraction=0.0)
+    b = training_batch(cfg, 3)
+    for r in b.tokens:
+        assert bytes(r[1:].tolist()) in train
+    for r in eval_lm_batch(cfg, 4).tokens:
+        assert bytes(r[1:].tolist()) in tail
+    with pytest.raises(ValueError, match="part"):
+        text_bytes("essay", "test")
+
+
 def test_answer_metrics_teacher_forced():
     torch.manual_seed(0)
     model = rh.HybridLM(rh.ModelConfig(layout="SF", d_model=32, n_heads=2, window=8, max_seq_len=256))

@@ -1,8 +1,9 @@
 """Language-model loss on held-out text: by position bucket (long context) and short context.
 
 The default text is the tail of the built-in ``essay`` haystack: the last
-``HELDOUT_FRACTION`` of its bytes (training runs should sample LM rows from the rest; a
-user text file or folder can be given instead with ``text=``). Rows are ``BOS`` + a window
+``HELDOUT_FRACTION`` of its bytes, which training never draws LM rows from
+(``retrieval_heads.tasks.haystack.text_bytes``); a user text file or folder can be given
+instead with ``text=``. Rows are ``BOS`` + a window
 of the text, as in training; the loss at position t is that of predicting token t+1.
 
     >>> import retrieval_heads as rh
@@ -21,9 +22,8 @@ import torch
 import torch.nn.functional as F
 
 from ..tasks import TOKENIZER, load_haystack
+from ..tasks.haystack import HELDOUT_FRACTION
 from .niah import check_length
-
-HELDOUT_FRACTION = 0.1  # the essay's last 10% is held out from evaluation texts
 
 
 def heldout_bytes(text: str = "essay", fraction: float | None = None) -> bytes:

@@ -85,6 +85,26 @@ def load_haystack(name: str = "essay") -> str:
     return _read_path(path)
 
 
+HELDOUT_FRACTION = 0.1  # the essay's last 10% is never a training target: evaluation text
+
+
+@functools.lru_cache(maxsize=16)
+def text_bytes(name: str = "essay", part: str = "all") -> bytes:
+    """The haystack's bytes: ``part="train"`` is what training LM rows sample from,
+    ``"heldout"`` what evaluation losses use, ``"all"`` everything.
+
+    For the built-in ``essay`` the last ``HELDOUT_FRACTION`` is held out (``train`` is the
+    rest); ``noise`` and a user's file/folder are not split (their ``train`` and ``heldout``
+    are the whole text: give a separate file to evaluate on unseen text)."""
+    if part not in ("all", "train", "heldout"):
+        raise ValueError(f"part: expected 'all', 'train' or 'heldout', got {part!r}")
+    data = load_haystack(name).encode("utf-8")
+    if name != "essay" or part == "all":
+        return data
+    cut = int(len(data) * (1.0 - HELDOUT_FRACTION))
+    return data[:cut] if part == "train" else data[cut:]
+
+
 @functools.lru_cache(maxsize=16)
 def haystack_sentences(name: str = "essay") -> tuple[str, ...]:
     """The haystack split into sentences, each ending with its space."""

@@ -41,7 +41,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .haystack import load_haystack
+from .haystack import load_haystack, text_bytes
 from .niah import VARIANTS, make_sample, min_context_len
 from .tokenizer import TOKENIZER
 from .vocab import NOUNS
@@ -94,10 +94,10 @@ def needle_row(*, context_len: int, variant: str, seed: int, depth: float,
     return tokens, targets, weights, s
 
 
-def lm_row(*, context_len: int, haystack: str, seed) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(tokens, targets, weights) of one language-model row: BOS + a window of the text."""
-    text = load_haystack(haystack)
-    data = text.encode("utf-8")
+def lm_row(*, context_len: int, haystack: str, seed, part: str = "train") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(tokens, targets, weights) of one language-model row: BOS + a window of the text
+    (``part="train"``: the built-in essay's held-out tail is never drawn; see ``text_bytes``)."""
+    data = text_bytes(haystack, part)
     n = context_len - 1
     if len(data) <= n:
         data = data * (n // max(len(data), 1) + 2)
@@ -167,8 +167,9 @@ def row_loss(logits: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor)
 
 
 def eval_lm_batch(cfg, n: int) -> MixtureBatch:
-    """A fixed held-out batch of LM rows (seeded apart from every training step)."""
-    rows = [lm_row(context_len=cfg.context_len, haystack=cfg.haystack, seed=("eval", cfg.seed, i))
+    """A fixed held-out batch of LM rows (seeded apart from every training step; for the
+    built-in essay drawn from its held-out tail, which training never samples)."""
+    rows = [lm_row(context_len=cfg.context_len, haystack=cfg.haystack, seed=("eval", cfg.seed, i), part="heldout")
             for i in range(n)]
     t, y, w = (torch.stack(x) for x in zip(*rows))
     return MixtureBatch(t, y, w, torch.zeros(n, dtype=torch.bool), list(range(n)))
