@@ -31,6 +31,11 @@ ATTENTION_KINDS = ("F", "S")
 RECURRENT_KINDS = ("M", "D", "L")
 POS_ENCODINGS = ("rope", "nope")
 ATTN_BACKENDS = ("auto", "eager", "sdpa", "blocked", "flex", "flash")
+# recurrent mixers (M, D, L): "auto" = flash-linear-attention's kernels for CUDA bf16/fp16
+# inputs when fla is installed, else the torch chunked form; "torch" = always the torch
+# chunked form; "fla" = fla for every CUDA input (an error if fla is missing). CPU inputs
+# always take the torch form (see model/recurrence.py).
+RECURRENT_BACKENDS = ("auto", "torch", "fla")
 
 
 def _ascii_upper(s: str) -> str:
@@ -155,6 +160,7 @@ class ModelConfig(_JSONMixin):
     d_state: int = 16  # state size of the Mamba-2-style mixer (B_t, C_t dimension)
     chunk_size: int = 64  # chunk length of the chunked recurrent forms
     attn_backend: str = "auto"
+    recurrent_backend: str = "auto"  # one of RECURRENT_BACKENDS
     init_std: float = 0.02
 
     def __post_init__(self):
@@ -223,6 +229,8 @@ class ModelConfig(_JSONMixin):
             raise ValueError(f"tie_embeddings: expected true/false, got {self.tie_embeddings!r}")
         if self.attn_backend not in ATTN_BACKENDS:
             raise ValueError(f"attn_backend: {self.attn_backend!r}; use one of {ATTN_BACKENDS}")
+        if self.recurrent_backend not in RECURRENT_BACKENDS:
+            raise ValueError(f"recurrent_backend: {self.recurrent_backend!r}; use one of {RECURRENT_BACKENDS}")
 
     # --- derived quantities (TransformerLens's ActivationCache reads some of these) ---
     @property

@@ -41,6 +41,7 @@ BAD = [
     pytest.param(dict(rope_base={"X": 10.0}), "rope_base", id="rope_base-unknown-kind"),
     pytest.param(dict(norm_eps=float("inf")), "norm_eps", id="norm_eps-inf"),
     pytest.param(dict(attn_backend="cuda"), "attn_backend", id="unknown-backend"),
+    pytest.param(dict(recurrent_backend="triton"), "recurrent_backend", id="unknown-recurrent-backend"),
     pytest.param(dict(tie_embeddings="yes"), "tie_embeddings", id="tie_embeddings-not-bool"),
 ]
 
@@ -141,6 +142,7 @@ _plausible = {
     "d_state": st.integers(-1, 16),
     "chunk_size": st.integers(-1, 16),
     "attn_backend": st.sampled_from(["auto", "eager", "sdpa", "blocked", "flex", "flash", "gpu", ""]),
+    "recurrent_backend": st.sampled_from(["auto", "torch", "fla", "triton", ""]),
     "init_std": st.floats(),
 }
 assert set(_plausible) == set(FIELDS), "fuzz strategies out of date with ModelConfig fields"

@@ -70,3 +70,104 @@ def test_model_on_cuda_fast_equals_eager_and_decoding():
                           [model(toks[:, i:i + 1], cache=cache) for i in range(40, 80)], 1)
     torch.testing.assert_close(fast, eager, **TOL[torch.float32])
     torch.testing.assert_close(steps, fast, **TOL[torch.float32])
+
+
+# ---- flash-linear-attention kernels for the recurrent mixers (skipped without fla) --------
+# Compared with the torch chunked forms in float32 (``recurrence.chunk_*``), outputs, final
+# states and the gradients of every input. Errors are RMS ratios, ||a - b|| / ||b|| (as in
+# fla's own tests): fla's fp32 matmuls run in TF32, hence 5e-3 there and 2e-2 in bf16.
+from retrieval_heads.model import recurrence  # noqa: E402
+
+RATIO = {torch.float32: 5e-3, torch.bfloat16: 2e-2}
+
+
+def _need_fla():
+    if not recurrence.fla_available():
+        pytest.skip("flash-linear-attention (fla) not installed")
+
+
+def _ratio(a, b):
+    a, b = a.float(), b.float()
+    return ((a - b).square().mean().sqrt() / b.square().mean().sqrt().clamp_min(1e-12)).item()
+
+
+def _rec_inputs(dtype, B=2, H=4, T=300, Dk=64, Dv=64):
+    g = torch.Generator(device="cuda").manual_seed(0)
+    r = lambda *s: torch.randn(*s, device="cuda", generator=g)  # noqa: E731
+    q = r(B, H, T, Dk) * Dk ** -0.5
+    k = torch.nn.functional.normalize(r(B, H, T, Dk), dim=-1)
+    v = r(B, H, T, Dv)
+    log_a = -torch.nn.functional.softplus(r(B, H, T)) * 0.3  # (B, H, T), <= 0
+    beta = torch.sigmoid(r(B, H, T))
+    S0 = r(B, H, Dv, Dk) * 0.1
+    return [x.to(dtype).requires_grad_(True) for x in (q, k, v)] + \
+           [x.requires_grad_(True) for x in (log_a, beta, S0)]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("kind", ["decay", "delta"])
+def test_fla_recurrence_matches_torch_chunked(kind, dtype):
+    _need_fla()
+    q, k, v, log_a, beta, S0 = xs = _rec_inputs(dtype)
+    if kind == "decay":
+        fla_fn = lambda q, k, v, a, b, s: recurrence.decay_linear_attention(q, k, v, a, s, backend="fla")  # noqa: E731
+        ref_fn = lambda q, k, v, a, b, s: recurrence.chunk_decay_linear_attention(q, k, v, a, s)  # noqa: E731
+        xs = [q, k, v, log_a, S0]
+    else:
+        fla_fn = lambda q, k, v, a, b, s: recurrence.gated_delta_rule(q, k, v, b, a, s, backend="fla")  # noqa: E731
+        ref_fn = lambda q, k, v, a, b, s: recurrence.chunk_gated_delta_rule(q, k, v, b, a, s)  # noqa: E731
+    assert recurrence.use_fla(q, v, "fla")
+    o, S = fla_fn(q, k, v, log_a, beta, S0)
+    o_ref, S_ref = ref_fn(q.float(), k.float(), v.float(), log_a, beta, S0)
+    assert o.shape == o_ref.shape and S.shape == S_ref.shape
+    w = torch.randn(o.shape, device="cuda", generator=torch.Generator("cuda").manual_seed(1))
+    grads = torch.autograd.grad((o.float() * w).sum() + S.float().sum(), xs)
+    grads_ref = torch.autograd.grad((o_ref * w).sum() + S_ref.sum(), xs)
+    assert _ratio(o, o_ref) < RATIO[dtype]
+    assert _ratio(S, S_ref) < RATIO[dtype]
+    for name, a, b in zip(["q", "k", "v", "log_a", "beta", "S0"] if kind == "delta" else
+                          ["q", "k", "v", "log_a", "S0"], grads, grads_ref):
+        assert _ratio(a, b) < RATIO[dtype] * 2, name
+
+
+def test_fla_model_bf16_training_step_matches_torch():
+    """An M/D/L model under bf16 autocast: the auto backend picks fla, and loss and every
+    parameter gradient match the torch chunked form."""
+    _need_fla()
+    torch.manual_seed(0)
+    cfg = rh.ModelConfig(layout="MDLF", d_model=256, n_heads=4, window=32, vocab_size=64, max_seq_len=512)
+    x = torch.randint(0, 64, (2, 257), device="cuda")
+    out = {}
+    for backend in ("auto", "torch"):
+        torch.manual_seed(0)
+        model = rh.HybridLM(rh.ModelConfig(**{**cfg.to_dict(), "recurrent_backend": backend})).cuda()
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            logits = model(x[:, :-1])
+            loss = torch.nn.functional.cross_entropy(logits.float().flatten(0, 1), x[:, 1:].flatten())
+        loss.backward()
+        out[backend] = (loss.detach(), {n: p.grad.detach().clone() for n, p in model.named_parameters()
+                                         if p.grad is not None})
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        probe = torch.zeros(1, 4, 64, 64, device="cuda")
+        assert recurrence.use_fla(probe, probe, "auto")
+    (l_fla, g_fla), (l_ref, g_ref) = out["auto"], out["torch"]
+    assert abs(l_fla.item() - l_ref.item()) < 1e-2 * abs(l_ref.item())
+    for n in g_ref:
+        assert _ratio(g_fla[n], g_ref[n]) < 5e-2, n
+
+
+def test_fla_prefill_then_torch_decode_continues_the_state():
+    """Prefill through fla (state handed over in our layout), then decode one token at a
+    time on the torch form: equals one fla forward over the whole sequence."""
+    _need_fla()
+    torch.manual_seed(0)
+    cfg = rh.ModelConfig(layout="MDL", d_model=128, n_heads=2, vocab_size=64, max_seq_len=256,
+                         recurrent_backend="fla")
+    model = rh.HybridLM(cfg).cuda().eval()
+    toks = torch.randint(0, 64, (2, 120), device="cuda")
+    with torch.no_grad():
+        full = model(toks)
+        cache = model.new_cache()
+        steps = torch.cat([model(toks[:, :100], cache=cache)] +
+                          [model(toks[:, i:i + 1], cache=cache) for i in range(100, 120)], 1)
+    assert _ratio(steps, full) < RATIO[torch.float32]

@@ -14,11 +14,33 @@ Gated delta rule (gated DeltaNet)::
 The ``naive_*`` loops are the references (one step at a time, as in fla's ``naive.py``);
 the ``chunk_*`` forms process ``chunk`` steps at once with C x C intra-chunk matrices,
 so nothing of size T x T is ever built. Every function returns ``(o, final_state)``.
+
+``decay_linear_attention`` and ``gated_delta_rule`` pick the implementation (the mixers
+call these): on CUDA, flash-linear-attention's chunked Triton kernels (``fla_*`` below)
+when ``fla`` is installed, else the torch chunked forms. CPU tensors always take the torch
+forms, and ``fla`` is never imported for them. ``backend`` is ``ModelConfig.recurrent_backend``:
+
+- ``"auto"``: fla for CUDA inputs in bf16/fp16 (or under CUDA autocast), the torch form
+  otherwise; float32 stays on the torch form, which is exact fp32 (fla's fp32 matmuls run
+  in TF32), like ``kernels.fast_attention`` keeps flash-attn for half precision. When fla
+  would be used but is not installed, one log line says so, once per process.
+- ``"torch"``: always the torch chunked form.
+- ``"fla"``: fla for every CUDA input, float32 included; an error if fla is missing.
+
+Decode steps (T = 1) and heads narrower than 16 or wider than 256 channels always take
+the torch form. The fla paths use the same decay parametrisation (log a_t, natural log),
+pass ``scale=1`` (queries arrive already scaled) and translate layouts: fla takes
+(B, T, H, D) inputs and keeps the state as (B, H, Dk, Dv), the transpose of ours.
 """
 
 from __future__ import annotations
 
+import functools
+import logging
+
 import torch
+
+log = logging.getLogger(__name__)
 
 
 def _zero_state(q, v, state):
@@ -94,3 +116,114 @@ def chunk_gated_delta_rule(q, k, v, beta, log_a, state=None, chunk: int = 64):
         S = g[..., -1, None, None].exp() * S + (U * w).transpose(-1, -2) @ kc
         outs.append(o)
     return torch.cat(outs, dim=2), S
+
+
+# ---- backend choice and the optional CUDA kernels (flash-linear-attention) --------------
+
+FLA_MISSING_MESSAGE = ("flash-linear-attention (fla) is not installed; the recurrent mixers (M, D, L) "
+                       "use the torch chunked form on CUDA (pip install fla-core for the fused kernels)")
+_fla_missing_logged = False
+
+
+@functools.lru_cache(maxsize=1)
+def fla_available() -> bool:
+    """True when fla's chunked kernels import. Only asked for CUDA inputs."""
+    try:
+        from fla.ops.gated_delta_rule import chunk_gated_delta_rule  # noqa: F401
+        from fla.ops.simple_gla import chunk_simple_gla  # noqa: F401
+    except Exception:
+        return False
+    return True
+
+
+def _on_cuda(x: torch.Tensor) -> bool:
+    return x.is_cuda
+
+
+def _half_precision(x: torch.Tensor) -> bool:
+    return x.dtype in (torch.float16, torch.bfloat16) or torch.is_autocast_enabled("cuda")
+
+
+def _log_fla_missing_once() -> None:
+    global _fla_missing_logged
+    if not _fla_missing_logged:
+        _fla_missing_logged = True
+        log.warning(FLA_MISSING_MESSAGE)
+
+
+def use_fla(q: torch.Tensor, v: torch.Tensor, backend: str = "auto") -> bool:
+    """Whether ``backend`` runs these inputs (q (B, H, T, Dk), v (B, H, T, Dv)) through fla."""
+    if backend == "torch":
+        return False
+    if backend not in ("auto", "fla"):
+        raise ValueError(f"recurrent_backend: unknown backend {backend!r}")
+    if not _on_cuda(q):  # fla is never used, nor imported, for CPU tensors
+        return False
+    T, Dk, Dv = q.shape[2], q.shape[-1], v.shape[-1]
+    if T < 2 or not (16 <= Dk <= 256 and 16 <= Dv <= 256):
+        return False
+    if backend == "auto" and not _half_precision(v):
+        return False
+    if fla_available():
+        return True
+    if backend == "fla":
+        raise RuntimeError("recurrent_backend='fla' but flash-linear-attention is not installed "
+                           "(pip install fla-core), or use recurrent_backend='auto'")
+    _log_fla_missing_once()
+    return False
+
+
+def _fla_dtype(*xs: torch.Tensor) -> torch.dtype:
+    """One compute dtype for fla's kernels: autocast's, else the promoted input dtype."""
+    if torch.is_autocast_enabled("cuda"):
+        return torch.get_autocast_dtype("cuda")
+    dt = xs[0].dtype
+    for x in xs[1:]:
+        dt = torch.promote_types(dt, x.dtype)
+    return dt
+
+
+def _to_fla(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    return x.transpose(1, 2).to(dtype)  # (B, H, T, ...) -> (B, T, H, ...)
+
+
+def _state_to_fla(state):
+    return None if state is None else state.transpose(-1, -2).float()  # (B, H, Dv, Dk) -> (B, H, Dk, Dv)
+
+
+def fla_decay_linear_attention(q, k, v, log_a, state=None):
+    """``chunk_decay_linear_attention`` through fla's ``chunk_simple_gla`` (CUDA only).
+    Same shapes and results (up to kernel rounding); the state comes back in q's dtype."""
+    from fla.ops.simple_gla import chunk_simple_gla
+
+    dt = _fla_dtype(q, k, v)
+    o, S = chunk_simple_gla(_to_fla(q, dt), _to_fla(k, dt), _to_fla(v, dt),
+                            g=log_a.transpose(1, 2).float(),  # (B, T, H) natural-log decay
+                            scale=1.0, initial_state=_state_to_fla(state), output_final_state=True)
+    return o.transpose(1, 2), S.transpose(-1, -2).to(q.dtype)  # (B, H, T, Dv), (B, H, Dv, Dk)
+
+
+def fla_gated_delta_rule(q, k, v, beta, log_a, state=None):
+    """``chunk_gated_delta_rule`` through fla's kernel of the same name (CUDA only)."""
+    from fla.ops.gated_delta_rule import chunk_gated_delta_rule as fla_chunk_gdr
+
+    dt = _fla_dtype(q, k, v)
+    o, S = fla_chunk_gdr(_to_fla(q, dt), _to_fla(k, dt), _to_fla(v, dt),
+                         g=log_a.transpose(1, 2).float(),  # (B, T, H)
+                         beta=beta.transpose(1, 2).to(dt),  # (B, T, H)
+                         scale=1.0, initial_state=_state_to_fla(state), output_final_state=True)
+    return o.transpose(1, 2), S.transpose(-1, -2).to(q.dtype)
+
+
+def decay_linear_attention(q, k, v, log_a, state=None, chunk: int = 64, backend: str = "auto"):
+    """Scalar-decay linear attention on the backend chosen by ``use_fla``."""
+    if use_fla(q, v, backend):
+        return fla_decay_linear_attention(q, k, v, log_a, state)
+    return chunk_decay_linear_attention(q, k, v, log_a, state, chunk=chunk)
+
+
+def gated_delta_rule(q, k, v, beta, log_a, state=None, chunk: int = 64, backend: str = "auto"):
+    """Gated delta rule on the backend chosen by ``use_fla``."""
+    if use_fla(q, v, backend):
+        return fla_gated_delta_rule(q, k, v, beta, log_a, state)
+    return chunk_gated_delta_rule(q, k, v, beta, log_a, state, chunk=chunk)

@@ -34,6 +34,7 @@ class RecurrentMixer(nn.Module):
         self.cfg, self.layer, self.kind = cfg, layer, cfg.layer_kind(layer)
         self.chunk_size = cfg.chunk_size
         self.use_naive = False  # True = step-by-step reference loop (tests)
+        self.backend = getattr(cfg, "recurrent_backend", "auto")  # auto / torch / fla (recurrence.py)
         # receptive-field limit at inference (interventions): None = unlimited
         self.window: int | None = None
         self.hook_q = HookPoint()  # [batch, pos, head, d_key]
@@ -44,16 +45,18 @@ class RecurrentMixer(nn.Module):
         self.hook_out = HookPoint()  # [batch, pos, head, d_value]
 
     def recur(self, q, k, v, log_a, beta=None, state=None):
-        """q, k, v (B, H, T, D); log_a, beta (B, H, T) -> o (B, H, T, Dv), final state."""
+        """q, k, v (B, H, T, D); log_a, beta (B, H, T) -> o (B, H, T, Dv), final state.
+        ``use_naive``: the step-by-step reference; else the chunked form on ``self.backend``
+        (``cfg.recurrent_backend``: fla's kernels on CUDA when installed, else torch)."""
         if self.uses_beta:
-            fn = recurrence.naive_gated_delta_rule if self.use_naive else recurrence.chunk_gated_delta_rule
-            args = (q, k, v, beta, log_a, state)
-        else:
-            fn = recurrence.naive_decay_linear_attention if self.use_naive else recurrence.chunk_decay_linear_attention
-            args = (q, k, v, log_a, state)
+            if self.use_naive:
+                return recurrence.naive_gated_delta_rule(q, k, v, beta, log_a, state)
+            return recurrence.gated_delta_rule(q, k, v, beta, log_a, state, chunk=self.chunk_size,
+                                               backend=self.backend)
         if self.use_naive:
-            return fn(*args)
-        return fn(*args, chunk=self.chunk_size)
+            return recurrence.naive_decay_linear_attention(q, k, v, log_a, state)
+        return recurrence.decay_linear_attention(q, k, v, log_a, state, chunk=self.chunk_size,
+                                                 backend=self.backend)
 
     def run(self, q, k, v, log_a, beta, cache: dict | None) -> torch.Tensor:
         """Hook the inputs, run the recurrence (continuing ``cache``), hook and return (B, T, H, Dv)."""

@@ -4,6 +4,10 @@
 
 with L2-normalised SiLU queries/keys, beta_t = sigmoid(W_b x_t), a_t = exp(-exp(A_log) dt_t).
 The short convolutions of the reference implementation are left out.
+
+CUDA path: with flash-linear-attention installed, bf16/fp16 inputs run through fla's
+``chunk_gated_delta_rule`` (g = log a_t, beta as above, scale 1 since q is pre-scaled);
+otherwise the torch chunked WY form (``recurrence.gated_delta_rule``).
 """
 
 from __future__ import annotations

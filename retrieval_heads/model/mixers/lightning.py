@@ -3,6 +3,11 @@
     o_t = sum_{s<=t} lambda_h^(t-s) (q_t . k_s) v_s,   lambda_h = exp(-2^(-8(h+1)/H))
 
 SiLU feature maps on q, k, v; per-head RMSNorm and a sigmoid output gate.
+
+CUDA path: with flash-linear-attention installed, bf16/fp16 inputs run through fla's
+``chunk_simple_gla`` with g = log lambda_h broadcast over time -- not fla's
+``chunk_lightning_attn``, whose decay depends on the layer index; otherwise the torch
+chunked form (``recurrence.decay_linear_attention``).
 """
 
 from __future__ import annotations

@@ -5,6 +5,10 @@
 i.e. scalar-decay linear attention with q = C_t, k = dt_t B_t, v = x_t (per head).
 The depthwise causal convolution of Mamba is left out so that the mixer's effective
 attention is exactly its token-to-token weights.
+
+CUDA path: with flash-linear-attention installed, bf16/fp16 inputs run through fla's
+``chunk_simple_gla`` (g = log a_t per head and step, q = C_t, k = dt_t B_t, scale 1), the
+same SSD recurrence; otherwise the torch chunked form (``recurrence.decay_linear_attention``).
 """
 
 from __future__ import annotations
