@@ -109,6 +109,8 @@ def _train(work: Path, steps: dict):
     r = rows["SSSF"]["tokens_per_s"] / rows["FFFF"]["tokens_per_s"]
     name = f"{label}, T={a['context_len']} d_model={rows['SSSF']['d_model']} B={a['batch_size']}"
     note = f"SSSF {rows['SSSF']['tokens_per_s']:.0f} tok/s, FFFF {rows['FFFF']['tokens_per_s']:.0f} tok/s"
+    if rows["SSSF"].get("flops_per_token") and rows["FFFF"].get("flops_per_token"):
+        note += f"; model FLOPs/token FFFF/SSSF {rows['FFFF']['flops_per_token'] / rows['SSSF']['flops_per_token']:.2f}"
     return _row(name, round(r, 2), f">= {SSSF_OVER_FFFF:g}", "PASS" if r >= SSSF_OVER_FFFF else "FAIL", note), res
 
 
@@ -145,7 +147,8 @@ def _recurrent(work: Path, steps: dict):
     if "torch_over_fla" not in rec:
         return _row(name, None, "info", "INFO", "fla not installed or not on CUDA: torch chunked form only"), res
     value = ", ".join(f"{k} {v:.2f}" for k, v in rec["torch_over_fla"].items())
-    return _row(name, value, "info", "INFO", f"T={rec['settings']['T']} {rec['settings']['dtype']}"), res
+    st = rec["settings"]
+    return _row(name, value, "info", "INFO", f"T={st['T']} {st['dtype']} {st.get('pass', 'fwd+bwd')}"), res
 
 
 def summarize(work: Path, card: str, out: Path | None, smoke: bool = False) -> dict:

@@ -162,3 +162,36 @@ def test_mixers_route_through_the_backend(monkeypatch):
     cfg = rh.ModelConfig(layout="MDL", d_model=32, n_heads=2, max_seq_len=64, recurrent_backend="torch")
     rh.HybridLM(cfg)(torch.randint(0, 256, (1, 10)))
     assert seen == [("decay", "torch"), ("delta", "torch"), ("decay", "torch")]
+
+
+def test_training_on_an_affected_fla_setup_uses_torch_with_one_log_line(monkeypatch, fresh_log_flag, caplog):
+    """fla #640: where its gated backward refuses to run, auto keeps fla for inference only."""
+    monkeypatch.setattr(recurrence, "_on_cuda", lambda x: True)
+    monkeypatch.setattr(recurrence, "fla_available", lambda: True)
+    monkeypatch.setattr(recurrence, "fla_backward_ok", lambda index=0: False)
+    monkeypatch.setattr(recurrence, "_fla_backward_logged", False)
+    q, k, v, log_a, _, _ = _inputs(dtype=torch.bfloat16)
+    with caplog.at_level(logging.INFO, logger=recurrence.__name__):
+        assert recurrence.use_fla(q, v, "auto")  # inference
+        for _ in range(2):
+            assert not recurrence.use_fla(q, v, "auto", needs_grad=True)  # training
+        q.requires_grad_(True)
+        o, _ = recurrence.decay_linear_attention(q, k, v, log_a.bfloat16())  # took the torch form
+        assert o.requires_grad
+    assert [r.getMessage() for r in caplog.records] == [recurrence.FLA_BACKWARD_MESSAGE]
+    with pytest.raises(RuntimeError, match="#640"):
+        recurrence.use_fla(q, v, "fla", needs_grad=True)
+
+
+@pytest.mark.parametrize("capability,name,triton_v,ok", [
+    ((9, 0), "NVIDIA H100 80GB HBM3", "3.6.0", False),
+    ((9, 0), "NVIDIA H200", "3.4.0", False),
+    ((9, 0), "NVIDIA H100 80GB HBM3", "3.7.1", True),
+    ((9, 0), "NVIDIA H100 80GB HBM3", "3.3.1", True),
+    ((8, 0), "NVIDIA A100-SXM4-80GB", "3.6.0", True),
+], ids=["h100-triton3.6", "h200-triton3.4", "h100-triton3.7.1", "h100-triton3.3", "a100-triton3.6"])
+def test_fla_backward_ok_rule(capability, name, triton_v, ok, monkeypatch):
+    monkeypatch.setitem(sys.modules, "triton", types.SimpleNamespace(__version__=triton_v))
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda i=0: capability)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda i=0: name)
+    assert recurrence.fla_backward_ok.__wrapped__(0) is ok

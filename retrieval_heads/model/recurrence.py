@@ -28,7 +28,10 @@ forms, and ``fla`` is never imported for them. ``backend`` is ``ModelConfig.recu
 - ``"fla"``: fla for every CUDA input, float32 included; an error if fla is missing.
 
 Decode steps (T = 1) and heads narrower than 16 or wider than 256 channels always take
-the torch form. The fla paths use the same decay parametrisation (log a_t, natural log),
+the torch form. So does anything that needs gradients where fla's gated chunk backward
+refuses to run: Hopper GPUs (H100, H200) with Triton >= 3.4 and < 3.7.1 (fla issue #640;
+fla 0.5 raises there) -- training then uses the torch form (one log line), while
+inference and decoding still use fla. The fla paths use the same decay parametrisation (log a_t, natural log),
 pass ``scale=1`` (queries arrive already scaled) and translate layouts: fla takes
 (B, T, H, D) inputs and keeps the state as (B, H, Dk, Dv), the transpose of ours.
 """
@@ -37,6 +40,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import re
 
 import torch
 
@@ -122,7 +126,11 @@ def chunk_gated_delta_rule(q, k, v, beta, log_a, state=None, chunk: int = 64):
 
 FLA_MISSING_MESSAGE = ("flash-linear-attention (fla) is not installed; the recurrent mixers (M, D, L) "
                        "use the torch chunked form on CUDA (pip install fla-core for the fused kernels)")
+FLA_BACKWARD_MESSAGE = ("flash-linear-attention's gated backward does not run on Hopper GPUs with "
+                        "Triton >= 3.4, < 3.7.1 (fla issue #640); the recurrent mixers use the torch "
+                        "chunked form wherever gradients are needed (fla for inference only)")
 _fla_missing_logged = False
+_fla_backward_logged = False
 
 
 @functools.lru_cache(maxsize=1)
@@ -134,6 +142,25 @@ def fla_available() -> bool:
     except Exception:
         return False
     return True
+
+
+def _version(v: str) -> tuple[int, ...]:
+    return tuple(int(p) for p in re.findall(r"\d+", v.split("+")[0])[:3])
+
+
+@functools.lru_cache(maxsize=8)
+def fla_backward_ok(device_index: int = 0) -> bool:
+    """False where fla's gated chunk backward raises (``chunk_bwd_dqkwg`` with a gate on Hopper
+    with Triton in [3.4.0, 3.7.1), fla #640): there only fla's forward is used."""
+    try:
+        import triton
+
+        triton_v = _version(triton.__version__)
+    except Exception:
+        return False
+    hopper = (torch.cuda.get_device_capability(device_index)[0] == 9
+              or "NVIDIA H" in torch.cuda.get_device_name(device_index))
+    return not (hopper and (3, 4, 0) <= triton_v < (3, 7, 1))
 
 
 def _on_cuda(x: torch.Tensor) -> bool:
@@ -151,8 +178,20 @@ def _log_fla_missing_once() -> None:
         log.warning(FLA_MISSING_MESSAGE)
 
 
-def use_fla(q: torch.Tensor, v: torch.Tensor, backend: str = "auto") -> bool:
-    """Whether ``backend`` runs these inputs (q (B, H, T, Dk), v (B, H, T, Dv)) through fla."""
+def _log_fla_backward_once() -> None:
+    global _fla_backward_logged
+    if not _fla_backward_logged:
+        _fla_backward_logged = True
+        log.warning(FLA_BACKWARD_MESSAGE)
+
+
+def _needs_grad(*xs) -> bool:
+    return torch.is_grad_enabled() and any(x is not None and x.requires_grad for x in xs)
+
+
+def use_fla(q: torch.Tensor, v: torch.Tensor, backend: str = "auto", needs_grad: bool = False) -> bool:
+    """Whether ``backend`` runs these inputs (q (B, H, T, Dk), v (B, H, T, Dv)) through fla;
+    ``needs_grad``: a backward pass will follow."""
     if backend == "torch":
         return False
     if backend not in ("auto", "fla"):
@@ -165,6 +204,12 @@ def use_fla(q: torch.Tensor, v: torch.Tensor, backend: str = "auto") -> bool:
     if backend == "auto" and not _half_precision(v):
         return False
     if fla_available():
+        if needs_grad and not fla_backward_ok(q.device.index or 0):
+            if backend == "fla":
+                raise RuntimeError("recurrent_backend='fla': " + FLA_BACKWARD_MESSAGE.split(";")[0]
+                                   + "; use recurrent_backend='auto' to train on the torch form")
+            _log_fla_backward_once()
+            return False
         return True
     if backend == "fla":
         raise RuntimeError("recurrent_backend='fla' but flash-linear-attention is not installed "
@@ -217,13 +262,13 @@ def fla_gated_delta_rule(q, k, v, beta, log_a, state=None):
 
 def decay_linear_attention(q, k, v, log_a, state=None, chunk: int = 64, backend: str = "auto"):
     """Scalar-decay linear attention on the backend chosen by ``use_fla``."""
-    if use_fla(q, v, backend):
+    if use_fla(q, v, backend, _needs_grad(q, k, v, log_a, state)):
         return fla_decay_linear_attention(q, k, v, log_a, state)
     return chunk_decay_linear_attention(q, k, v, log_a, state, chunk=chunk)
 
 
 def gated_delta_rule(q, k, v, beta, log_a, state=None, chunk: int = 64, backend: str = "auto"):
     """Gated delta rule on the backend chosen by ``use_fla``."""
-    if use_fla(q, v, backend):
+    if use_fla(q, v, backend, _needs_grad(q, k, v, beta, log_a, state)):
         return fla_gated_delta_rule(q, k, v, beta, log_a, state)
     return chunk_gated_delta_rule(q, k, v, beta, log_a, state, chunk=chunk)
