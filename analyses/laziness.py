@@ -8,18 +8,19 @@ head forms is *censored*: it is reported as "not formed by step N", never given 
 
 How to run::
 
-    python analyses/laziness.py --quick --jobs 2           # CPU, ~10-15 min on 2 cores (micro config)
-    python analyses/laziness.py --quick --jobs 2 --max-steps 2000   # continue the same runs further
+    python analyses/laziness.py --quick                    # CPU, < 15 min on 2 cores (micro config)
+    python analyses/laziness.py --quick --windows 8,32,128 --full-ref   # + more windows and FFFF (~25 min)
     python analyses/laziness.py --device cuda              # GPU, gpu-small preset, windows 16/64/256
     python analyses/laziness.py --quick --windows 8,64 --seeds 0,1 --out /tmp/lazy
 
 The quick config (SSSF, d_model 32, context 144, 16 rows/step: 6 needle + 8 induction + 2
 noise-text rows, single_1 needles) is the fastest-forming one found on the CPU: with window 8
 NIAH and the F retrieval head appear after ~1600-2000 steps (~4M tokens, 3-4 CPU-minutes per
-run), so 12 such runs do not fit in 15 minutes. ``--quick`` therefore trains the first 900 steps
-of the 2000-step schedule (``--max-steps``) and reports what has formed by then; runs stop
-early once their F head has held for 3 checkpoints (``--stop-when-formed``), and a re-run with a
-larger ``--max-steps`` continues the same runs exactly.
+run), so only six such runs fit in 15 minutes: ``--quick`` trains windows 8 and 32, three seeds
+each, for the whole 2000-step schedule (no all-full reference; ``--full-ref`` adds it, and
+``--windows`` more windows). Runs stop early once their F head has held for 3 checkpoints
+(``--stop-when-formed``); ``--max-steps`` caps every run without changing the schedule, and a
+re-run with a larger cap continues the same runs exactly.
 
 Writes under ``--out`` (default ``analyses/out/laziness/``): ``runs.csv/.parquet`` (one row per
 run), ``summary.csv/.parquet`` (one row per window: mean ± std over formed seeds, counts of
@@ -32,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import platform
 import shlex
 import sys
@@ -54,7 +56,7 @@ QUICK = dict(
     train=dict(steps=2000, batch_size=16, context_len=144, lr=5e-3, warmup_steps=30, niah_fraction=0.375,
                induction_fraction=0.5, niah_variant="single_1", haystack="noise", eval_every=50,
                eval_samples=8, save_every=50, save_log_spaced=False),
-    max_steps=900, windows=(8, 32, 128), seeds=(0, 1, 2),
+    max_steps=None, windows=(8, 32), seeds=(0, 1, 2), full_ref=False,
     scan=dict(depths=(0.1, 0.3, 0.5, 0.7, 0.9), n_per_cell=1),
 )
 # smoke: a few steps, to test the pipeline and the output schema (numbers are meaningless)
@@ -63,12 +65,12 @@ SMOKE = dict(
     train=dict(steps=2, batch_size=2, context_len=144, lr=5e-3, warmup_steps=1, niah_fraction=0.5,
                induction_fraction=0.0, niah_variant="single_1", haystack="noise", eval_every=1,
                eval_samples=1, save_every=1, save_log_spaced=False),
-    max_steps=None, windows=(8, 16), seeds=(0,),
+    max_steps=None, windows=(8, 16), seeds=(0,), full_ref=True,
     scan=dict(depths=(0.5,), n_per_cell=1),
 )
 # full: the gpu-small preset (SSSF SSSF, d_model 256, context 1024, 5000 steps), a checkpoint every
 # 200 steps. rh.scan scores native checkpoints on the CPU (it has no device option), hence workers.
-FULL_MODE = dict(preset="gpu-small", windows=(16, 64, 256), seeds=(0, 1, 2), max_steps=None,
+FULL_MODE = dict(preset="gpu-small", windows=(16, 64, 256), seeds=(0, 1, 2), max_steps=None, full_ref=True,
                  train=dict(save_every=200, eval_every=200, save_log_spaced=False),
                  scan=dict(depths=(0.1, 0.3, 0.5, 0.7, 0.9), n_per_cell=2, workers=8))
 
@@ -305,7 +307,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--steps", type=int, default=None, help="length of the LR schedule")
     ap.add_argument("--max-steps", type=int, default=None,
                     help="stop every run after this step (schedule unchanged; re-run with a larger cap to "
-                         "continue the same runs) [quick 900; 0 = no cap]")
+                         "continue the same runs) [0 = no cap]")
     ap.add_argument("--save-every", type=int, default=None, help="checkpoint + eval cadence (formation resolution)")
     ap.add_argument("--n-per-cell", type=int, default=None, help="scan samples per depth")
     ap.add_argument("--stop-when-formed", type=int, default=None,
@@ -313,10 +315,11 @@ def main(argv=None) -> dict:
                          "[quick 3, otherwise 0]")
     ap.add_argument("--mass-threshold", type=float, default=0.5,
                     help="threshold of the secondary, mass-score formation measure")
-    ap.add_argument("--no-full-ref", action="store_true", help="skip the all-full-attention reference")
+    ap.add_argument("--full-ref", action=argparse.BooleanOptionalAction, default=None,
+                    help="train the all-full-attention reference too [quick: no; smoke and full: yes]")
     ap.add_argument("--set", default=None, help="config overrides: train.lr=0.01,model.d_model=64")
     ap.add_argument("--device", default="auto", help="auto, cpu, cuda")
-    ap.add_argument("--jobs", type=int, default=1, help="runs trained in parallel (one thread each)")
+    ap.add_argument("--jobs", type=int, default=0, help="runs trained in parallel, one thread each [0 = one per core]")
     ap.add_argument("--out", default=None, help="output folder [analyses/out/laziness]")
     ap.add_argument("--machine", default=None, help="free-text machine description for results.json")
     ap.add_argument("--record", default=None, help="also write results.json here (e.g. analyses/results/laziness.json)")
@@ -328,7 +331,11 @@ def main(argv=None) -> dict:
     out = out_dir(NAME, a.out)
     mode = "smoke" if a.smoke else "quick" if a.quick else "full"
     mc, tc, windows, seeds, scan_kw, max_steps = build_configs(a)
-    cfgs = run_configs(mc, tc, windows, seeds, full_ref=not a.no_full_ref)
+    full_ref = a.full_ref if a.full_ref is not None else (SMOKE if a.smoke else QUICK if a.quick else FULL_MODE)["full_ref"]
+    if a.jobs < 0:
+        raise SystemExit("error: --jobs must be >= 0 (0 = one per core)")
+    a.jobs = a.jobs or (1 if a.smoke else (os.cpu_count() or 1))
+    cfgs = run_configs(mc, tc, windows, seeds, full_ref=full_ref)
     stop = a.stop_when_formed if a.stop_when_formed is not None else (3 if a.quick else 0)
     jobs = [{"label": lab, "window": w, "model": m.to_dict(), "train": t.to_dict(), "scan": scan_kw,
              "stop_when_formed": stop or None, "max_steps": max_steps, "mass_threshold": a.mass_threshold,
@@ -380,7 +387,7 @@ def main(argv=None) -> dict:
         "machine": a.machine or f"{platform.machine()} {platform.system()}, {__import__('os').cpu_count()} cpus",
         "device": tc.device, "wall_s": round(timer(), 1),
         "settings": {"model": mc.to_dict(), "train": tc.to_dict(), "windows": list(windows), "seeds": list(seeds),
-                     "full_reference_layout": None if a.no_full_ref else mc.layout.replace("S", "F"),
+                     "full_reference_layout": mc.layout.replace("S", "F") if full_ref else None,
                      "scan": scan_kw, "threshold": 0.1, "stop_when_formed": stop or None, "max_steps": max_steps,
                      "formation": "first checkpoint from which some full-attention head's copy score stays >= 0.1",
                      "mass_formation": f"secondary: same with the mass score >= {a.mass_threshold}"},

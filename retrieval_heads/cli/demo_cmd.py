@@ -11,7 +11,9 @@ import click
 @click.option("--preset", default="tiny", show_default=True, help="Training preset for both runs.")
 @click.option("--steps", default=None, type=int, help="Override the preset's number of steps.")
 @click.option("--seed", default=0, show_default=True, type=int)
-def demo(out, windows, preset, steps, seed):
+@click.option("--jobs", default=None, type=int,
+              help="Runs trained at once, one process each (default: one per window, up to the core count).")
+def demo(out, windows, preset, steps, seed, jobs):
     """Large-Window Laziness on 2 CPU cores: prints the path of the HTML report."""
     from ..demo import run_demo
 
@@ -19,5 +21,5 @@ def demo(out, windows, preset, steps, seed):
         ws = tuple(int(w) for w in windows.split(",") if w.strip())
     except ValueError:
         raise ValueError(f"windows: expected comma-separated integers like 16,256, got {windows!r}") from None
-    report = run_demo(out, windows=ws, preset=preset, steps=steps, seed=seed)
+    report = run_demo(out, windows=ws, preset=preset, steps=steps, seed=seed, jobs=jobs)
     click.echo(f"report: {report}")
