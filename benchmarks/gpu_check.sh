@@ -10,8 +10,9 @@
 # Steps: preflight (versions, imports); attention (SWA w=128 vs full SDPA at T=32768, bf16,
 # B=4, 8 heads of 64; target >= 8x); train (SSSF vs FFFF tokens/s at T=8192, d_model 512,
 # 8 heads, w=128; target >= 2x); mfu (gpu-base preset, eager; target >= 25% of the card's
-# dense bf16 peak, 989 TFLOP/s for H100 SXM and H200); pytest -m gpu (tests/test_gpu.py,
-# test_gpu_kernels.py, test_detect_gpu.py); mfu_compile (the same with torch.compile);
+# dense bf16 peak, 989 TFLOP/s for H100 SXM and H200); pytest -m gpu in two steps
+# (pytest_kernels: tests/test_gpu_kernels.py, with the fla tests; pytest_model:
+# tests/test_gpu.py and test_detect_gpu.py); mfu_compile (the same with torch.compile);
 # recurrent (torch chunked vs flash-linear-attention kernels; information only).
 # A failing step does not stop the later ones; steps that the time budget leaves no room
 # for are reported as ERROR. Exit status: 0 when every target passed, 1 otherwise (CPU
@@ -27,7 +28,8 @@
 #   RH_GPU_CHECK_TRAIN_ARGS  model of the SSSF-vs-FFFF step (default "--d-model 512 --n-heads 8
 #                            --window 128 --batch-size 2")
 # Before the steps (GPU runs only; never on CPU, where fla must not be installed): wheels in
-# .whl/*.whl and .whl/gpu/*.whl (e.g. fla-core) are installed with pip --no-index --no-deps
+# .whl/*.whl and .whl/gpu/*.whl (e.g. fla-core; benchmarks/gpu_wheels.sh downloads them on
+# the CPU machine) are installed with pip --no-index --no-deps
 # --target into a temporary folder, and that folder, .pydeps/ (pure-Python packages the
 # device image lacks, e.g. transformer-lens) and the repo root go on PYTHONPATH (no
 # `pip install -e`, which needs a network for its build requirements).
@@ -57,21 +59,24 @@ declare -a NAMES LIMITS CMDS
 add_step() { NAMES+=("$1"); LIMITS+=("$2"); CMDS+=("$3"); }
 plan() {
   local W=$1 B="$PY benchmarks/bench_attention.py" T="$PY benchmarks/bench_train.py"
-  local TESTS="tests/test_gpu.py tests/test_gpu_kernels.py tests/test_detect_gpu.py"
-  local PYTEST="$PY -m pytest -m gpu -q -rs -p no:cacheprovider $TESTS --junitxml=$W/pytest_gpu.xml"
+  local PYTEST="$PY -m pytest -m gpu -v -rs --durations=8 -p no:cacheprovider"
+  local PT_KERNELS="$PYTEST tests/test_gpu_kernels.py --junitxml=$W/pytest_kernels.xml"
+  local PT_MODEL="$PYTEST tests/test_gpu.py tests/test_detect_gpu.py --junitxml=$W/pytest_model.xml"
   add_step preflight 60 "$PY benchmarks/gpu_check_summary.py --env $W/env.json"
   if [ "$SMOKE" = 1 ]; then
     local K="--kernel-device cpu --kernel-T 256 --kernel-batch 1 --kernel-heads 2 --kernel-dhead 16 --kernel-window 16"
     add_step attention 60 "$B --no-cpu $K --repeats 1 --warmup 0 --threads 1 --out $W/attention.json"
     add_step train 60 "$T --device cpu --layouts SSSF,FFFF --context-len 128 --d-model 32 --n-heads 2 --window 16 --batch-size 1 --warmup 0 --iters 1 --threads 1 --out $W/train.json"
     add_step mfu 60 "$T --device cpu --preset gpu-base --d-model 32 --n-heads 2 --context-len 64 --batch-size 1 --warmup 0 --iters 1 --peak-tflops 1 --threads 1 --out $W/mfu.json"
-    add_step pytest 60 "$PYTEST"
+    add_step pytest_kernels 60 "$PT_KERNELS"
+    add_step pytest_model 60 "$PT_MODEL"
     add_step recurrent 60 "$B --no-cpu --no-swa --recurrent $K --recurrent-T 128 --repeats 1 --warmup 0 --threads 1 --out $W/recurrent.json"
   else
     add_step attention 150 "$B --no-cpu --kernel-T 32768 --kernel-batch 4 --kernel-heads 8 --kernel-dhead 64 --kernel-window 128 --kernel-backend flex --warmup 3 --repeats 5 --out $W/attention.json"
     add_step train 150 "$T --device cuda --layouts SSSF,FFFF --context-len 8192 $TRAIN_ARGS --warmup 2 --iters 5 --peak-tflops auto --out $W/train.json"
     add_step mfu 120 "$T --device cuda --preset gpu-base --batch-size 8 --warmup 2 --iters 5 --peak-tflops auto --out $W/mfu.json"
-    add_step pytest 240 "$PYTEST"
+    add_step pytest_kernels 150 "$PT_KERNELS"
+    add_step pytest_model 150 "$PT_MODEL"
     if [ "$COMPILE" = 1 ]; then
       add_step mfu_compile 150 "$T --device cuda --preset gpu-base --batch-size 8 --warmup 2 --iters 5 --peak-tflops auto --compile --out $W/mfu_compile.json"
     fi

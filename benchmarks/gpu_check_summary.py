@@ -64,8 +64,8 @@ def _row(name, value, target, status, note=""):
     return {"name": name, "value": value, "target": target, "status": status, "note": note}
 
 
-def _pytest(work: Path, steps: dict) -> tuple[dict, dict | None]:
-    f = work / "pytest_gpu.xml"
+def _pytest(work: Path, steps: dict, step: str, label: str) -> tuple[dict, dict | None]:
+    f = work / f"{step}.xml"
     counts = None
     try:
         root = ET.parse(f).getroot()
@@ -74,16 +74,17 @@ def _pytest(work: Path, steps: dict) -> tuple[dict, dict | None]:
         counts["passed"] = counts["tests"] - counts["failures"] - counts["errors"] - counts["skipped"]
         counts["failed_ids"] = [f"{c.get('classname')}::{c.get('name')}" for c in root.iter("testcase")
                                 if c.find("failure") is not None or c.find("error") is not None]
+        counts["skipped_ids"] = [f"{c.get('name')}: {(c.find('skipped').get('message') or '')[:80]}"
+                                 for c in root.iter("testcase") if c.find("skipped") is not None]
     except (OSError, ET.ParseError):
         pass
-    st = steps.get("pytest", {})
+    name = f"GPU tests: {label}"
     if counts is None:
-        return _row("GPU tests (pytest -m gpu)", None, "all pass", "ERROR", _why(steps, "pytest")), None
-    value = (f"{counts['passed']} passed, {counts['failures']} failed, {counts['errors']} errors, "
-             f"{counts['skipped']} skipped")
-    ok = counts["failures"] == 0 and counts["errors"] == 0 and st.get("rc") == 0
-    note = "" if ok else (_why(steps, "pytest") + "; " + ", ".join(counts["failed_ids"][:6])).strip("; ")
-    return _row("GPU tests (pytest -m gpu)", value, "all pass", "PASS" if ok else "FAIL", note), counts
+        return _row(name, None, "all pass", "ERROR", _why(steps, step) + " (see the log for the tests that ran)"), None
+    value = f"{counts['passed']} passed, {counts['failures']} failed, {counts['errors']} errors, {counts['skipped']} skipped"
+    ok = counts["failures"] == 0 and counts["errors"] == 0 and steps.get(step, {}).get("rc") == 0
+    note = "" if ok else (_why(steps, step) + "; " + ", ".join(counts["failed_ids"][:6])).strip("; ")
+    return _row(name, value, "all pass", "PASS" if ok else "FAIL", note), counts
 
 
 def _attention(work: Path, steps: dict):
@@ -154,8 +155,10 @@ def _recurrent(work: Path, steps: dict):
 def summarize(work: Path, card: str, out: Path | None, smoke: bool = False) -> dict:
     steps = _steps(work)
     rows, raw = [], {}
-    for fn, key in ((_pytest, "pytest"), (_attention, "attention"), (_train, "train"), (_mfu, "mfu"),
-                    (_recurrent, "recurrent")):
+    for key, fn in (("pytest_kernels", lambda w, s: _pytest(w, s, "pytest_kernels", "test_gpu_kernels.py")),
+                    ("pytest_model", lambda w, s: _pytest(w, s, "pytest_model",
+                                                          "test_gpu.py + test_detect_gpu.py")),
+                    ("attention", _attention), ("train", _train), ("mfu", _mfu), ("recurrent", _recurrent)):
         row, res = fn(work, steps)
         rows.append(row)
         raw[key] = res

@@ -43,7 +43,8 @@ def _run_check(tmp_path, *args, **env):
 def test_gpu_check_dry_run_lists_the_steps(tmp_path):
     r = _run_check(tmp_path, "--dry-run")
     assert r.returncode == 0, r.stderr
-    for step in ("preflight", "attention", "train", "mfu", "pytest", "mfu_compile", "recurrent"):
+    for step in ("preflight", "attention", "train", "mfu", "pytest_kernels", "pytest_model", "mfu_compile",
+                 "recurrent"):
         assert f"[{step}," in r.stdout
     assert "--kernel-T 32768" in r.stdout and "--context-len 8192" in r.stdout
     assert "--preset gpu-base" in r.stdout and "--peak-tflops auto" in r.stdout
@@ -66,15 +67,17 @@ def test_gpu_check_cpu_smoke_writes_summary(tmp_path):
     res = json.loads((tmp_path / "gpu_check_cpu.json").read_text())
     assert res["smoke"] and res["ok"] and res["card"] == "cpu"
     names = [row["name"] for row in res["rows"]]
-    assert names[0] == "GPU tests (pytest -m gpu)"
-    assert names[1].startswith("SWA w=16 vs full SDPA, T=256")
-    assert names[2].startswith("train tokens/s SSSF / FFFF")
-    assert names[3].startswith("MFU, gpu-base preset")
-    assert names[4].startswith("recurrent kernels")
-    assert all(row["status"] in ("PASS", "FAIL") for row in res["rows"][:4])
-    assert res["rows"][4]["status"] == "INFO"
+    assert names[:2] == ["GPU tests: test_gpu_kernels.py", "GPU tests: test_gpu.py + test_detect_gpu.py"]
+    assert names[2].startswith("SWA w=16 vs full SDPA, T=256")
+    assert names[3].startswith("train tokens/s SSSF / FFFF")
+    assert names[4].startswith("MFU, gpu-base preset")
+    assert names[5].startswith("recurrent kernels")
+    assert all(row["status"] in ("PASS", "FAIL") for row in res["rows"][:5])
+    assert res["rows"][0]["status"] == res["rows"][1]["status"] == "PASS"  # all skipped without CUDA
+    assert res["raw"]["pytest_kernels"]["skipped"] > 0 and res["raw"]["pytest_model"]["skipped"] > 0
+    assert res["rows"][5]["status"] == "INFO"
     assert {k: v["rc"] for k, v in res["steps"].items()} == dict.fromkeys(
-        ["preflight", "attention", "train", "mfu", "pytest", "recurrent"], 0)
+        ["preflight", "attention", "train", "mfu", "pytest_kernels", "pytest_model", "recurrent"], 0)
     assert res["raw"]["mfu"]["eager"]["rows"][0]["layout"] == "SSSFSSSFSSSF"  # the preset's layout
     assert res["env"]["retrieval_heads"] != "" and not str(res["env"]["retrieval_heads"]).startswith("missing")
     assert "overall: OK" in r.stdout and "MFU, gpu-base preset" in r.stdout
@@ -88,7 +91,8 @@ def test_gpu_check_summary_marks_missing_and_failed_steps(tmp_path):
     summ = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(summ)
     (tmp_path / "steps.tsv").write_text("attention\t0\t30\t150\ntrain\t124\t150\t150\nmfu\t0\t40\t120\n"
-                                        "pytest\t0\t90\t240\nmfu_compile\tskipped\t0\t150\n")
+                                        "pytest_kernels\t0\t90\t150\npytest_model\t124\t150\t150\n"
+                                        "mfu_compile\tskipped\t0\t150\n")
     att = {"kernel": {"settings": {"T": 32768, "window": 128, "dtype": "bfloat16"}, "swa_path": "swa-flex",
                       "timings": {"swa-flex": {"median_ms": 3.0}, "full-sdpa": {"median_ms": 35.0}},
                       "full_over_swa": 35.0 / 3.0}}
@@ -96,18 +100,21 @@ def test_gpu_check_summary_marks_missing_and_failed_steps(tmp_path):
     mfu = {"meta": {"args": {"peak_tflops": 989.0}},
            "rows": [{"layout": "SSSFSSSFSSSF", "mfu": 0.2, "tokens_per_s": 1e6, "model_tflops": 198.0}]}
     (tmp_path / "mfu.json").write_text(json.dumps(mfu))
-    (tmp_path / "pytest_gpu.xml").write_text('<testsuites><testsuite tests="10" failures="0" errors="0" '
-                                             'skipped="2"></testsuite></testsuites>')
+    (tmp_path / "pytest_kernels.xml").write_text('<testsuites><testsuite tests="10" failures="0" errors="0" '
+                                                 'skipped="2"></testsuite></testsuites>')
     assert summ.main(["--work", str(tmp_path), "--card", "h100", "--out", str(tmp_path / "s.json")]) == 1
     rows = {r["name"].split(",")[0]: r for r in json.loads((tmp_path / "s.json").read_text())["rows"]}
-    assert rows["GPU tests (pytest -m gpu)"]["status"] == "PASS"
+    assert rows["GPU tests: test_gpu_kernels.py"]["status"] == "PASS"
+    assert rows["GPU tests: test_gpu.py + test_detect_gpu.py"]["status"] == "ERROR"  # timed out: no xml
     assert rows["SWA w=128 vs full SDPA"]["status"] == "PASS"
     assert rows["train tokens/s SSSF / FFFF"]["status"] == "ERROR"
     assert "timed out" in rows["train tokens/s SSSF / FFFF"]["note"]
     assert rows["MFU"]["status"] == "FAIL" and "compile: skipped" in rows["MFU"]["note"]
     # now meet every target
     (tmp_path / "steps.tsv").write_text("attention\t0\t30\t150\ntrain\t0\t60\t150\nmfu\t0\t40\t120\n"
-                                        "pytest\t0\t90\t240\nmfu_compile\t0\t80\t150\n")
+                                        "pytest_kernels\t0\t90\t150\npytest_model\t0\t90\t150\n"
+                                        "mfu_compile\t0\t80\t150\n")
+    (tmp_path / "pytest_model.xml").write_text('<testsuite tests="4" failures="0" errors="0" skipped="0"/>')
     tr = {"meta": {"args": {"context_len": 8192, "batch_size": 2}},
           "rows": [{"layout": "SSSF", "tokens_per_s": 2.5e5, "d_model": 512},
                    {"layout": "FFFF", "tokens_per_s": 1e5, "d_model": 512}]}
