@@ -111,6 +111,7 @@ if [ "$HAS_CUDA" != 1 ] || [ "$SMOKE" = 1 ]; then SMOKE=1; CARD=cpu; fi  # never
 
 # ---- environment: carried wheels and pure-Python packages (GPU runs only) ---------------
 PP="$REPO"
+ENV_NOTE="no carried wheels installed"
 if [ "$SMOKE" = 0 ]; then
   shopt -s nullglob
   wheels=(.whl/*.whl .whl/gpu/*.whl)
@@ -120,10 +121,9 @@ if [ "$SMOKE" = 0 ]; then
     if "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
          --target "$SITE" "${wheels[@]}" >/tmp/rh_gpu_check_pip.log 2>&1; then
       PP="$PP:$SITE"
-      echo "gpu_check: installed ${#wheels[@]} carried wheel(s) into $SITE"
+      ENV_NOTE="installed ${#wheels[@]} carried wheel(s) into $SITE: ${wheels[*]}"
     else
-      echo "gpu_check: installing the carried wheels failed (continuing without them):"
-      tail -5 /tmp/rh_gpu_check_pip.log
+      ENV_NOTE="installing the carried wheels failed (continuing without them): $(tail -3 /tmp/rh_gpu_check_pip.log)"
     fi
   fi
   if [ -d .pydeps ]; then PP="$PP:$REPO/.pydeps"; fi
@@ -143,6 +143,7 @@ BUDGET=${RH_GPU_CHECK_BUDGET_S:-$([ "$SMOKE" = 1 ] && echo 240 || echo 360)}
 START=$(date +%s)
 DEADLINE=$((START + BUDGET))
 echo "gpu_check: card=$CARD smoke=$SMOKE budget=${BUDGET}s work=$WORK results=$RES" | tee -a "$LOG"
+echo "gpu_check: $ENV_NOTE; PYTHONPATH=$PYTHONPATH" | tee -a "$LOG"
 
 run_step() {  # index
   local name=${NAMES[$1]} limit=${LIMITS[$1]} cmd=${CMDS[$1]}
@@ -171,7 +172,7 @@ SMOKE_FLAG=()
 if [ "$SMOKE" = 1 ]; then SMOKE_FLAG=(--smoke); fi
 set +e
 "$PY" benchmarks/gpu_check_summary.py --work "$WORK" --card "$CARD" --out "$RES/gpu_check_$CARD.json" \
-  "${SMOKE_FLAG[@]}" 2>&1 | tee -a "$LOG"
+  ${SMOKE_FLAG[@]+"${SMOKE_FLAG[@]}"} 2>&1 | tee -a "$LOG"
 rc=${PIPESTATUS[0]}
 set -e
 echo "gpu_check: total $(( $(date +%s) - START ))s; log $LOG" | tee -a "$LOG"

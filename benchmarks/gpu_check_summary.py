@@ -64,7 +64,7 @@ def _row(name, value, target, status, note=""):
     return {"name": name, "value": value, "target": target, "status": status, "note": note}
 
 
-def _pytest(work: Path, steps: dict, step: str, label: str) -> tuple[dict, dict | None]:
+def _pytest(work: Path, steps: dict, step: str, label: str, smoke: bool = False) -> tuple[dict, dict | None]:
     f = work / f"{step}.xml"
     counts = None
     try:
@@ -84,6 +84,8 @@ def _pytest(work: Path, steps: dict, step: str, label: str) -> tuple[dict, dict 
     value = f"{counts['passed']} passed, {counts['failures']} failed, {counts['errors']} errors, {counts['skipped']} skipped"
     ok = counts["failures"] == 0 and counts["errors"] == 0 and steps.get(step, {}).get("rc") == 0
     note = "" if ok else (_why(steps, step) + "; " + ", ".join(counts["failed_ids"][:6])).strip("; ")
+    if ok and counts["passed"] == 0 and not smoke:  # on a GPU machine, all skipped means nothing ran
+        ok, note = False, "no test ran (all skipped): " + "; ".join(counts["skipped_ids"][:3])
     return _row(name, value, "all pass", "PASS" if ok else "FAIL", note), counts
 
 
@@ -155,9 +157,9 @@ def _recurrent(work: Path, steps: dict):
 def summarize(work: Path, card: str, out: Path | None, smoke: bool = False) -> dict:
     steps = _steps(work)
     rows, raw = [], {}
-    for key, fn in (("pytest_kernels", lambda w, s: _pytest(w, s, "pytest_kernels", "test_gpu_kernels.py")),
+    for key, fn in (("pytest_kernels", lambda w, s: _pytest(w, s, "pytest_kernels", "test_gpu_kernels.py", smoke)),
                     ("pytest_model", lambda w, s: _pytest(w, s, "pytest_model",
-                                                          "test_gpu.py + test_detect_gpu.py")),
+                                                          "test_gpu.py + test_detect_gpu.py", smoke)),
                     ("attention", _attention), ("train", _train), ("mfu", _mfu), ("recurrent", _recurrent)):
         row, res = fn(work, steps)
         rows.append(row)
