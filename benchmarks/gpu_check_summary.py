@@ -81,7 +81,8 @@ def _pytest(work: Path, steps: dict, step: str, label: str, smoke: bool = False)
     name = f"GPU tests: {label}"
     if counts is None:
         return _row(name, None, "all pass", "ERROR", _why(steps, step) + " (see the log for the tests that ran)"), None
-    value = f"{counts['passed']} passed, {counts['failures']} failed, {counts['errors']} errors, {counts['skipped']} skipped"
+    value = (f"{counts['passed']} passed, {counts['failures']} failed, {counts['errors']} errors, "
+             f"{counts['skipped']} skipped")
     ok = counts["failures"] == 0 and counts["errors"] == 0 and steps.get(step, {}).get("rc") == 0
     note = "" if ok else (_why(steps, step) + "; " + ", ".join(counts["failed_ids"][:6])).strip("; ")
     if ok and counts["passed"] == 0 and not smoke:  # on a GPU machine, all skipped means nothing ran
