@@ -26,7 +26,7 @@
 #   RH_GPU_CHECK_ALLOW_CPU=1 run the CPU smoke instead of stopping when no GPU is visible
 #   RH_GPU_CHECK_COMPILE=0   leave out the torch.compile MFU run
 #   RH_GPU_CHECK_TRAIN_ARGS  model of the SSSF-vs-FFFF step (default "--d-model 512 --n-heads 8
-#                            --window 128 --batch-size 2")
+#                            --window 128 --batch-size 8")
 # Before the steps (GPU runs only; never on CPU, where fla must not be installed): wheels in
 # .whl/*.whl and .whl/gpu/*.whl (e.g. fla-core; benchmarks/gpu_wheels.sh downloads them on
 # the CPU machine) are installed with pip --no-index --no-deps
@@ -42,7 +42,7 @@ SMOKE=${RH_GPU_CHECK_ALLOW_CPU:-0}
 COMPILE=${RH_GPU_CHECK_COMPILE:-1}
 # the SSSF-vs-FFFF model: gpu-base's width (by model FLOPs/token FFFF is only 1.57x SSSF at
 # this size and T=8192; the measured ratio also reflects attention's lower FLOP efficiency)
-TRAIN_ARGS=${RH_GPU_CHECK_TRAIN_ARGS:---d-model 512 --n-heads 8 --window 128 --batch-size 2}
+TRAIN_ARGS=${RH_GPU_CHECK_TRAIN_ARGS:---d-model 512 --n-heads 8 --window 128 --batch-size 8}
 for a in "$@"; do
   case "$a" in
     --dry-run) DRY=1 ;;
@@ -74,11 +74,11 @@ plan() {
   else
     add_step attention 150 "$B --no-cpu --kernel-T 32768 --kernel-batch 4 --kernel-heads 8 --kernel-dhead 64 --kernel-window 128 --kernel-backend flex --warmup 3 --repeats 5 --out $W/attention.json"
     add_step train 150 "$T --device cuda --layouts SSSF,FFFF --context-len 8192 $TRAIN_ARGS --warmup 2 --iters 5 --peak-tflops auto --out $W/train.json"
-    add_step mfu 120 "$T --device cuda --preset gpu-base --batch-size 8 --warmup 2 --iters 5 --peak-tflops auto --out $W/mfu.json"
+    add_step mfu 120 "$T --device cuda --preset gpu-base --batch-size 16 --warmup 2 --iters 5 --peak-tflops auto --out $W/mfu.json"
     add_step pytest_kernels 150 "$PT_KERNELS"
     add_step pytest_model 150 "$PT_MODEL"
     if [ "$COMPILE" = 1 ]; then
-      add_step mfu_compile 150 "$T --device cuda --preset gpu-base --batch-size 8 --warmup 2 --iters 5 --peak-tflops auto --compile --out $W/mfu_compile.json"
+      add_step mfu_compile 150 "$T --device cuda --preset gpu-base --batch-size 16 --warmup 2 --iters 5 --peak-tflops auto --compile --out $W/mfu_compile.json"
     fi
     add_step recurrent 90 "$B --no-cpu --no-swa --recurrent --kernel-T 8192 --kernel-batch 4 --kernel-heads 8 --kernel-dhead 64 --warmup 2 --repeats 5 --out $W/recurrent.json"
   fi
