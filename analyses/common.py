@@ -4,14 +4,23 @@
 
 Stable surface (other analysis scripts import it): ``setup_threads``, ``out_dir``,
 ``save_figure``, ``write_json``, ``jsonable``, ``train_and_scan``, ``metrics_frame``,
-``non_embedding_params``, ``apply_overrides``, ``Timer``.
+``non_embedding_params``, ``apply_overrides``, ``Timer``; and, for the scripts that analyse one
+trained run (``mechanism``, ``nope``, ``probing``, ``gradient_influence``): ``DEFAULT_TRAIN``,
+``script_log``, ``parse_common``, ``results_head``, ``write_results``, ``save_table``,
+``save_fig``, ``machine_info``, ``train_preset``, ``run_checkpoints``, ``last_checkpoint``.
+
+A script in ``analyses/`` imports these as ``from analyses.common import ...`` after putting the
+repository root on ``sys.path`` (see ``laziness.py``), so it runs both as
+``python analyses/x.py`` and when loaded by path with importlib (the smoke tests).
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -187,3 +196,150 @@ def train_and_scan(model_cfg, train_cfg, run_dir, *, scan: bool = True, scan_kw:
                 break
     res["metrics"] = metrics_frame(run_dir)
     return res
+
+
+# ------------------------------------------------------------------- single-run analysis scripts
+# mechanism.py, nope.py, probing.py, gradient_influence.py: a --quick/--smoke/full mode, one
+# output folder of tables (CSV + parquet), figures (HTML + PNG) and a results.json.
+
+# The model that mechanism / probing / gradient_influence train when no run is given, per mode:
+# the tiny preset (SSSF, d_model 64, window 16, NoPE F) at context 160 with a constant learning
+# rate, so that NIAH forms within a few CPU minutes (measured: NIAH 0.34 at step 1200, 1.0 at
+# 1300; ~0.15-0.2 s/step on the loaded 2-core machine); ``train_preset`` takes one entry.
+DEFAULT_TRAIN = {
+    "smoke": dict(preset="tiny", context_len=160, batch_size=4, steps=2),
+    "quick": dict(preset="tiny", context_len=160, batch_size=16, steps=1500, min_lr_ratio=1.0),
+    "full": dict(preset="gpu-small"),
+}
+
+
+def script_log(name: str):
+    """``log(msg)`` that prints ``[name] msg`` (flushed)."""
+
+    def log(msg):
+        print(f"[{name}] {msg}", flush=True)
+
+    return log
+
+
+def parse_common(ap: argparse.ArgumentParser, argv, name: str):
+    """Add the options every single-run script shares to ``ap`` (after the script's own):
+    ``--quick`` / ``--smoke`` (mutually exclusive; neither = full mode), ``--device``, ``--seed``,
+    ``--threads``, ``--note``, ``--out``; parse ``argv``; set torch's thread count (``--threads``;
+    0 leaves torch's default). Returns ``(args, mode_name, out)``: mode ``smoke`` / ``quick`` /
+    ``full`` and the output folder (``--out`` or ``analyses/out/<name>``), created."""
+    g = ap.add_mutually_exclusive_group()
+    g.add_argument("--quick", action="store_true", help="CPU budget (< 15 min on 2 cores)")
+    g.add_argument("--smoke", action="store_true", help="seconds: micro settings for tests")
+    ap.add_argument("--device", default="cpu", help="cpu or cuda (full mode is meant for a GPU)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=1, help="torch threads (0 = torch's default)")
+    ap.add_argument("--note", default="", help="free text stored in results.json (e.g. the machine)")
+    ap.add_argument("--out", default=None, help=f"output folder [default: analyses/out/{name}]")
+    a = ap.parse_args(argv)
+    if a.threads:
+        import torch
+
+        torch.set_num_threads(a.threads)
+    mode_name = "smoke" if a.smoke else "quick" if a.quick else "full"
+    return a, mode_name, out_dir(name, a.out)
+
+
+def machine_info(device: str) -> dict:
+    """Platform, Python and torch versions, CPU count, torch threads and ``device`` (plus the
+    GPU's name on CUDA): the ``machine`` entry of a results.json."""
+    import platform
+
+    import torch
+
+    d = {"platform": platform.platform(), "python": platform.python_version(), "torch": torch.__version__,
+         "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "device": device}
+    if device.startswith("cuda") and torch.cuda.is_available():
+        d["gpu"] = torch.cuda.get_device_name(0)
+    return d
+
+
+def results_head(name: str, mode_name: str, args) -> dict:
+    """The first keys of a results.json: ``analysis``, ``mode``, ``command`` (as run),
+    ``note`` (``--note``) and ``machine`` (``machine_info(--device)``)."""
+    return {"analysis": name, "mode": mode_name, "command": " ".join([Path(sys.executable).name] + sys.argv),
+            "note": args.note, "machine": machine_info(args.device)}
+
+
+def write_results(out: str | Path, results: dict, t0: float, log=print) -> dict:
+    """``out/results.json`` (plain ``json.dumps``, indent 2) and a closing ``wrote OUT in Ns``
+    line (seconds since ``t0``); returns ``results``."""
+    (Path(out) / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    log(f"wrote {out} in {time.time() - t0:.0f}s")
+    return results
+
+
+def save_table(df, out: str | Path, name: str, log=print) -> None:
+    """``out/name.csv`` and, where pandas can write it (pyarrow present, plain dtypes),
+    ``out/name.parquet``; else one log line (the CSV is enough)."""
+    out = Path(out)
+    df.to_csv(out / f"{name}.csv", index=False)
+    try:
+        df.to_parquet(out / f"{name}.parquet", index=False)
+    except Exception as e:  # noqa: BLE001 - pyarrow missing or an odd dtype
+        log(f"parquet skipped for {name} ({type(e).__name__})")
+
+
+def save_fig(fig, out: str | Path, name: str, log=print, png_state: dict | None = None) -> list[str]:
+    """``out/name.html`` and, where kaleido can render, ``out/name.png`` (plotly's default
+    size); returns the file names written. A failed PNG logs one line; with ``png_state`` (a
+    dict the calling script keeps, e.g. ``{}``) the first failure also turns PNG off for every
+    later call given that dict. (``save_figure`` is the stem-based variant that laziness /
+    emergence use: fixed 1100x500 PNG, one process-wide switch.)"""
+    out = Path(out)
+    fig.write_html(out / f"{name}.html", include_plotlyjs="cdn")
+    files = [f"{name}.html"]
+    if png_state is None or png_state.get("ok", True):
+        try:
+            fig.write_image(out / f"{name}.png")
+            files.append(f"{name}.png")
+        except Exception as e:  # noqa: BLE001 - kaleido without Chrome, etc.
+            if png_state is not None:
+                png_state["ok"] = False
+            log(f"PNG export skipped ({type(e).__name__}: {str(e).strip().splitlines()[0][:80]})")
+    return files
+
+
+def train_preset(spec: dict, run_dir: str | Path, device: str, log=print, *, verbose: bool = False) -> Path:
+    """Train (or resume / reuse a finished run in ``run_dir``) ``spec`` = ``{"preset": name,
+    "model": {ModelConfig overrides} (optional), **TrainConfig overrides}`` on ``device``;
+    returns the run folder. ``verbose`` adds context / batch to the first log line and a
+    closing ``trained in Ns; final ...`` line."""
+    import retrieval_heads as rh
+
+    spec = dict(spec)
+    model_cfg, train_cfg = rh.train.presets.load_preset(spec.pop("preset"))
+    model_over = spec.pop("model", {})
+    model_cfg = model_cfg.replace(**model_over) if model_over else model_cfg
+    train_cfg = train_cfg.replace(device=device, **spec)
+    shape = f" (context {train_cfg.context_len}, batch {train_cfg.batch_size})" if verbose else ""
+    log(f"training {model_cfg.describe()} for {train_cfg.steps} steps{shape} into {run_dir}")
+    t = Timer()
+    res = rh.train.loop.train(model_cfg, train_cfg, run_dir, resume=True, progress=False, log=log)
+    if verbose:
+        log(f"trained in {t():.0f}s; final {res.get('final')}")
+    return Path(res["out"])
+
+
+def run_checkpoints(path: str | Path, label: str | None = None) -> list[Path]:
+    """A checkpoint folder (holds ``config.json``) -> ``[it]``; a run folder -> its checkpoints
+    in step order. None found: ``SystemExit("<label or path>: no checkpoint found")``."""
+    path = Path(path)
+    if (path / "config.json").exists():
+        return [path]
+    import retrieval_heads as rh
+
+    ck = rh.list_checkpoints(path)
+    if not ck:
+        raise SystemExit(f"{label or path}: no checkpoint found")
+    return ck
+
+
+def last_checkpoint(path: str | Path, label: str | None = None) -> Path:
+    """A checkpoint folder as is, a run folder's last checkpoint (see ``run_checkpoints``)."""
+    return run_checkpoints(path, label)[-1]

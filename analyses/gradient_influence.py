@@ -28,9 +28,6 @@ grad_norm_rel), ``summary.csv``, ``influence.html`` (PNG where kaleido works) an
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -41,52 +38,17 @@ import torch.nn.functional as F
 
 import retrieval_heads as rh
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from analyses.common import (DEFAULT_TRAIN, last_checkpoint, parse_common, results_head, save_fig,  # noqa: E402
+                             save_table, script_log, train_preset, write_results)
+
 NAME = "gradient_influence"
-OUT_ROOT = Path(__file__).resolve().parent / "out"
 LAST = 20  # positions whose output is differentiated
-QUICK_TRAIN = dict(preset="tiny", context_len=160, batch_size=16, steps=1500, min_lr_ratio=1.0)
-SMOKE_TRAIN = dict(preset="tiny", context_len=160, batch_size=4, steps=2)
-FULL_TRAIN = dict(preset="gpu-small")
 MODES = {"smoke": dict(n=2, batch=2), "quick": dict(n=64, batch=8), "full": dict(n=256, batch=16)}
 
 
-def log(msg):
-    print(f"[{NAME}] {msg}", flush=True)
-
-
-def save_table(df, out, name):
-    df.to_csv(out / f"{name}.csv", index=False)
-    try:
-        df.to_parquet(out / f"{name}.parquet", index=False)
-    except Exception as e:  # noqa: BLE001
-        log(f"parquet skipped for {name} ({type(e).__name__})")
-
-
-def save_fig(fig, out, name):
-    fig.write_html(out / f"{name}.html", include_plotlyjs="cdn")
-    try:
-        fig.write_image(out / f"{name}.png")
-        return [f"{name}.html", f"{name}.png"]
-    except Exception as e:  # noqa: BLE001 - kaleido without Chrome, etc.
-        log(f"PNG export skipped ({type(e).__name__}: {str(e).strip().splitlines()[0][:80]})")
-        return [f"{name}.html"]
-
-
-def machine(device):
-    d = {"platform": platform.platform(), "python": platform.python_version(), "torch": torch.__version__,
-         "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "device": device}
-    if device.startswith("cuda") and torch.cuda.is_available():
-        d["gpu"] = torch.cuda.get_device_name(0)
-    return d
-
-
-def train_model(spec, run_dir, device):
-    spec = dict(spec)
-    model_cfg, train_cfg = rh.train.presets.load_preset(spec.pop("preset"))
-    train_cfg = train_cfg.replace(device=device, **spec)
-    log(f"training {model_cfg.describe()} for {train_cfg.steps} steps into {run_dir}")
-    res = rh.train.loop.train(model_cfg, train_cfg, run_dir, resume=True, progress=False, log=log)
-    return Path(res["out"])
+log = script_log(NAME)
 
 
 def resolve(spec: str) -> Path:
@@ -95,12 +57,7 @@ def resolve(spec: str) -> Path:
     p = Path(path)
     if step:
         return rh.train.checkpoint.step_dir(p, int(step))
-    if (p / "config.json").exists():
-        return p
-    ck = rh.list_checkpoints(p)
-    if not ck:
-        raise SystemExit(f"--runs {spec}: no checkpoint found")
-    return ck[-1]
+    return last_checkpoint(p, f"--runs {spec}")
 
 
 # ----------------------------------------------------------------------------- measurement
@@ -155,29 +112,15 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--runs", nargs="*", default=[], help="runs / checkpoints (RUN, RUN@STEP); default: train one")
-    g = ap.add_mutually_exclusive_group()
-    g.add_argument("--quick", action="store_true")
-    g.add_argument("--smoke", action="store_true")
-    ap.add_argument("--device", default="cpu")
     ap.add_argument("--context-len", type=int, default=0, help="row length [default: each run's training length]")
     ap.add_argument("--objective", default="both", choices=["logit_sum", "nll", "both"])
     ap.add_argument("--sources", default="text,needle", help="text (held-out essay rows) and/or needle prompts")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--note", default="")
-    ap.add_argument("--out", default=None)
-    a = ap.parse_args(argv)
-    if a.threads:
-        torch.set_num_threads(a.threads)
-    mode_name = "smoke" if a.smoke else "quick" if a.quick else "full"
+    a, mode_name, out = parse_common(ap, argv, NAME)
     mode = MODES[mode_name]
-    out = Path(a.out) if a.out else OUT_ROOT / NAME
-    out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
     specs = list(a.runs)
     if not specs:
-        specs = [str(train_model({"smoke": SMOKE_TRAIN, "quick": QUICK_TRAIN, "full": FULL_TRAIN}[mode_name],
-                                 out / "run", a.device))]
+        specs = [str(train_preset(DEFAULT_TRAIN[mode_name], out / "run", a.device, log))]
     train_s = time.time() - t0
     objectives = ["logit_sum", "nll"] if a.objective == "both" else [a.objective]
     sources = [s.strip() for s in a.sources.split(",") if s.strip()]
@@ -217,8 +160,8 @@ def main(argv=None):
                     f"d50 {s['d50']}, d90 {s['d90']} ({s['seconds']}s)")
     df = pd.concat(frames, ignore_index=True)
     sm = pd.DataFrame([{k: v for k, v in s.items() if k != "share_by_distance"} for s in summ])
-    save_table(df, out, "influence")
-    save_table(sm, out, "summary")
+    save_table(df, out, "influence", log)
+    save_table(sm, out, "summary", log)
 
     import plotly.express as px
     fig = px.line(df, x="distance", y="grad_norm", color="run", facet_row="objective", facet_col="source",
@@ -227,18 +170,15 @@ def main(argv=None):
     fig.update_yaxes(matches=None)
     for w in sorted(df["window"].unique()):
         fig.add_vline(x=int(w) + LAST, line_dash="dot", annotation_text=f"w+{LAST}={int(w) + LAST}")
-    files = save_fig(fig, out, "influence")
+    files = save_fig(fig, out, "influence", log)
 
     results = {
-        "analysis": NAME, "mode": mode_name, "command": " ".join([Path(sys.executable).name] + sys.argv),
-        "note": a.note, "machine": machine(a.device), "last_positions": LAST, "objectives": objectives,
+        **results_head(NAME, mode_name, a), "last_positions": LAST, "objectives": objectives,
         "sources": sources, "summary": summ,
         "wall_s": {"total": round(time.time() - t0, 1), "train": round(train_s, 1)},
         "files": sorted({"influence.csv", "summary.csv", *files}),
     }
-    (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
-    log(f"wrote {out} in {time.time() - t0:.0f}s")
-    return results
+    return write_results(out, results, t0, log)
 
 
 if __name__ == "__main__":

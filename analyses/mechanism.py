@@ -28,9 +28,6 @@ Writes to ``--out`` (default ``analyses/out/mechanism/``): ``scores.csv``, ``abl
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -43,15 +40,14 @@ from retrieval_heads.interventions import (ablate_heads, ablation_experiment, fo
                                            random_heads, receptive_field_experiment, retrieval_head_scores,
                                            summarize, top_heads)
 
-NAME = "mechanism"
-OUT_ROOT = Path(__file__).resolve().parent / "out"
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-# Quick model when --run is not given: the tiny preset (SSSF, d_model 64, window 16, NoPE F)
-# at context 160 with a constant learning rate, so that NIAH forms within a few CPU minutes
-# (measured: NIAH 0.34 at step 1200, 1.0 at 1300; ~0.15-0.2 s/step on the loaded 2-core machine).
-QUICK_TRAIN = dict(preset="tiny", context_len=160, batch_size=16, steps=1500, min_lr_ratio=1.0)
-SMOKE_TRAIN = dict(preset="tiny", context_len=160, batch_size=4, steps=2)
-FULL_TRAIN = dict(preset="gpu-small")
+from analyses.common import (DEFAULT_TRAIN, last_checkpoint, parse_common, results_head, save_fig,  # noqa: E402
+                             save_table, script_log, train_preset, write_results)
+
+NAME = "mechanism"
+# Without --run, a model is trained first: common.DEFAULT_TRAIN[mode] (the tiny preset at context
+# 160 with a constant LR in quick mode, gpu-small in full mode), or --preset.
 
 MODES = {
     #        NIAH samples per (length, depth), depths, long-loss rows, random draws, score samples
@@ -68,65 +64,8 @@ def ints(s):
     return [int(x) for x in str(s).split(",") if x.strip()] if s else []
 
 
-def log(msg):
-    print(f"[{NAME}] {msg}", flush=True)
-
-
-def save_table(df: pd.DataFrame, out: Path, name: str) -> None:
-    df.to_csv(out / f"{name}.csv", index=False)
-    try:
-        df.to_parquet(out / f"{name}.parquet", index=False)
-    except Exception as e:  # noqa: BLE001 - pyarrow missing or an odd dtype: the CSV is enough
-        log(f"parquet skipped for {name} ({type(e).__name__})")
-
-
-_PNG_OK = [True]
-
-
-def save_fig(fig, out: Path, name: str) -> list[str]:
-    """HTML always; PNG when kaleido can render (else one log line, once)."""
-    fig.write_html(out / f"{name}.html", include_plotlyjs="cdn")
-    files = [f"{name}.html"]
-    if _PNG_OK[0]:
-        try:
-            fig.write_image(out / f"{name}.png")
-            files.append(f"{name}.png")
-        except Exception as e:  # noqa: BLE001 - kaleido without Chrome, etc.
-            _PNG_OK[0] = False
-            log(f"PNG export skipped ({type(e).__name__}: {str(e).strip().splitlines()[0][:80]})")
-    return files
-
-
-def machine(device: str) -> dict:
-    d = {"platform": platform.platform(), "python": platform.python_version(), "torch": torch.__version__,
-         "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "device": device}
-    if device.startswith("cuda") and torch.cuda.is_available():
-        d["gpu"] = torch.cuda.get_device_name(0)
-    return d
-
-
-def train_model(spec: dict, run_dir: Path, device: str) -> Path:
-    """Train (or resume / reuse) a run for ``spec`` = preset + TrainConfig overrides."""
-    spec = dict(spec)
-    model_cfg, train_cfg = rh.train.presets.load_preset(spec.pop("preset"))
-    model_over = spec.pop("model", {})
-    model_cfg = model_cfg.replace(**model_over) if model_over else model_cfg
-    train_cfg = train_cfg.replace(device=device, **spec)
-    log(f"training {model_cfg.describe()} for {train_cfg.steps} steps (context {train_cfg.context_len}, "
-        f"batch {train_cfg.batch_size}) into {run_dir}")
-    t0 = time.time()
-    res = rh.train.loop.train(model_cfg, train_cfg, run_dir, resume=True, progress=False, log=log)
-    log(f"trained in {time.time() - t0:.0f}s; final {res.get('final')}")
-    return Path(res["out"])
-
-
-def resolve_ckpt(path: Path) -> Path:
-    if (path / "config.json").exists():
-        return path
-    ckpts = rh.list_checkpoints(path)
-    if not ckpts:
-        raise SystemExit(f"--run {path}: no checkpoint found")
-    return ckpts[-1]
+log = script_log(NAME)
+_PNG = {}  # save_fig's PNG switch: after one kaleido failure, HTML only for this script
 
 
 def fits(model, L: int) -> bool:
@@ -234,17 +173,17 @@ def figures(out: Path, scores_df, summ, rf, title) -> list[str]:
                                  colorscale="Viridis", showscale=i == 1), 1, i + 1)
     fig.update_yaxes(autorange="reversed")
     fig.update_layout(title=f"Retrieval scores per head — {title}")
-    files += save_fig(fig, out, "scores")
+    files += save_fig(fig, out, "scores", log, _PNG)
 
     s = summ.copy()
     s["k"] = s["k"].astype(str)
     fig = px.bar(s, x="condition", y="accuracy", color="k", barmode="group", facet_col="method",
                  hover_data=["heads", "answer_token_acc", "long_loss"],
                  title=f"NIAH accuracy under head ablation — {title}")
-    files += save_fig(fig, out, "ablation")
+    files += save_fig(fig, out, "ablation", log, _PNG)
     fig = px.bar(s, x="condition", y="long_loss", color="k", barmode="group", facet_col="method",
                  title=f"Held-out long-context loss under head ablation — {title}")
-    files += save_fig(fig, out, "ablation_loss")
+    files += save_fig(fig, out, "ablation_loss", log, _PNG)
 
     r = rf[rf["module"] != "none"].copy()
     base = rf[rf["module"] == "none"]
@@ -262,7 +201,7 @@ def figures(out: Path, scores_df, summ, rf, title) -> list[str]:
                       annotation_text="unconstrained")
     fig.update_xaxes(type="log", title="receptive field (tokens)")
     fig.update_layout(title=f"Receptive-field limits at inference — {title}")
-    files += save_fig(fig, out, "receptive_field")
+    files += save_fig(fig, out, "receptive_field", log, _PNG)
     return files
 
 
@@ -271,10 +210,6 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--run", help="checkpoint folder or run folder (its last checkpoint); default: train one")
-    g = ap.add_mutually_exclusive_group()
-    g.add_argument("--quick", action="store_true", help="CPU budget (< 15 min on 2 cores)")
-    g.add_argument("--smoke", action="store_true", help="seconds: micro settings for tests")
-    ap.add_argument("--device", default="cpu", help="cpu or cuda (full mode is meant for a GPU)")
     ap.add_argument("--preset", default=None, help="preset to train when --run is not given "
                                                      "(default: tiny with a short context in quick mode, gpu-small in full)")
     ap.add_argument("--k", default="", help="numbers of heads to ablate, e.g. 1,2,4 "
@@ -283,27 +218,19 @@ def main(argv=None):
     ap.add_argument("--full-windows", default="", help="w' for the F layers [default: window..train length]")
     ap.add_argument("--efficient-windows", default="", help="w'' for the efficient layers [default: 1..window/2]")
     ap.add_argument("--threshold", type=float, default=0.1, help="retrieval-head threshold on the mass score")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--threads", type=int, default=1, help="torch threads (0 = torch's default)")
-    ap.add_argument("--note", default="", help="free text stored in results.json (e.g. the machine)")
-    ap.add_argument("--out", default=None, help=f"output folder [default: analyses/out/{NAME}]")
-    a = ap.parse_args(argv)
-    if a.threads:
-        torch.set_num_threads(a.threads)
-    mode_name = "smoke" if a.smoke else "quick" if a.quick else "full"
+    a, mode_name, out = parse_common(ap, argv, NAME)
     mode = MODES[mode_name]
-    out = Path(a.out) if a.out else OUT_ROOT / NAME
-    out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
 
     if a.run:
-        ckpt = resolve_ckpt(Path(a.run))
+        ckpt = last_checkpoint(a.run, f"--run {Path(a.run)}")
         train_s = 0.0
     else:
-        spec = {"smoke": SMOKE_TRAIN, "quick": QUICK_TRAIN, "full": FULL_TRAIN}[mode_name]
+        spec = DEFAULT_TRAIN[mode_name]
         if a.preset:
             spec = {"preset": a.preset}
-        ckpt = resolve_ckpt(train_model(spec, out / "run", a.device))
+        run = train_preset(spec, out / "run", a.device, log, verbose=True)
+        ckpt = last_checkpoint(run, f"--run {run}")
         train_s = time.time() - t0
     model = rh.load_checkpoint(ckpt, device=a.device)
     cfg = model.cfg
@@ -322,7 +249,7 @@ def main(argv=None):
 
     score_batch = rh.tasks.niah_batch(n=mode["score_n"], context_len=max(lens), seed=a.seed + 7919)
     scores_df, mats = head_scores(model, score_batch)
-    save_table(scores_df, out, "scores")
+    save_table(scores_df, out, "scores", log)
     scores = mats["mass"]
     log(f"mass scores (rows = layers):\n{scores.numpy().round(3)}")
     ks = k_values(model, scores, ints(a.k), a.threshold)
@@ -333,9 +260,9 @@ def main(argv=None):
     t1 = time.time()
     abl = pd.concat([ablation(model, scores, ks, lens, mode, m, a.seed, score_batch, max(lens))
                      for m in mode["methods"]], ignore_index=True)
-    save_table(abl, out, "ablation")
+    save_table(abl, out, "ablation", log)
     summ = summary_table(abl)
-    save_table(summ, out, "ablation_summary")
+    save_table(summ, out, "ablation_summary", log)
     fmt = lambda v: f"{v:.3f}"  # noqa: E731
     log("ablation summary:\n" + summ.drop(columns=["heads"]).to_string(index=False, float_format=fmt))
     ablation_s = time.time() - t1
@@ -344,7 +271,7 @@ def main(argv=None):
     rf = receptive_field_experiment(model, full=full_w, efficient=eff_w, context_lens=lens, depths=mode["depths"],
                                     n=mode["n"], seed=a.seed, loss_len=max(lens), loss_rows=mode["loss_rows"],
                                     progress=False)
-    save_table(rf, out, "receptive_field")
+    save_table(rf, out, "receptive_field", log)
     log("receptive field:\n" + rf.to_string(index=False, float_format=fmt))
     rf_s = time.time() - t1
 
@@ -357,8 +284,7 @@ def main(argv=None):
 
     F_heads = heads_of_kind(model, "F")
     results = {
-        "analysis": NAME, "mode": mode_name, "command": " ".join([Path(sys.executable).name] + sys.argv),
-        "note": a.note, "machine": machine(a.device), "checkpoint": str(ckpt), "step": model.checkpoint["step"],
+        **results_head(NAME, mode_name, a), "checkpoint": str(ckpt), "step": model.checkpoint["step"],
         "model": cfg.describe(), "layout": cfg.layout, "window": w, "pos": cfg.pos, "train_len": tl,
         "context_lens": lens, "depths": mode["depths"], "n_per_cell": mode["n"],
         "n_F_heads": len(F_heads),
@@ -378,9 +304,7 @@ def main(argv=None):
                    "receptive_field": round(rf_s, 1)},
         "files": sorted({"scores.csv", "ablation.csv", "ablation_summary.csv", "receptive_field.csv", *files}),
     }
-    (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
-    log(f"wrote {out} in {time.time() - t0:.0f}s")
-    return results
+    return write_results(out, results, t0, log)
 
 
 if __name__ == "__main__":

@@ -26,19 +26,20 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import sys
 import time
 from pathlib import Path
 
 import pandas as pd
-import torch
 
 import retrieval_heads as rh
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from analyses.common import (last_checkpoint, parse_common, results_head, save_fig, save_table,  # noqa: E402
+                             script_log, write_results)
+
 NAME = "nope"
-OUT_ROOT = Path(__file__).resolve().parent / "out"
 POS = {"rope": {"F": "rope", "S": "rope"}, "nope": {"F": "nope", "S": "rope"}}
 # (preset, TrainConfig overrides); quick: the tiny preset (SSSF, d_model 64, window 16) at
 # context 160 with a constant learning rate (NoPE reaches NIAH 1.0 by step ~1300 there; with
@@ -56,48 +57,8 @@ MODES = {
 }
 
 
-def log(msg):
-    print(f"[{NAME}] {msg}", flush=True)
-
-
-def save_table(df, out, name):
-    df.to_csv(out / f"{name}.csv", index=False)
-    try:
-        df.to_parquet(out / f"{name}.parquet", index=False)
-    except Exception as e:  # noqa: BLE001
-        log(f"parquet skipped for {name} ({type(e).__name__})")
-
-
-_PNG_OK = [True]
-
-
-def save_fig(fig, out, name):
-    fig.write_html(out / f"{name}.html", include_plotlyjs="cdn")
-    if _PNG_OK[0]:
-        try:
-            fig.write_image(out / f"{name}.png")
-            return [f"{name}.html", f"{name}.png"]
-        except Exception as e:  # noqa: BLE001 - kaleido without Chrome, etc.
-            _PNG_OK[0] = False
-            log(f"PNG export skipped ({type(e).__name__}: {str(e).strip().splitlines()[0][:80]})")
-    return [f"{name}.html"]
-
-
-def machine(device):
-    d = {"platform": platform.platform(), "python": platform.python_version(), "torch": torch.__version__,
-         "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "device": device}
-    if device.startswith("cuda") and torch.cuda.is_available():
-        d["gpu"] = torch.cuda.get_device_name(0)
-    return d
-
-
-def last_ckpt(run: Path) -> Path:
-    if (run / "config.json").exists():
-        return run
-    ck = rh.list_checkpoints(run)
-    if not ck:
-        raise SystemExit(f"{run}: no checkpoint found")
-    return ck[-1]
+log = script_log(NAME)
+_PNG = {}  # save_fig's PNG switch: after one kaleido failure, HTML only for this script
 
 
 def first_step(curve: pd.DataFrame, thr: float):
@@ -108,26 +69,13 @@ def first_step(curve: pd.DataFrame, thr: float):
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    g = ap.add_mutually_exclusive_group()
-    g.add_argument("--quick", action="store_true")
-    g.add_argument("--smoke", action="store_true")
     ap.add_argument("--rope", help="existing run (RoPE on F) instead of training one")
     ap.add_argument("--nope", help="existing run (NoPE on F) instead of training one")
-    ap.add_argument("--device", default="cpu")
     ap.add_argument("--preset", default=None, help="preset to train [default: tiny (quick), gpu-small (full)]")
     ap.add_argument("--steps", type=int, default=0, help="training steps [default: the mode's]")
     ap.add_argument("--window", type=int, default=0, help="SWA window [default: the preset's]")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--note", default="")
-    ap.add_argument("--out", default=None)
-    a = ap.parse_args(argv)
-    if a.threads:
-        torch.set_num_threads(a.threads)
-    mode_name = "smoke" if a.smoke else "quick" if a.quick else "full"
+    a, mode_name, out = parse_common(ap, argv, NAME)
     mode = MODES[mode_name]
-    out = Path(a.out) if a.out else OUT_ROOT / NAME
-    out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
 
     # ---- the two runs
@@ -157,7 +105,7 @@ def main(argv=None):
     t1 = time.time()
     niah, losses, long, curves, info = [], [], [], [], {}
     for name, run in runs.items():
-        ck = last_ckpt(run)
+        ck = last_checkpoint(run)
         model = rh.load_checkpoint(ck, device=a.device)
         cfg = model.cfg
         if cfg.pos["F"] != POS[name]["F"]:
@@ -190,7 +138,7 @@ def main(argv=None):
     curves = pd.concat(curves, ignore_index=True) if curves else pd.DataFrame()
     for df, nm in ((niah, "niah"), (losses, "loss"), (long, "long_loss"), (curves, "training")):
         if len(df):
-            save_table(df, out, nm)
+            save_table(df, out, nm, log)
 
     # ---- figures
     import plotly.express as px
@@ -200,25 +148,24 @@ def main(argv=None):
     by_len["accuracy"] = by_len["w"] / by_len["n"]
     fig = px.line(by_len, x="context_len", y="accuracy", color="pos_F", markers=True, log_x=True,
                   title="NIAH accuracy vs context length (training length = 1x): RoPE vs NoPE on F layers")
-    files += save_fig(fig, out, "niah")
+    files += save_fig(fig, out, "niah", log, _PNG)
     long["mid"] = (long["start"] + long["end"]) / 2
     fig = px.line(long, x="mid", y="loss", color="pos_F", markers=True,
                   title=f"Held-out loss by position at {int(long['context_len'].max())} tokens")
-    files += save_fig(fig, out, "long_loss")
+    files += save_fig(fig, out, "long_loss", log, _PNG)
     if len(curves):
         cm = curves.melt(id_vars=["pos_F", "step"], value_vars=[c for c in ("niah_acc", "lm_loss") if c in curves])
         fig = px.line(cm, x="step", y="value", color="pos_F", facet_row="variable", markers=True,
                       title="Training: NIAH accuracy at the training length and LM loss")
         fig.update_yaxes(matches=None)
-        files += save_fig(fig, out, "training")
+        files += save_fig(fig, out, "training", log, _PNG)
 
     def acc(name, L):
         d = by_len[(by_len["pos_F"] == name) & (by_len["context_len"] == L)]
         return None if d.empty else round(float(d["accuracy"].iloc[0]), 4)
 
     results = {
-        "analysis": NAME, "mode": mode_name, "command": " ".join([Path(sys.executable).name] + sys.argv),
-        "note": a.note, "machine": machine(a.device), "runs": {k: str(v) for k, v in runs.items()}, "info": info,
+        **results_head(NAME, mode_name, a), "runs": {k: str(v) for k, v in runs.items()}, "info": info,
         "train_config": train_cfg.to_dict() if not (a.rope and a.nope) else None,
         "niah_acc": {name: {f"{L // info[name]['train_len']}x ({L})": acc(name, L)
                             for L in sorted(by_len[by_len["pos_F"] == name]["context_len"])} for name in runs},
@@ -235,9 +182,7 @@ def main(argv=None):
                          *files}),
     }
     results = json.loads(json.dumps(results, default=lambda o: o.item() if hasattr(o, "item") else str(o)))
-    (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
-    log(f"wrote {out} in {time.time() - t0:.0f}s")
-    return results
+    return write_results(out, results, t0, log)
 
 
 if __name__ == "__main__":

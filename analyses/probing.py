@@ -28,9 +28,6 @@ Writes ``probes.csv`` (+ ``.parquet``), ``probes.html`` (PNG where kaleido works
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
 import random
 import sys
 import time
@@ -42,11 +39,12 @@ import torch.nn.functional as F
 
 import retrieval_heads as rh
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from analyses.common import (DEFAULT_TRAIN, parse_common, results_head, run_checkpoints, save_fig,  # noqa: E402
+                             save_table, script_log, train_preset, write_results)
+
 NAME = "probing"
-OUT_ROOT = Path(__file__).resolve().parent / "out"
-QUICK_TRAIN = dict(preset="tiny", context_len=160, batch_size=16, steps=1500, min_lr_ratio=1.0)
-SMOKE_TRAIN = dict(preset="tiny", context_len=160, batch_size=4, steps=2)
-FULL_TRAIN = dict(preset="gpu-small")
 N_VALUES = 8
 MODES = {
     # samples per value, checkpoints probed (max), L2 grid
@@ -56,43 +54,7 @@ MODES = {
 }
 
 
-def log(msg):
-    print(f"[{NAME}] {msg}", flush=True)
-
-
-def save_table(df, out, name):
-    df.to_csv(out / f"{name}.csv", index=False)
-    try:
-        df.to_parquet(out / f"{name}.parquet", index=False)
-    except Exception as e:  # noqa: BLE001
-        log(f"parquet skipped for {name} ({type(e).__name__})")
-
-
-def save_fig(fig, out, name):
-    fig.write_html(out / f"{name}.html", include_plotlyjs="cdn")
-    try:
-        fig.write_image(out / f"{name}.png")
-        return [f"{name}.html", f"{name}.png"]
-    except Exception as e:  # noqa: BLE001 - kaleido without Chrome, etc.
-        log(f"PNG export skipped ({type(e).__name__}: {str(e).strip().splitlines()[0][:80]})")
-        return [f"{name}.html"]
-
-
-def machine(device):
-    d = {"platform": platform.platform(), "python": platform.python_version(), "torch": torch.__version__,
-         "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "device": device}
-    if device.startswith("cuda") and torch.cuda.is_available():
-        d["gpu"] = torch.cuda.get_device_name(0)
-    return d
-
-
-def train_model(spec, run_dir, device):
-    spec = dict(spec)
-    model_cfg, train_cfg = rh.train.presets.load_preset(spec.pop("preset"))
-    train_cfg = train_cfg.replace(device=device, **spec)
-    log(f"training {model_cfg.describe()} for {train_cfg.steps} steps into {run_dir}")
-    res = rh.train.loop.train(model_cfg, train_cfg, run_dir, resume=True, progress=False, log=log)
-    return Path(res["out"])
+log = script_log(NAME)
 
 
 # ----------------------------------------------------------------------------- data
@@ -225,11 +187,7 @@ def value_attention(model, tokens, batch_size=32) -> dict:
 
 
 def pick_checkpoints(path: Path, n: int) -> list[Path]:
-    if (path / "config.json").exists():
-        return [path]
-    ck = rh.list_checkpoints(path)
-    if not ck:
-        raise SystemExit(f"--run {path}: no checkpoint found")
+    ck = run_checkpoints(path, f"--run {path}")
     if n <= 1 or len(ck) <= n:
         return ck[-max(n, 1):]
     # n checkpoints spread evenly in step (the last one included)
@@ -243,30 +201,16 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--run", help="checkpoint folder or run folder; default: train one")
-    g = ap.add_mutually_exclusive_group()
-    g.add_argument("--quick", action="store_true")
-    g.add_argument("--smoke", action="store_true")
-    ap.add_argument("--device", default="cpu")
     ap.add_argument("--steps", default="", help="checkpoint steps to probe, e.g. 1000,1500,2000 "
                                                 "[default: spread over the run]")
     ap.add_argument("--context-len", type=int, default=0, help="prompt length [default: training length]")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--note", default="")
-    ap.add_argument("--out", default=None)
-    a = ap.parse_args(argv)
-    if a.threads:
-        torch.set_num_threads(a.threads)
-    mode_name = "smoke" if a.smoke else "quick" if a.quick else "full"
+    a, mode_name, out = parse_common(ap, argv, NAME)
     mode = MODES[mode_name]
-    out = Path(a.out) if a.out else OUT_ROOT / NAME
-    out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
     if a.run:
         run = Path(a.run)
     else:
-        run = train_model({"smoke": SMOKE_TRAIN, "quick": QUICK_TRAIN, "full": FULL_TRAIN}[mode_name],
-                          out / "run", a.device)
+        run = train_preset(DEFAULT_TRAIN[mode_name], out / "run", a.device, log)
     train_s = time.time() - t0
     if a.steps:
         want = {int(s) for s in a.steps.split(",")}
@@ -292,7 +236,7 @@ def main(argv=None):
             f"{att.get('attn_value_span', float('nan')):.2f}, its first token {att.get('attn_first_token', float('nan')):.2f})"
             " test accuracy:\n{d.round(3).to_string()}")
     df = pd.DataFrame(rows)
-    save_table(df, out, "probes")
+    save_table(df, out, "probes", log)
 
     import plotly.express as px
     d = df.copy()
@@ -302,12 +246,11 @@ def main(argv=None):
                   hover_data=["train_acc", "l2"],
                   title=f"Probe accuracy at the query position (8 values, chance 0.125) — {model.cfg.layout}")
     fig.add_hline(y=1 / N_VALUES, line_dash="dash")
-    files = save_fig(fig, out, "probes")
+    files = save_fig(fig, out, "probes", log)
 
     final = df[df["step"] == df["step"].max()]
     results = {
-        "analysis": NAME, "mode": mode_name, "command": " ".join([Path(sys.executable).name] + sys.argv),
-        "note": a.note, "machine": machine(a.device), "run": str(run), "model": model.cfg.describe(),
+        **results_head(NAME, mode_name, a), "run": str(run), "model": model.cfg.describe(),
         "values": vals, "per_value": mode["per_value"], "context_len": L, "chance": 1 / N_VALUES,
         "steps": [int(c.name.split("_")[1]) for c in ckpts], "niah_acc": {str(k): v for k, v in niah.items()},
         "f_attention": ({str(s): {c: round(float(g[c].iloc[0]), 4) for c in g if c.startswith("attn_")}
@@ -320,9 +263,7 @@ def main(argv=None):
         "wall_s": {"total": round(time.time() - t0, 1), "train": round(train_s, 1)},
         "files": sorted({"probes.csv", *files}),
     }
-    (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
-    log(f"wrote {out} in {time.time() - t0:.0f}s")
-    return results
+    return write_results(out, results, t0, log)
 
 
 if __name__ == "__main__":
