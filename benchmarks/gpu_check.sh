@@ -6,6 +6,7 @@
 #   bash benchmarks/gpu_check.sh                # on a CUDA machine (H100 / H200)
 #   bash benchmarks/gpu_check.sh --dry-run      # print the steps, run nothing
 #   bash benchmarks/gpu_check.sh --cpu-smoke    # toy sizes on CPU (= RH_GPU_CHECK_ALLOW_CPU=1)
+#   bash benchmarks/gpu_check.sh --only=pytest_model,mfu_compile   # a rerun of some steps
 #
 # Steps: preflight (versions, imports); attention (SWA w=128 vs full SDPA at T=32768, bf16,
 # B=4, 8 heads of 64; target >= 8x); train (SSSF vs FFFF tokens/s at T=8192, d_model 512,
@@ -43,9 +44,11 @@ COMPILE=${RH_GPU_CHECK_COMPILE:-1}
 # the SSSF-vs-FFFF model: gpu-base's width (by model FLOPs/token FFFF is only 1.57x SSSF at
 # this size and T=8192; the measured ratio also reflects attention's lower FLOP efficiency)
 TRAIN_ARGS=${RH_GPU_CHECK_TRAIN_ARGS:---d-model 512 --n-heads 8 --window 128 --batch-size 8}
+ONLY=${RH_GPU_CHECK_ONLY:-}
 for a in "$@"; do
   case "$a" in
     --dry-run) DRY=1 ;;
+    --only=*) ONLY=${a#--only=} ;;
     --cpu-smoke) SMOKE=1 ;;
     -h|--help) awk 'NR > 1 && /^#/ { print; next } NR > 1 { exit }' "$0"; exit 0 ;;
     *) echo "gpu_check: unknown option $a (try --help)" >&2; exit 2 ;;
@@ -56,7 +59,10 @@ if [ "$SMOKE" != 1 ]; then SMOKE=0; fi
 # ---- the steps: name, time limit (s), command -------------------------------------------
 WORK=/tmp/rh_gpu_check_work  # replaced below by a fresh temporary folder (dry runs keep this name)
 declare -a NAMES LIMITS CMDS
-add_step() { NAMES+=("$1"); LIMITS+=("$2"); CMDS+=("$3"); }
+add_step() {  # name, limit, command; --only keeps the listed steps (and the preflight)
+  if [ -n "$ONLY" ] && [ "$1" != preflight ] && [[ ",$ONLY," != *",$1,"* ]]; then return 0; fi
+  NAMES+=("$1"); LIMITS+=("$2"); CMDS+=("$3")
+}
 plan() {
   local W=$1 B="$PY benchmarks/bench_attention.py" T="$PY benchmarks/bench_train.py"
   local PYTEST="$PY -m pytest -m gpu -v -rs --durations=8 -p no:cacheprovider"
@@ -135,7 +141,8 @@ if [ "$SMOKE" = 1 ]; then export OMP_NUM_THREADS=1 CUDA_VISIBLE_DEVICES=""; fi
 RES=${OUT:-$REPO/benchmarks/results}
 mkdir -p "$RES"
 WORK=$(mktemp -d /tmp/rh_gpu_check.XXXXXX)
-LOG="$RES/gpu_check_$CARD.log"
+STEM="gpu_check_$CARD${ONLY:+_only}"  # a partial rerun does not overwrite the full run's files
+LOG="$RES/$STEM.log"
 : >"$LOG"
 : >"$WORK/steps.tsv"
 plan "$WORK"
@@ -171,7 +178,7 @@ for i in "${!NAMES[@]}"; do run_step "$i"; done
 SMOKE_FLAG=()
 if [ "$SMOKE" = 1 ]; then SMOKE_FLAG=(--smoke); fi
 set +e
-"$PY" benchmarks/gpu_check_summary.py --work "$WORK" --card "$CARD" --out "$RES/gpu_check_$CARD.json" \
+"$PY" benchmarks/gpu_check_summary.py --work "$WORK" --card "$CARD" --out "$RES/$STEM.json" \
   ${SMOKE_FLAG[@]+"${SMOKE_FLAG[@]}"} 2>&1 | tee -a "$LOG"
 rc=${PIPESTATUS[0]}
 set -e
