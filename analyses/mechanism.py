@@ -14,8 +14,8 @@ settings, adds the long-context loss per head set, and writes tables, figures an
 
 How to run::
 
-    python analyses/mechanism.py --quick --run /work/tiny_run       # CPU, ~1-2 min on a trained tiny run
-    python analyses/mechanism.py --quick                            # trains a quick model first (CPU, minutes)
+    python analyses/mechanism.py --quick --run tests/fixtures/tiny_deep   # CPU, ~1 min on a trained checkpoint
+    python analyses/mechanism.py --quick                            # trains tiny-deep first (CPU, ~6-9 min)
     python analyses/mechanism.py --device cuda                      # full: trains gpu-small, then analyses it
     python analyses/mechanism.py --device cuda --run runs/x         # full analysis of an existing run
     python analyses/mechanism.py --smoke                            # seconds (tests): micro-trained model
@@ -46,8 +46,10 @@ from analyses.common import (DEFAULT_TRAIN, last_checkpoint, parse_common, resul
                              save_table, script_log, train_preset, write_results)
 
 NAME = "mechanism"
-# Without --run, a model is trained first: common.DEFAULT_TRAIN[mode] (the tiny preset at context
-# 160 with a constant LR in quick mode, gpu-small in full mode), or --preset.
+# Without --run, a model is trained first: the tiny-deep preset in quick mode (SSSSSF, 8 heads of 8:
+# with spare SWA heads, ablating as many SWA heads as F retrieval heads is a meaningful control; the
+# 4-head tiny preset's SWA heads are all part of its circuit), common.DEFAULT_TRAIN otherwise, or --preset.
+TRAIN = {**DEFAULT_TRAIN, "quick": dict(preset="tiny-deep")}
 
 MODES = {
     #        NIAH samples per (length, depth), depths, long-loss rows, random draws, score samples
@@ -226,7 +228,7 @@ def main(argv=None):
         ckpt = last_checkpoint(a.run, f"--run {Path(a.run)}")
         train_s = 0.0
     else:
-        spec = DEFAULT_TRAIN[mode_name]
+        spec = TRAIN[mode_name]
         if a.preset:
             spec = {"preset": a.preset}
         run = train_preset(spec, out / "run", a.device, log, verbose=True)

@@ -127,3 +127,29 @@ def compare_figure(summary: pd.DataFrame, niah: dict[str, pd.DataFrame]) -> go.F
     fig.update_yaxes(title_text="NIAH accuracy", range=[0, 1.05], row=1, col=2)
     fig.update_layout(title="Large-Window Laziness", height=480)
     return fig
+
+
+ABLATION_LABELS = {"none": "nothing ablated", "top": "top-K retrieval heads", "top_full": "top-K full-attention heads",
+                   "random_same_kind": "K random heads, same kind as top", "swa": "K random SWA heads",
+                   "top_swa": "top-K SWA heads", "random_any": "K random heads, any layer"}
+
+
+def ablation_figure(ablation: pd.DataFrame, title: str = "NIAH accuracy under head ablation") -> go.Figure:
+    """Bar per ablation condition (mean NIAH accuracy over random draws and lengths) with each
+    draw as a dot; ``ablation`` is the table of ``rh.interventions.ablation_experiment``
+    (``retrieval-heads ablate --out``'s ``ablation.csv``)."""
+    d = ablation.groupby(["condition", "draw"], sort=False)["accuracy"].mean().reset_index()
+    order = list(dict.fromkeys(ablation["condition"]))
+    mean = d.groupby("condition", sort=False)["accuracy"].mean().reindex(order)
+    labels = [ABLATION_LABELS.get(c, c) for c in order]
+    fig = go.Figure(go.Bar(x=labels, y=mean.values, name="mean over draws",
+                           marker_color=["#7f7f7f" if c == "none" else "#d62728" if c.startswith("top") else "#1f77b4"
+                                         for c in order]))
+    for c, lab in zip(order, labels):
+        pts = d[d["condition"] == c]["accuracy"]
+        if len(pts) > 1:
+            fig.add_trace(go.Scatter(x=[lab] * len(pts), y=pts, mode="markers", showlegend=False,
+                                     marker=dict(color="black", size=6), hovertemplate="draw: %{y:.2f}<extra></extra>"))
+    fig.update_layout(title=title, yaxis=dict(title="NIAH accuracy", range=[0, 1.05]), showlegend=False,
+                      height=420, width=760)
+    return fig

@@ -1,5 +1,8 @@
 """HTML reports from scan tables: one run (``build_report``) or several (``compare_runs``).
 
+A run's report also shows every head-ablation experiment saved under
+``RUN/interventions/NAME/ablation.csv`` (``retrieval-heads ablate RUN --out RUN/interventions/NAME``).
+
 Both read only what ``rh.scan`` wrote under ``RUN/scan/`` (no model is loaded), so
 ``retrieval-heads report RUN`` rebuilds a report in seconds. Plotly's JavaScript is embedded
 once per file, so reports open offline.
@@ -50,6 +53,29 @@ def _fmt(v) -> str:
     return f"{v:,}" if isinstance(v, int) else str(v)
 
 
+def _ablation_sections(run_dir: Path, first_fig: bool) -> list[str]:
+    """One section per ``RUN/interventions/*/ablation.csv`` (``retrieval-heads ablate RUN --out
+    RUN/interventions/NAME``): the ablation figure and the per-condition summary."""
+    from .interventions import summarize
+
+    out = []
+    for f in sorted((run_dir / "interventions").glob("*/ablation.csv")):
+        try:
+            df = pd.read_csv(f, dtype={"heads": str})
+            df["heads"] = df["heads"].fillna("")  # the unablated row has no heads
+            summ = summarize(df)
+        except (ValueError, KeyError, pd.errors.ParserError) as e:
+            out.append(f"<p class='bad'>{html.escape(str(f))}: unreadable ablation table ({html.escape(str(e))})</p>")
+            continue
+        meta = ", ".join(f"{c} {', '.join(map(str, dict.fromkeys(df[c])))}" for c in ("k", "method", "step", "context_len")
+                         if c in df)
+        title = f"Head ablation ({f.parent.name}): {meta}"
+        out.append(f"<h2>{html.escape(title)}</h2>")
+        out.append(_fig_html(plots.ablation_figure(df, title=f"NIAH accuracy, {meta}"), first_fig and not out))
+        out.append(summ.to_html(index=False, float_format=lambda v: f"{v:.3f}"))
+    return out
+
+
 def build_report(run_dir, out=None) -> Path:
     """Write ``RUN/scan/report.html`` (or ``out``) from the scan tables; returns its path."""
     run_dir = Path(run_dir)
@@ -89,6 +115,7 @@ def build_report(run_dir, out=None) -> Path:
     body += [_fig_html(f, i == 0) for i, f in enumerate(figs)]
     formed = form.sort_values(["formed", "formation_step"], ascending=[False, True]).head(20)
     body.append("<h2>Formation per head (top 20)</h2>" + formed.to_html(index=False, na_rep="-"))
+    body += _ablation_sections(run_dir, first_fig=not figs)
     out = Path(out) if out else run_dir / "scan" / "report.html"
     from .detect.scanner import atomic_write
 

@@ -62,3 +62,39 @@ def test_cli_errors_are_one_line(run_dir, tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     code, _, err = _run(["ablate", str(tmp_path / "empty")], capsys)
     assert code == 2 and err.startswith("error:")
+
+
+def test_ablation_under_run_interventions_appears_in_the_run_report(tmp_path, capsys):
+    torch.manual_seed(1)
+    cfg = rh.ModelConfig(layout="SSF", d_model=32, n_heads=2, window=16, max_seq_len=320)
+    run = tmp_path / "run"
+    save_checkpoint(run, 10, rh.HybridLM(cfg), train_cfg=rh.TrainConfig(context_len=128), tokens_seen=1280)
+    code, _, err = _run(["ablate", str(run), "--top-k", "1", "--context-lens", "128", "--depths", "0.5",
+                         "--n", "1", "--n-random", "2", "--out", str(run / "interventions" / "k1_zero"),
+                         "--no-progress"], capsys)
+    assert code == 0, err
+    saved = (run / "interventions" / "k1_zero")
+    assert {"ablation.csv", "ablation_summary.csv", "ablation.html"} <= {p.name for p in saved.iterdir()}
+    from retrieval_heads.report import build_report
+
+    rh.scan(run, context_lens=(128,), depths=(0.5,), n_per_cell=1, progress=False)
+    html = build_report(run).read_text()
+    assert "Head ablation (k1_zero)" in html and "K random SWA heads" in html
+    # a broken table is reported in the page, not fatal
+    bad = run / "interventions" / "broken"
+    bad.mkdir()
+    (bad / "ablation.csv").write_text("nothing,useful\n1,2\n")
+    html = build_report(run).read_text()
+    assert "unreadable ablation table" in html and "Head ablation (k1_zero)" in html
+
+
+def test_ablation_figure_has_a_bar_per_condition_and_dots_per_draw():
+    import pandas as pd
+
+    df = pd.DataFrame({"condition": ["none", "top_full", "swa", "swa", "swa"], "draw": [0, 0, 0, 1, 2],
+                       "accuracy": [1.0, 0.0, 0.9, 0.8, 1.0], "heads": ["", "5.2", "1.0", "2.3", "3.1"]})
+    fig = rh.plots.ablation_figure(df)
+    bar = fig.data[0]
+    assert list(bar.x) == ["nothing ablated", "top-K full-attention heads", "K random SWA heads"]
+    assert [round(v, 3) for v in bar.y] == [1.0, 0.0, 0.9]
+    assert len(fig.data) == 2 and list(fig.data[1].y) == [0.9, 0.8, 1.0]  # only swa has several draws

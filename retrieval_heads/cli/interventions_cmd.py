@@ -162,7 +162,8 @@ def eval_cmd(ckpt, context_lens, depths, variant, n, seed, loss_len, loss_rows, 
 @click.option("--n", "n", default=4, show_default=True, type=POSITIVE, help="Samples per (length, depth).")
 @click.option("--n-random", default=3, show_default=True, type=POSITIVE, help="Draws of each random control.")
 @click.option("--seed", default=0, show_default=True, type=int)
-@click.option("--out", default=None, help="Folder for ablation.csv and ablation.html.")
+@click.option("--out", default=None, help="Folder for ablation.csv and ablation.html; RUN/interventions/NAME "
+              "also puts the figure in `retrieval-heads report RUN`.")
 @click.option("--no-progress", is_flag=True)
 def ablate(ckpt, k, scores_path, metric, method, context_lens, depths, variant, n, n_random, seed, out,
            no_progress):
@@ -205,12 +206,12 @@ def ablate(ckpt, k, scores_path, metric, method, context_lens, depths, variant, 
         click.echo(f"skipped {cond}: {why}", err=True)
     d = _out_dir(out)
     if d is not None:
-        df.to_csv(d / "ablation.csv", index=False)
-        import plotly.express as px
+        from ..plots import ablation_figure
 
-        fig = px.bar(summ, x="condition", y="accuracy", hover_data=["heads"],
-                     title=f"NIAH accuracy, {k} heads ablated ({ck})")
-        fig.write_html(d / "ablation.html")
+        df["step"] = model.checkpoint["step"]
+        df.to_csv(d / "ablation.csv", index=False)
+        summ.to_csv(d / "ablation_summary.csv", index=False)
+        ablation_figure(df, title=f"NIAH accuracy, {k} heads ablated ({method}; {ck})").write_html(d / "ablation.html")
         click.echo(f"tables: {d}")
 
 
