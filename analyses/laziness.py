@@ -9,16 +9,18 @@ head forms is *censored*: it is reported as "not formed by step N", never given 
 How to run::
 
     python analyses/laziness.py --quick                    # CPU, < 15 min on 2 cores (micro config)
-    python analyses/laziness.py --quick --windows 8,32,128 --full-ref   # + more windows and FFFF (~25 min)
+    python analyses/laziness.py --quick --windows 8,32,128 --full-ref   # + window 128 and FFFF (> 20 min)
     python analyses/laziness.py --device cuda              # GPU, gpu-small preset, windows 16/64/256
     python analyses/laziness.py --quick --windows 8,64 --seeds 0,1 --out /tmp/lazy
 
 The quick config (SSSF, d_model 32, context 144, 16 rows/step: 6 needle + 8 induction + 2
 noise-text rows, single_1 needles) is the fastest-forming one found on the CPU: with window 8
 NIAH and the F retrieval head appear after ~1600-2000 steps (~4M tokens, 3-4 CPU-minutes per
-run), so only six such runs fit in 15 minutes: ``--quick`` trains windows 8 and 32, three seeds
-each, for the whole 2000-step schedule (no all-full reference; ``--full-ref`` adds it, and
-``--windows`` more windows). Runs stop early once their F head has held for 3 checkpoints
+run; about 2 wall-minutes per run with two runs at once on 2 cores): ``--quick`` trains windows
+8 and 32, three seeds each, for the whole 2000-step schedule (measured 6 min 54 s). Larger
+windows cost more per step at this context (a window-128 run took 5 min), so
+``--windows 8,32,128`` takes about 16 minutes and ``--full-ref`` (the all-full reference)
+longer still. Runs stop early once their F head has held for 3 checkpoints
 (``--stop-when-formed``); ``--max-steps`` caps every run without changing the schedule, and a
 re-run with a larger cap continues the same runs exactly.
 
@@ -299,7 +301,7 @@ def figures(runs, summary, curves, ctx: int, out: Path, log=print):
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     g = ap.add_mutually_exclusive_group()
-    g.add_argument("--quick", action="store_true", help="CPU micro config (~10 min on 2 cores)")
+    g.add_argument("--quick", action="store_true", help="CPU micro config (~7 min on 2 cores)")
     g.add_argument("--smoke", action="store_true", help="a few steps, to test the pipeline (seconds)")
     ap.add_argument("--preset", default=None, help="preset for the full mode [gpu-small]")
     ap.add_argument("--windows", default=None, help="comma-separated SWA windows")
