@@ -15,7 +15,7 @@ on the essay tail; "long" = the last position bucket). It then
 
 How to run::
 
-    python analyses/emergence.py --quick                  # CPU, ~10 min on 2 cores (micro sizes)
+    python analyses/emergence.py --quick                  # CPU, ~4 min (micro sizes, 500 steps: NIAH not formed yet)
     python analyses/emergence.py --device cuda            # GPU, gpu-small-sized hybrids, 3 sizes
     python analyses/emergence.py --quick --hybrids S:8,M --sizes 16,32,48 --out /tmp/emg
 
@@ -321,7 +321,7 @@ def figures(runs, evals, pos, fits, out: Path, target: str, log=print):
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     g = ap.add_mutually_exclusive_group()
-    g.add_argument("--quick", action="store_true", help="CPU micro sizes (~10 min on 2 cores)")
+    g.add_argument("--quick", action="store_true", help="CPU micro sizes (~4 min on 2 cores)")
     g.add_argument("--smoke", action="store_true", help="a few steps, to test the pipeline (seconds)")
     ap.add_argument("--preset", default=None, help="base preset of the full mode [gpu-small]")
     ap.add_argument("--hybrids", default=None, help="comma list of S:<window>, M, D, L (F is always added)")

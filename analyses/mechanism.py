@@ -15,7 +15,7 @@ settings, adds the long-context loss per head set, and writes tables, figures an
 How to run::
 
     python analyses/mechanism.py --quick --run tests/fixtures/tiny_deep   # CPU, ~1 min on a trained checkpoint
-    python analyses/mechanism.py --quick                            # trains tiny-deep first (CPU, ~6-9 min)
+    python analyses/mechanism.py --quick                            # trains tiny-deep first (CPU, ~6-10 min)
     python analyses/mechanism.py --device cuda                      # full: trains gpu-small, then analyses it
     python analyses/mechanism.py --device cuda --run runs/x         # full analysis of an existing run
     python analyses/mechanism.py --smoke                            # seconds (tests): micro-trained model

@@ -16,7 +16,7 @@ its L2 strength chosen by 3-fold cross-validation on the training split.
 
 How to run::
 
-    python analyses/probing.py --quick --run /work/tiny_run          # CPU, ~1-2 min (5 checkpoints)
+    python analyses/probing.py --quick --run runs/tiny --steps 1000,1800,2000   # CPU, ~1 min
     python analyses/probing.py --quick                               # trains a quick model first
     python analyses/probing.py --device cuda --run runs/x            # full: more samples, all checkpoints
     python analyses/probing.py --smoke                               # seconds (tests)
