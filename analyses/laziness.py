@@ -321,7 +321,7 @@ def main(argv=None) -> dict:
                     help="train the all-full-attention reference too [quick: no; smoke and full: yes]")
     ap.add_argument("--set", default=None, help="config overrides: train.lr=0.01,model.d_model=64")
     ap.add_argument("--device", default="auto", help="auto, cpu, cuda")
-    ap.add_argument("--jobs", type=int, default=0, help="runs trained in parallel, one thread each [0 = one per core]")
+    ap.add_argument("--jobs", type=int, default=0, help="runs trained in parallel, one thread each [0 = one per core in --quick, 1 otherwise]")
     ap.add_argument("--out", default=None, help="output folder [analyses/out/laziness]")
     ap.add_argument("--machine", default=None, help="free-text machine description for results.json")
     ap.add_argument("--record", default=None, help="also write results.json here (e.g. analyses/results/laziness.json)")
@@ -336,7 +336,7 @@ def main(argv=None) -> dict:
     full_ref = a.full_ref if a.full_ref is not None else (SMOKE if a.smoke else QUICK if a.quick else FULL_MODE)["full_ref"]
     if a.jobs < 0:
         raise SystemExit("error: --jobs must be >= 0 (0 = one per core)")
-    a.jobs = a.jobs or (1 if a.smoke else (os.cpu_count() or 1))
+    a.jobs = a.jobs or ((os.cpu_count() or 1) if a.quick else 1)  # full mode: one GPU, one run at a time
     cfgs = run_configs(mc, tc, windows, seeds, full_ref=full_ref)
     stop = a.stop_when_formed if a.stop_when_formed is not None else (3 if a.quick else 0)
     jobs = [{"label": lab, "window": w, "model": m.to_dict(), "train": t.to_dict(), "scan": scan_kw,

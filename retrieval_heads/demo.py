@@ -18,7 +18,8 @@ import math
 import multiprocessing as mp
 import os
 import time
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 
 import plotly.graph_objects as go
@@ -108,15 +109,52 @@ def _worker(model_cfg, train_cfg, rd, threads) -> float:
     return _train_and_scan(model_cfg, train_cfg, rd, progress=False, log=_PrefixLog(rd.name), threads=threads)
 
 
+def _run_parallel(configs: dict, out: Path, jobs: int, threads: int) -> dict:
+    """Train and scan every window in worker processes; the first failure (or an interrupt)
+    stops the others at once and is re-raised here."""
+    # spawn, not fork: forking a process that has run multi-threaded torch code can hang
+    ex = ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn"))
+    futs = {}
+    try:
+        futs = {ex.submit(_worker, mc, tc, out / f"window_{w}", threads): w for w, (mc, tc) in configs.items()}
+        wait(futs, return_when=FIRST_EXCEPTION)
+        for f in futs:  # re-raise the first failure, in submission order
+            if f.done() and f.exception() is not None:
+                raise f.exception()
+        return {w: f.result() for f, w in futs.items()}
+    except BrokenProcessPool:
+        _stop_workers(ex)
+        raise RuntimeError("a demo worker process died (out of memory, or run_demo(jobs != 1) was called "
+                           "at the top level of a script without `if __name__ == '__main__':`); "
+                           "retry with --jobs 1") from None
+    except BaseException:
+        _stop_workers(ex)
+        raise
+    finally:
+        ex.shutdown(wait=True, cancel_futures=True)
+
+
+def _stop_workers(ex: ProcessPoolExecutor) -> None:
+    """Cancel queued runs and terminate running workers (their runs resume from their last
+    checkpoint next time: checkpoints are written atomically)."""
+    ex.shutdown(wait=False, cancel_futures=True)
+    for p in list((getattr(ex, "_processes", None) or {}).values()):
+        if p.is_alive():
+            p.terminate()
+
+
 def run_demo(out="runs/demo", *, windows=(16, 64), preset: str = "tiny", steps: int | None = None,
-             seed: int = 0, progress: bool = True, log=print, jobs: int | None = None) -> Path:
+             seed: int = 0, progress: bool = True, log=print, jobs: int | None = 1) -> Path:
     """Train one run per window, scan them, write ``out/report.html``; returns its path.
 
-    ``jobs`` runs that many windows at once, each in its own process with
-    ``cpu_count // jobs`` torch threads (default: one process per window, up to the number
-    of cores). On 2 cores two single-threaded processes finish both runs about 1.4x sooner
-    than one 2-thread process running them in turn (small tensors keep a second thread idle).
-    ``jobs=1`` trains in this process, one window after the other."""
+    ``jobs=1`` (the default here) trains in this process, one window after the other, with
+    ``log`` and progress bars. ``jobs=N`` trains N windows at once, each in a spawned worker
+    process with ``cpu_count // N`` torch threads, printing prefixed lines to the process's
+    stdout; ``jobs=None`` picks one process per window, up to the number of cores (what
+    ``retrieval-heads demo`` does). On 2 cores two single-threaded processes finish both runs
+    about 1.4x sooner than one 2-thread process running them in turn. A script that uses
+    ``jobs != 1`` must call this under ``if __name__ == "__main__":`` (spawned workers import
+    the script)."""
     if len(windows) < 2 or len(set(windows)) != len(windows):
         raise ValueError(f"windows: give two or more distinct windows, got {windows}")
     cores = os.cpu_count() or 1
@@ -124,6 +162,7 @@ def run_demo(out="runs/demo", *, windows=(16, 64), preset: str = "tiny", steps: 
         jobs = max(1, min(len(windows), cores))
     if jobs < 1:
         raise ValueError(f"jobs: must be at least 1, got {jobs}")
+    jobs = min(jobs, len(windows))
     out = Path(out)
     t0 = time.time()
     configs = {}
@@ -143,11 +182,7 @@ def run_demo(out="runs/demo", *, windows=(16, 64), preset: str = "tiny", steps: 
     else:
         threads = max(1, cores // jobs)
         log(f"[demo] {len(configs)} runs, {jobs} at a time, {threads} torch thread(s) each")
-        # spawn, not fork: forking a process that has run multi-threaded torch code can hang
-        with ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn")) as ex:
-            futs = {w: ex.submit(_worker, mc, tc, out / f"window_{w}", threads) for w, (mc, tc) in configs.items()}
-            for w, f in futs.items():
-                run_seconds[w] = f.result()
+        run_seconds = _run_parallel(configs, out, jobs, threads)
     tables = {name: load_scan(rd) for name, rd in run_dirs.items()}
     cmp_path, summary = compare_runs([str(p) for p in run_dirs.values()], out / "compare.html")
     body = ["<h1>retrieval-heads demo: Large-Window Laziness</h1>",

@@ -59,20 +59,25 @@ def _ablation_sections(run_dir: Path, first_fig: bool) -> list[str]:
     from .interventions import summarize
 
     out = []
+    need_js = first_fig  # plotly.js goes into the page once, with its first figure
     for f in sorted((run_dir / "interventions").glob("*/ablation.csv")):
         try:
-            df = pd.read_csv(f, dtype={"heads": str})
+            df = pd.read_csv(f, dtype={"heads": str, "condition": str})
             df["heads"] = df["heads"].fillna("")  # the unablated row has no heads
+            df["accuracy"] = pd.to_numeric(df["accuracy"], errors="raise")
             summ = summarize(df)
-        except (ValueError, KeyError, pd.errors.ParserError) as e:
-            out.append(f"<p class='bad'>{html.escape(str(f))}: unreadable ablation table ({html.escape(str(e))})</p>")
+            meta = ", ".join(f"{c} {', '.join(map(str, dict.fromkeys(df[c])))}"
+                             for c in ("k", "method", "step", "context_len") if c in df)
+            fig = plots.ablation_figure(df, title=f"NIAH accuracy, {meta}")
+            table = summ.to_html(index=False, float_format=lambda v: f"{v:.3f}")
+        except Exception as e:  # noqa: BLE001 - a stray or broken table must not break the run's report
+            out.append(f"<p class='bad'>{html.escape(str(f))}: unreadable ablation table "
+                       f"({html.escape(type(e).__name__)}: {html.escape(str(e))})</p>")
             continue
-        meta = ", ".join(f"{c} {', '.join(map(str, dict.fromkeys(df[c])))}" for c in ("k", "method", "step", "context_len")
-                         if c in df)
-        title = f"Head ablation ({f.parent.name}): {meta}"
-        out.append(f"<h2>{html.escape(title)}</h2>")
-        out.append(_fig_html(plots.ablation_figure(df, title=f"NIAH accuracy, {meta}"), first_fig and not out))
-        out.append(summ.to_html(index=False, float_format=lambda v: f"{v:.3f}"))
+        out.append(f"<h2>{html.escape(f'Head ablation ({f.parent.name}): {meta}')}</h2>")
+        out.append(_fig_html(fig, need_js))
+        need_js = False
+        out.append(table)
     return out
 
 

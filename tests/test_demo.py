@@ -33,3 +33,26 @@ def test_demo_rejects_a_window_larger_than_the_context(tmp_path, capsys):
         assert e.code == 2
     assert "error: windows:" in capsys.readouterr().err
     assert not (tmp_path / "d").exists()
+
+
+def test_demo_worker_failure_is_one_line_error(tmp_path, capsys):
+    """A failure inside a worker process (here: the run folder cannot be created) stops the
+    demo with the worker's one-line error and exit 2, and no report is written."""
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    try:
+        main(["demo", "--out", str(blocker / "demo"), "--steps", "2", "--windows", "8,16,32", "--jobs", "2"])
+    except SystemExit as e:
+        assert e.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error:") and "Not a directory" in err and err.count("\n") == 1
+
+
+def test_run_demo_rejects_bad_jobs(tmp_path):
+    import pytest
+
+    from retrieval_heads.demo import run_demo
+
+    with pytest.raises(ValueError, match="jobs"):
+        run_demo(tmp_path / "d", windows=(8, 16), steps=1, jobs=0)
+    assert not (tmp_path / "d").exists()

@@ -121,6 +121,11 @@ def test_training_lm_rows_never_draw_the_heldout_tail():
         assert bytes(r[1:].tolist()) in tail
     with pytest.raises(ValueError, match="part"):
         text_bytes("essay", "test")
+    # a context longer than the held-out tail is refused before training starts
+    from retrieval_heads.tasks.mixture import check_mixture
+
+    with pytest.raises(ValueError, match="held-out tail"):
+        check_mixture(rh.TrainConfig(context_len=len(tail) + 10))
 
 
 def test_answer_metrics_teacher_forced():

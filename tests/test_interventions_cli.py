@@ -84,8 +84,16 @@ def test_ablation_under_run_interventions_appears_in_the_run_report(tmp_path, ca
     bad = run / "interventions" / "broken"
     bad.mkdir()
     (bad / "ablation.csv").write_text("nothing,useful\n1,2\n")
+    (run / "interventions" / "odd").mkdir()
+    (run / "interventions" / "odd" / "ablation.csv").write_text("condition,draw,accuracy,heads\n1,0,high,\n")
     html = build_report(run).read_text()
-    assert "unreadable ablation table" in html and "Head ablation (k1_zero)" in html
+    assert html.count("unreadable ablation table") == 2 and "Head ablation (k1_zero)" in html
+    # the ablation figure carries plotly.js when the scan has no figure of its own
+    from retrieval_heads.report import _ablation_sections
+
+    alone = "".join(_ablation_sections(run, first_fig=True))
+    assert len(alone) > 1_000_000  # the embedded plotly.js bundle (several MB)
+    assert len("".join(_ablation_sections(run, first_fig=False))) < 100_000  # figure only, no bundle
 
 
 def test_ablation_figure_has_a_bar_per_condition_and_dots_per_draw():

@@ -95,7 +95,9 @@ def text_bytes(name: str = "essay", part: str = "all") -> bytes:
 
     For the built-in ``essay`` the last ``HELDOUT_FRACTION`` is held out (``train`` is the
     rest); ``noise`` and a user's file/folder are not split (their ``train`` and ``heldout``
-    are the whole text: give a separate file to evaluate on unseen text)."""
+    are the whole text: give a separate file to evaluate on unseen text). Needle prompts fill
+    their haystack with sentences of the whole essay; in training those tokens are inputs,
+    not loss targets, unless ``TrainConfig.niah_context_weight`` > 0."""
     if part not in ("all", "train", "heldout"):
         raise ValueError(f"part: expected 'all', 'train' or 'heldout', got {part!r}")
     data = load_haystack(name).encode("utf-8")

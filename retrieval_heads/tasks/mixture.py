@@ -100,6 +100,10 @@ def lm_row(*, context_len: int, haystack: str, seed, part: str = "train") -> tup
     data = text_bytes(haystack, part)
     n = context_len - 1
     if len(data) <= n:
+        if part == "heldout" and haystack == "essay":  # tiling would score copying, not language modelling
+            raise ValueError(f"context_len: {context_len} tokens is longer than the essay's held-out tail "
+                             f"({len(data)} tokens) that the training loop evaluates LM loss on; use a shorter "
+                             "context or a long text file as haystack")
         data = data * (n // max(len(data), 1) + 2)
     off = _rng("lm", seed).randrange(len(data) - n)
     tokens = torch.tensor([TOKENIZER.BOS, *data[off: off + n]], dtype=torch.long)  # (T,)
@@ -178,6 +182,7 @@ def eval_lm_batch(cfg, n: int) -> MixtureBatch:
 def check_mixture(cfg) -> None:
     """Raise ``ValueError`` (before anything is written) if the mixture cannot be built."""
     load_haystack(cfg.haystack)
+    lm_row(context_len=cfg.context_len, haystack=cfg.haystack, seed=("check",), part="heldout")
     # checked even when niah_fraction == 0: the periodic NIAH evaluation needs a needle too
     needle_row(context_len=cfg.context_len, variant=cfg.niah_variant, seed=0, depth=0.5,
                haystack=cfg.niah_haystack)
