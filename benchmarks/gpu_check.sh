@@ -55,6 +55,15 @@ for a in "$@"; do
   esac
 done
 if [ "$SMOKE" != 1 ]; then SMOKE=0; fi
+STEPS_KNOWN=",preflight,attention,train,mfu,pytest_kernels,pytest_model,mfu_compile,recurrent,"
+if [ -n "$ONLY" ]; then
+  IFS=',' read -r -a _only <<<"$ONLY"
+  for s in "${_only[@]}"; do
+    if [[ "$STEPS_KNOWN" != *",$s,"* ]]; then
+      echo "gpu_check: --only: unknown step '$s'; steps: ${STEPS_KNOWN:1:${#STEPS_KNOWN}-2}" >&2; exit 2
+    fi
+  done
+fi
 
 # ---- the steps: name, time limit (s), command -------------------------------------------
 WORK=/tmp/rh_gpu_check_work  # replaced below by a fresh temporary folder (dry runs keep this name)
@@ -179,7 +188,7 @@ SMOKE_FLAG=()
 if [ "$SMOKE" = 1 ]; then SMOKE_FLAG=(--smoke); fi
 set +e
 "$PY" benchmarks/gpu_check_summary.py --work "$WORK" --card "$CARD" --out "$RES/$STEM.json" \
-  ${SMOKE_FLAG[@]+"${SMOKE_FLAG[@]}"} 2>&1 | tee -a "$LOG"
+  --only "$ONLY" ${SMOKE_FLAG[@]+"${SMOKE_FLAG[@]}"} 2>&1 | tee -a "$LOG"
 rc=${PIPESTATUS[0]}
 set -e
 echo "gpu_check: total $(( $(date +%s) - START ))s; log $LOG" | tee -a "$LOG"

@@ -155,22 +155,31 @@ def _recurrent(work: Path, steps: dict):
     return _row(name, value, "info", "INFO", f"T={st['T']} {st['dtype']} {st.get('pass', 'fwd+bwd')}"), res
 
 
-def summarize(work: Path, card: str, out: Path | None, smoke: bool = False) -> dict:
+# the steps behind each summary row (a --only rerun reports the rows of unselected steps as
+# NOT SELECTED, which neither passes nor fails)
+ROW_STEPS = {"pytest_kernels": ("pytest_kernels",), "pytest_model": ("pytest_model",), "attention": ("attention",),
+             "train": ("train",), "mfu": ("mfu", "mfu_compile"), "recurrent": ("recurrent",)}
+
+
+def summarize(work: Path, card: str, out: Path | None, smoke: bool = False, only: str = "") -> dict:
     steps = _steps(work)
+    selected = {x for x in only.split(",") if x}
     rows, raw = [], {}
     for key, fn in (("pytest_kernels", lambda w, s: _pytest(w, s, "pytest_kernels", "test_gpu_kernels.py", smoke)),
                     ("pytest_model", lambda w, s: _pytest(w, s, "pytest_model",
                                                           "test_gpu.py + test_detect_gpu.py", smoke)),
                     ("attention", _attention), ("train", _train), ("mfu", _mfu), ("recurrent", _recurrent)):
         row, res = fn(work, steps)
+        if selected and not selected & set(ROW_STEPS[key]):
+            row = {**row, "value": None, "status": "NOT SELECTED", "note": f"not in --only {only}"}
         rows.append(row)
         raw[key] = res
-    targets = [r for r in rows if r["status"] != "INFO"]
+    targets = [r for r in rows if r["status"] not in ("INFO", "NOT SELECTED")]
     if smoke:
         ok = all(r["status"] != "ERROR" for r in targets)
     else:
         ok = all(r["status"] == "PASS" for r in targets)
-    result = {"card": card, "smoke": smoke, "ok": ok, "time": time.strftime("%Y-%m-%d %H:%M:%S"),
+    result = {"card": card, "smoke": smoke, "only": sorted(selected), "ok": ok, "time": time.strftime("%Y-%m-%d %H:%M:%S"),
               "env": _load(work / "env.json"), "steps": steps, "rows": rows, "raw": raw}
     print_table(result)
     if out is not None:
@@ -238,12 +247,14 @@ def main(argv=None) -> int:
     ap.add_argument("--card", default="gpu")
     ap.add_argument("--out", "--json", dest="out", default=None, help="summary JSON path")
     ap.add_argument("--smoke", action="store_true", help="CPU smoke run: only ERROR fails")
+    ap.add_argument("--only", default="", help="comma-separated steps that ran (gpu_check.sh --only)")
     args = ap.parse_args(argv)
     if args.env:
         return environment(Path(args.env))
     if not args.work:
         ap.error("--work is required (or --env)")
-    res = summarize(Path(args.work), args.card, Path(args.out) if args.out else None, smoke=args.smoke)
+    res = summarize(Path(args.work), args.card, Path(args.out) if args.out else None, smoke=args.smoke,
+                    only=args.only)
     return 0 if res["ok"] else 1
 
 

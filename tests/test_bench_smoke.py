@@ -121,3 +121,26 @@ def test_gpu_check_summary_marks_missing_and_failed_steps(tmp_path):
     (tmp_path / "train.json").write_text(json.dumps(tr))
     (tmp_path / "mfu_compile.json").write_text(json.dumps({**mfu, "rows": [{**mfu["rows"][0], "mfu": 0.3}]}))
     assert summ.main(["--work", str(tmp_path), "--card", "h100"]) == 0
+
+
+def test_gpu_check_only_rejects_unknown_steps_and_reports_unselected_rows(tmp_path):
+    r = _run_check(tmp_path, "--only=train,bogus", RH_GPU_CHECK_ALLOW_CPU="1")
+    assert r.returncode == 2 and "unknown step 'bogus'" in r.stderr and r.stderr.count("\n") == 1
+    assert list(tmp_path.iterdir()) == []
+    spec = importlib.util.spec_from_file_location("gpu_check_summary", ROOT / "benchmarks" / "gpu_check_summary.py")
+    summ = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(summ)
+    (tmp_path / "steps.tsv").write_text("attention\t0\t30\t150\n")
+    att = {"kernel": {"settings": {"T": 32768, "window": 128, "dtype": "bfloat16"}, "swa_path": "swa-flex",
+                      "timings": {"swa-flex": {"median_ms": 3.0}, "full-sdpa": {"median_ms": 35.0}},
+                      "full_over_swa": 35.0 / 3.0}}
+    (tmp_path / "attention.json").write_text(json.dumps(att))
+    out = tmp_path / "s.json"
+    # a rerun of the attention step alone: the other rows are NOT SELECTED and do not fail it
+    assert summ.main(["--work", str(tmp_path), "--card", "h100", "--out", str(out), "--only", "attention"]) == 0
+    rows = json.loads(out.read_text())["rows"]
+    status = {r["name"].split(",")[0]: r["status"] for r in rows}
+    assert status["SWA w=128 vs full SDPA"] == "PASS"
+    assert [s for s in status.values() if s != "PASS"] == ["NOT SELECTED"] * 5
+    # without --only the same inputs fail: the other steps never ran
+    assert summ.main(["--work", str(tmp_path), "--card", "h100", "--out", str(out)]) == 1
