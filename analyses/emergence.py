@@ -29,7 +29,6 @@ kaleido works) and ``results.json``. Runs go to ``OUT/runs/`` and are reused whe
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import platform
 import shlex
@@ -38,7 +37,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from analyses.common import (Timer, apply_overrides, jsonable, metrics_frame, non_embedding_params, out_dir,  # noqa: E402
+from analyses.common import (Timer, apply_overrides, jsonable, non_embedding_params, out_dir,  # noqa: E402
                              save_figure, setup_threads, train_and_scan, write_json)
 
 NAME = "emergence"

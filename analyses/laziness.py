@@ -43,7 +43,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from analyses.common import (Timer, apply_overrides, jsonable, metrics_frame, out_dir, save_figure,  # noqa: E402
+from analyses.common import (Timer, apply_overrides, jsonable, out_dir, save_figure,  # noqa: E402
                              setup_threads, train_and_scan, write_json)
 
 NAME = "laziness"
@@ -82,7 +82,8 @@ def ints(s: str | None):
 
 
 def build_configs(a):
-    """(base ModelConfig, base TrainConfig, windows, seeds, scan settings) for the chosen mode."""
+    """(base ModelConfig, base TrainConfig, windows, seeds, scan settings, max steps, whether to
+    train the all-full reference) for the chosen mode."""
     import retrieval_heads as rh
 
     if a.smoke or a.quick:
@@ -108,7 +109,8 @@ def build_configs(a):
     if a.n_per_cell:
         scan["n_per_cell"] = a.n_per_cell
     max_steps = a.max_steps if a.max_steps is not None else mode["max_steps"]
-    return mc, tc, windows, seeds, scan, (max_steps or None)
+    full_ref = a.full_ref if a.full_ref is not None else mode["full_ref"]
+    return mc, tc, windows, seeds, scan, (max_steps or None), full_ref
 
 
 def run_configs(mc, tc, windows, seeds, full_ref: bool):
@@ -332,8 +334,7 @@ def main(argv=None) -> dict:
     timer = Timer()
     out = out_dir(NAME, a.out)
     mode = "smoke" if a.smoke else "quick" if a.quick else "full"
-    mc, tc, windows, seeds, scan_kw, max_steps = build_configs(a)
-    full_ref = a.full_ref if a.full_ref is not None else (SMOKE if a.smoke else QUICK if a.quick else FULL_MODE)["full_ref"]
+    mc, tc, windows, seeds, scan_kw, max_steps, full_ref = build_configs(a)
     if a.jobs < 0:
         raise SystemExit("error: --jobs must be >= 0 (0 = one per core)")
     a.jobs = a.jobs or ((os.cpu_count() or 1) if a.quick else 1)  # full mode: one GPU, one run at a time

@@ -194,7 +194,7 @@ def run_demo(out="runs/demo", *, windows=(16, 64), preset: str = "tiny", steps: 
             "<h2>Summary</h2>",
             summary[["label", "formation_step", "formation_tokens", "final_niah_accuracy"]].to_html(
                 index=False, na_rep="not formed"),
-            f"<p>Per-run reports: " + ", ".join(f"<a href='{rd.name}/scan/report.html'>{n}</a>"
+            "<p>Per-run reports: " + ", ".join(f"<a href='{rd.name}/scan/report.html'>{n}</a>"
                                                   for n, rd in run_dirs.items()) + "</p>",
             f"<p>Wall time: {time.time() - t0:.0f} s ({jobs} run(s) at a time on {cores} core(s)).</p>"]
     report = out / "report.html"

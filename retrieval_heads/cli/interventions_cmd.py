@@ -170,7 +170,6 @@ def ablate(ckpt, k, scores_path, metric, method, context_lens, depths, variant, 
     """Ablate the top-K retrieval heads; controls: K random heads of the same layer kind, K SWA heads."""
     import torch
 
-    from ..eval import train_len
     from ..interventions import ablation_experiment, scores_from_scan, summarize
     from ..tasks import niah_batch
 
@@ -230,7 +229,6 @@ def ablate(ckpt, k, scores_path, metric, method, context_lens, depths, variant, 
 @click.option("--no-progress", is_flag=True)
 def patch(ckpt, kind, context_len, depth, n, variant, seed, query_only, backend, out, no_progress):
     """Activation patching clean -> corrupted needle prompt: recovered logit difference."""
-    from ..eval import train_len
     from ..interventions import activation_patching, needle_pairs
 
     _check_out(out)

@@ -22,16 +22,17 @@ import torch
 import torch.nn.functional as F
 
 from ..tasks import TOKENIZER, load_haystack
-from ..tasks.haystack import HELDOUT_FRACTION
+from ..tasks.haystack import HELDOUT_FRACTION, text_bytes  # noqa: F401 - re-exported by rh.eval
 from .niah import check_length
 
 
 def heldout_bytes(text: str = "essay", fraction: float | None = None) -> bytes:
-    """The evaluation text as bytes: the last ``fraction`` of a built-in haystack (default
-    ``HELDOUT_FRACTION`` for ``essay``), or the whole of a user's file/folder."""
-    data = load_haystack(text).encode("utf-8")
+    """The evaluation text as bytes: by default ``text_bytes(text, "heldout")`` (the essay's last
+    ``HELDOUT_FRACTION``, which training never samples, or the whole of a user's file/folder);
+    with ``fraction``, the last ``fraction`` of the text."""
     if fraction is None:
-        fraction = HELDOUT_FRACTION if text == "essay" else 1.0
+        return text_bytes(text, "heldout")
+    data = load_haystack(text).encode("utf-8")
     if not 0.0 < fraction <= 1.0:
         raise ValueError(f"fraction: must lie in (0, 1], got {fraction}")
     return data[int(len(data) * (1.0 - fraction)):]
