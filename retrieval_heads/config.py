@@ -19,7 +19,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-# One letter per layer kind (see DESIGN.md "Layout string").
+# One letter per layer kind (see docs/ARCHITECTURE.md, "Conventions").
 LAYER_KINDS = {
     "F": "full attention",
     "S": "sliding-window attention",

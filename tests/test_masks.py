@@ -1,6 +1,6 @@
 """Attention masks seen through the hooks: window semantics per layer kind.
 
-Window convention (DESIGN.md): ``w`` = number of keys a query sees *including itself*,
+Window convention (docs/ARCHITECTURE.md): ``w`` = number of keys a query sees *including itself*,
 so query ``i`` sees key ``j`` iff ``0 <= i - j < w``. `F` layers are causal-full.
 Recurrent layers have no ``attn`` submodule, hence no ``hook_pattern``.
 """
