@@ -8,20 +8,21 @@
     S     = rh.retrieval_scores(model, batch, method="copy")   # [n_layers, n_heads]
     df    = rh.scan("runs/x")
 
-Names are imported lazily so that ``import retrieval_heads`` stays quick.
+Names are imported lazily so that ``import retrieval_heads`` stays quick: it imports no torch
+until a model, a task or a score is first used.
 """
 
 from __future__ import annotations
 
 import importlib
 
+from ._version import __version__
 from .config import ModelConfig, TrainConfig, parse_layout, parse_pos
-from .model import HybridLM
-
-__version__ = "0.1.0"
 
 # public name -> module that defines it (imported on first use)
 _LAZY = {
+    "HybridLM": "retrieval_heads.model",
+    "labels": "retrieval_heads.labels",
     "tasks": "retrieval_heads.tasks",
     "train": "retrieval_heads.train",
     "detect": "retrieval_heads.detect",
@@ -47,4 +48,4 @@ def __getattr__(name: str):
     raise AttributeError(f"module 'retrieval_heads' has no attribute {name!r}")
 
 
-__all__ = ["ModelConfig", "TrainConfig", "HybridLM", "parse_layout", "parse_pos", *_LAZY]
+__all__ = ["ModelConfig", "TrainConfig", "parse_layout", "parse_pos", "__version__", *_LAZY]

@@ -15,8 +15,11 @@ from plotly.subplots import make_subplots
 BOUNDED = {"copy": (0.0, 1.0), "mass": (0.0, 1.0), "entropy_norm": (0.0, 1.0)}
 
 
-def head_label(layer: int, head: int, layer_type: str) -> str:
-    return f"L{layer}{layer_type}.H{head}"
+def head_label(layer: int, head: int, layer_type: str | None = None) -> str:
+    """``L3H0 (F)``: the library's one head label (:mod:`retrieval_heads.labels`) with its kind."""
+    from .labels import head_label as _label
+
+    return _label(layer, head, layer_type)
 
 
 def heatmap_slider(scores: pd.DataFrame, metric: str = "copy", x: str = "step") -> go.Figure:

@@ -127,9 +127,9 @@ def test_mean_over_reference_positions(model, tokens):
 
 
 def test_head_parsing_errors(model):
-    assert parse_heads("3.1, 1.0", model) == [(1, 0), (3, 1)]
+    assert parse_heads("3.1, 1.0", model) == parse_heads("L3H1,L1H0", model) == [(1, 0), (3, 1)]
     assert parse_heads({3: [0, 1]}, model) == [(3, 0), (3, 1)]
-    for bad, msg in [("2.0", "recurrent"), ("9.0", "out of range"), ("1.7", "out of range"), ("x", "LAYER.HEAD")]:
+    for bad, msg in [("2.0", "recurrent"), ("9.0", "out of range"), ("1.7", "out of range"), ("x", "L3H1")]:
         with pytest.raises(ValueError, match=msg):
             parse_heads(bad, model)
     with pytest.raises(ValueError, match="reference"):

@@ -1,5 +1,8 @@
 """`retrieval-heads` command line. Each subcommand lives in its own module of this package
-and is registered in ``_COMMANDS``; a module that fails to import does not break the others.
+and is registered in ``COMMANDS`` with its one-line help, so that ``retrieval-heads --help``
+and ``--version`` import no torch: a subcommand's module is imported only when it runs (or
+its own ``--help`` is asked for). A subcommand whose module fails to import is still listed;
+running it prints the import error as one line.
 
 Errors: a bad option or argument, and a ``ValueError``/``OSError`` (``FileNotFoundError``,
 ``PermissionError``, ...) or out-of-memory error raised by the library, become one line
@@ -8,44 +11,79 @@ Errors: a bad option or argument, and a ``ValueError``/``OSError`` (``FileNotFou
 
 from __future__ import annotations
 
+import difflib
 import importlib
 import sys
 
 import click
 
-# subcommand name -> "module:function"
-_COMMANDS = {
-    "train": "retrieval_heads.cli.train_cmd:train",
-    "scan": "retrieval_heads.cli.scan_cmd:scan",
-    "compare": "retrieval_heads.cli.scan_cmd:compare",
-    "eval": "retrieval_heads.cli.interventions_cmd:eval_cmd",
-    "ablate": "retrieval_heads.cli.interventions_cmd:ablate",
-    "patch": "retrieval_heads.cli.interventions_cmd:patch",
-    "report": "retrieval_heads.cli.scan_cmd:report",
-    "demo": "retrieval_heads.cli.demo_cmd:demo",
-    "info": "retrieval_heads.cli.info_cmd:info",
+from .._version import __version__
+
+# subcommand name -> ("module:function", one-line help shown by `retrieval-heads --help`).
+# tests/test_cli_startup.py checks that each line equals the command's own short help.
+COMMANDS = {
+    "train": ("retrieval_heads.cli.train_cmd:train",
+              "Train a small hybrid LM on LM text + needle tasks, with checkpoints for scanning."),
+    "scan": ("retrieval_heads.cli.scan_cmd:scan",
+             "Score every checkpoint of RUN for retrieval heads; write tables and a report."),
+    "compare": ("retrieval_heads.cli.scan_cmd:compare",
+                "Formation step and NIAH-vs-tokens of several scanned RUNS on one figure."),
+    "eval": ("retrieval_heads.cli.interventions_cmd:eval_cmd",
+             "NIAH accuracy per length and depth, long-context loss by position, short-context loss."),
+    "ablate": ("retrieval_heads.cli.interventions_cmd:ablate",
+               "Ablate the top-K retrieval heads; controls: K random heads of the same layer kind, K SWA heads."),
+    "patch": ("retrieval_heads.cli.interventions_cmd:patch",
+              "Activation patching clean -> corrupted needle prompt: recovered logit difference."),
+    "report": ("retrieval_heads.cli.scan_cmd:report",
+               "Rebuild RUN/scan/report.html from the existing scan tables."),
+    "demo": ("retrieval_heads.cli.demo_cmd:demo",
+             "Large-Window Laziness on 2 CPU cores: prints the path of the HTML report."),
+    "info": ("retrieval_heads.cli.info_cmd:info",
+             "Build a model from the options and print its layout, size and hook names."),
 }
 
 
+class CommandImportError(click.ClickException):
+    """A subcommand whose module cannot be imported (a missing dependency, a broken install)."""
+
+
 class LazyGroup(click.Group):
+    """A group that lists its subcommands from ``COMMANDS`` and imports one only to run it."""
+
     def list_commands(self, ctx):
-        return sorted(name for name in _COMMANDS if self._load(name) is not None)
+        return sorted(COMMANDS)
 
     def get_command(self, ctx, name):
-        return self._load(name)
-
-    @staticmethod
-    def _load(name):
-        if name not in _COMMANDS:
+        if name not in COMMANDS:
             return None
-        mod, fn = _COMMANDS[name].split(":")
+        target = COMMANDS[name][0]
+        mod, fn = target.split(":")
         try:
             return getattr(importlib.import_module(mod), fn)
-        except (ImportError, AttributeError):
-            return None
+        except ImportError as e:
+            missing = getattr(e, "name", None)
+            hint = f"; install it (pip install {missing})" if missing and "." not in missing else ""
+            raise CommandImportError(f"the '{name}' command cannot be loaded: {type(e).__name__}: {e}{hint}") from e
+        except AttributeError as e:
+            raise CommandImportError(f"the '{name}' command cannot be loaded: {target} is missing ({e})") from e
+
+    def resolve_command(self, ctx, args):
+        name = args[0] if args else None
+        if name is not None and name not in COMMANDS and not name.startswith("-"):
+            close = difflib.get_close_matches(name, list(COMMANDS), n=3, cutoff=0.5)
+            hint = f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+            raise click.UsageError(f"no such command {name!r}.{hint} Commands: {', '.join(sorted(COMMANDS))}",
+                                   ctx=ctx)
+        return super().resolve_command(ctx, args)
+
+    def format_commands(self, ctx, formatter):
+        rows = [(name, COMMANDS[name][1]) for name in sorted(COMMANDS)]
+        with formatter.section("Commands"):
+            formatter.write_dl(rows)
 
 
 @click.group(cls=LazyGroup)
+@click.version_option(__version__, "--version", prog_name="retrieval-heads", message="%(prog)s %(version)s")
 @click.option("--debug", is_flag=True, help="Show full tracebacks on errors.")
 @click.pass_context
 def cli(ctx, debug):
@@ -67,6 +105,9 @@ def main(argv=None):
     """Entry point: one-line errors with exit code 2 unless --debug."""
     args = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in args
+    if not [a for a in args if a != "--debug"]:  # a bare `retrieval-heads`: the help, not an error
+        click.echo(cli.get_help(click.Context(cli, info_name="retrieval-heads")))
+        sys.exit(0)
     try:
         cli.main(args=args, prog_name="retrieval-heads", standalone_mode=False)
     except click.exceptions.Abort:

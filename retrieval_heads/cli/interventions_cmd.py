@@ -15,27 +15,7 @@ from pathlib import Path
 
 import click
 
-
-def _floats(s: str) -> tuple:
-    try:
-        return tuple(float(x) for x in s.split(",") if x.strip())
-    except ValueError:
-        raise click.BadParameter(f"expected comma-separated numbers, got {s!r}") from None
-
-
-def _ints(s: str | None):
-    if s is None:
-        return None
-    try:
-        out = tuple(int(x) for x in s.split(",") if x.strip())
-    except ValueError:
-        raise click.BadParameter(f"expected comma-separated integers, got {s!r}") from None
-    if not out:
-        raise click.BadParameter(f"expected comma-separated integers, got {s!r}")
-    return out
-
-
-POSITIVE = click.IntRange(min=1)
+from .options import FLOAT_LIST, INT_LIST, POSITIVE
 
 
 def resolve_checkpoint(path: str) -> Path:
@@ -99,8 +79,8 @@ def _windows(full_window, efficient_window):
 # ---- eval ---------------------------------------------------------------------------------
 @click.command("eval")
 @click.argument("ckpt", type=click.Path())
-@click.option("--context-lens", default=None, help="Comma-separated NIAH prompt lengths [default: train length /2, x1, x2].")
-@click.option("--depths", default="0,0.25,0.5,0.75,1", show_default=True, help="Needle depths in [0, 1].")
+@click.option("--context-lens", default=None, type=INT_LIST, help="Comma-separated NIAH prompt lengths [default: train length /2, x1, x2].")
+@click.option("--depths", default="0,0.25,0.5,0.75,1", type=FLOAT_LIST, show_default=True, help="Needle depths in [0, 1].")
 @click.option("--variant", default="single_1", show_default=True, help="Needle task variant (RULER name).")
 @click.option("--n", "n", default=4, show_default=True, type=POSITIVE, help="Samples per (length, depth).")
 @click.option("--seed", default=0, show_default=True, type=int)
@@ -120,9 +100,9 @@ def eval_cmd(ckpt, context_lens, depths, variant, n, seed, loss_len, loss_rows, 
 
     _check_out(out)
     ck, model = _load(ckpt)
-    lens = _ints(context_lens) or _default_lens(model)
+    lens = context_lens or _default_lens(model)
     with _windows(full_window, efficient_window)(model) as windows:
-        grid = niah_grid(model, lens, _floats(depths), variant, n, seed=seed, progress=not no_progress)
+        grid = niah_grid(model, lens, depths, variant, n, seed=seed, progress=not no_progress)
         L = loss_len or max(lens)
         lc = long_context_loss(model, context_len=L, n=loss_rows, text=text, seed=seed)
         sl = short_len or train_len(model) or min(256, L)
@@ -156,8 +136,8 @@ def eval_cmd(ckpt, context_lens, depths, variant, n, seed, loss_len, loss_rows, 
 @click.option("--metric", default="mass", show_default=True, type=click.Choice(["copy", "mass"]),
               help="Retrieval score used to rank heads.")
 @click.option("--method", default="zero", show_default=True, type=click.Choice(["zero", "mean"]))
-@click.option("--context-lens", default=None, help="Comma-separated NIAH lengths [default: training length].")
-@click.option("--depths", default="0.1,0.3,0.5,0.7,0.9", show_default=True)
+@click.option("--context-lens", default=None, type=INT_LIST, help="Comma-separated NIAH lengths [default: training length].")
+@click.option("--depths", default="0.1,0.3,0.5,0.7,0.9", type=FLOAT_LIST, show_default=True)
 @click.option("--variant", default="single_1", show_default=True)
 @click.option("--n", "n", default=4, show_default=True, type=POSITIVE, help="Samples per (length, depth).")
 @click.option("--n-random", default=3, show_default=True, type=POSITIVE, help="Draws of each random control.")
@@ -175,7 +155,7 @@ def ablate(ckpt, k, scores_path, metric, method, context_lens, depths, variant, 
 
     _check_out(out)
     ck, model = _load(ckpt)
-    lens = _ints(context_lens) or (_default_len(model),)
+    lens = context_lens or (_default_len(model),)
     scores = None
     scan = Path(scores_path) if scores_path else ck.parent / "scan" / "scores.parquet"
     if scan.exists() or scan.is_dir():
@@ -196,7 +176,7 @@ def ablate(ckpt, k, scores_path, metric, method, context_lens, depths, variant, 
         raise ValueError(f"no head has a finite {metric!r} score (with 'copy', no sample was answered "
                          "correctly); try --metric mass")
     df = ablation_experiment(model, k=k, scores=scores, method=method, context_lens=lens,
-                             depths=_floats(depths), n=n, variant=variant, seed=seed, n_random=n_random,
+                             depths=depths, n=n, variant=variant, seed=seed, n_random=n_random,
                              progress=not no_progress)
     summ = summarize(df)
     click.echo(f"NIAH accuracy with {k} heads ablated ({method}; lengths {', '.join(map(str, lens))}):")
@@ -238,11 +218,40 @@ def patch(ckpt, kind, context_len, depth, n, variant, seed, query_only, backend,
     at = [pair.query_pos] if query_only and kind != "position" else None
     res = activation_patching(model, pair, kind=kind, at=at, backend=backend, progress=not no_progress)
     click.echo(f"logit difference: clean {res.clean_diff:.3f}, corrupted {res.corrupt_diff:.3f}")
-    top = res.df.sort_values("recovered", ascending=False).head(10)
-    cols = [c for c in ("layer", "layer_type", "head", "position", "token", "recovered") if c in top]
-    click.echo(top[cols].to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    click.echo(_patched_where(kind, at, pair))
+    click.echo(_patching_table(res.df, kind))
     d = _out_dir(out)
     if d is not None:
         res.df.to_csv(d / "patching.csv", index=False)
         res.figure.write_html(d / "patching.html")
         click.echo(f"tables: {d}")
+
+
+def _patched_where(kind: str, at, pair) -> str:
+    """Which positions each patch covered, in words."""
+    if kind == "position":
+        return "patched: one layer's residual stream at one position per row"
+    if at:
+        from ..tasks import TOKENIZER
+
+        tok = TOKENIZER.decode([int(pair.clean[0, at[0]])], stop_at_eos=False)
+        return f"patched: the query position only (position {at[0]}, token {tok!r})"
+    return "patched: every position"
+
+
+def _patching_table(df, kind: str, top: int = 10) -> str:
+    """The ``top`` patches by recovered fraction, heads named ``L3H0 (F)``, layers ``L3 (F)``."""
+    from ..labels import head_label
+
+    rows = df.sort_values("recovered", ascending=False).head(top)
+    out = {}
+    if kind == "heads":
+        out["head"] = [head_label(r.layer, r.head, r.layer_type) for r in rows.itertuples()]
+    else:
+        out["layer"] = [f"L{r.layer} ({r.layer_type})" for r in rows.itertuples()]
+    if kind == "position":
+        out["position"] = rows["position"].astype(int).tolist()
+        out["token"] = [repr(t) for t in rows["token"]]
+    out["recovered"] = rows["recovered"].tolist()
+    table = __import__("pandas").DataFrame(out)
+    return table.to_string(index=False, float_format=lambda v: f"{v:.3f}")

@@ -1,12 +1,15 @@
 """Naming and choosing heads: ``(layer, head)`` pairs, parsing, top-k and random controls.
 
-Heads can be given as ``[(3, 1), (7, 0)]``, ``{3: [1], 7: [0, 2]}``, ``"3.1,7.0"`` or
-``["3.1", "7.0"]``. Every helper returns a sorted list of ``(layer, head)`` tuples and
-checks each pair against the model (attention layers only, head < n_heads).
+Heads can be given as ``[(3, 1), (7, 0)]``, ``{3: [1], 7: [0, 2]}``, ``"L3H1,L7H0"`` or
+``["L3H1", "L7H0"]`` (the older ``"3.1"`` form is still read). Every helper returns a sorted
+list of ``(layer, head)`` tuples and checks each pair against the model (attention layers
+only, head < n_heads); :func:`format_heads` writes them back as ``L3H1,L7H0``.
 
     >>> cfg = __import__("retrieval_heads").ModelConfig(layout="SSSF", d_model=32, n_heads=2, window=4)
-    >>> parse_heads("3.1, 0.0", cfg)
+    >>> parse_heads("L3H1, 0.0", cfg)
     [(0, 0), (3, 1)]
+    >>> format_heads([(0, 0), (3, 1)])
+    'L0H0,L3H1'
 """
 
 from __future__ import annotations
@@ -15,6 +18,8 @@ import random
 from typing import Iterable
 
 import torch
+
+from ..labels import head_label, parse_head_label
 
 Head = tuple[int, int]
 
@@ -35,10 +40,7 @@ def parse_heads(heads, model_or_cfg) -> list[Head]:
     out = set()
     for item in heads:
         if isinstance(item, str):
-            parts = item.replace(":", ".").split(".")
-            if len(parts) != 2 or not all(p.strip().lstrip("-").isdigit() for p in parts):
-                raise ValueError(f"heads: expected 'LAYER.HEAD' like '3.1', got {item!r}")
-            item = (int(parts[0]), int(parts[1]))
+            item = parse_head_label(item)
         try:
             layer, head = (int(x) for x in item)
         except (TypeError, ValueError):
@@ -57,7 +59,8 @@ def parse_heads(heads, model_or_cfg) -> list[Head]:
 
 
 def format_heads(heads: Iterable[Head]) -> str:
-    return ",".join(f"{l}.{h}" for l, h in heads)
+    """``L3H1,L7H0``: the heads with the library's one label (:func:`retrieval_heads.labels.head_label`)."""
+    return ",".join(head_label(l, h) for l, h in heads)
 
 
 def heads_of_kind(model_or_cfg, kinds: str) -> list[Head]:

@@ -1,0 +1,32 @@
+"""One way to name a head everywhere (CLI, tables, reports, notebooks): ``L3H0``.
+
+This is how TransformerLens writes heads (``L{layer}H{head}``). Where the layer's kind helps
+a reader it follows in parentheses, ``L3H0 (F)``; the label itself never changes.
+
+    >>> head_label(3, 0)
+    'L3H0'
+    >>> head_label(3, 0, "F")
+    'L3H0 (F)'
+    >>> parse_head_label("L3H0"), parse_head_label("3.0")
+    ((3, 0), (3, 0))
+"""
+
+from __future__ import annotations
+
+import re
+
+_LABEL = re.compile(r"^\s*L?(\d+)\s*(?:H|\.|:)\s*(\d+)\s*$", re.IGNORECASE)
+
+
+def head_label(layer: int, head: int, kind: str | None = None) -> str:
+    """``L{layer}H{head}``, with the layer kind appended as `` (F)`` when given."""
+    label = f"L{int(layer)}H{int(head)}"
+    return f"{label} ({kind})" if kind else label
+
+
+def parse_head_label(text: str) -> tuple[int, int]:
+    """(layer, head) from ``L3H0`` (also accepted: ``l3h0``, ``3.0``, ``3:0``)."""
+    m = _LABEL.match(str(text))
+    if m is None:
+        raise ValueError(f"heads: expected a head like 'L3H1' (or '3.1'), got {text!r}")
+    return int(m.group(1)), int(m.group(2))
