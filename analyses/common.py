@@ -4,7 +4,7 @@
 
 Stable surface (other analysis scripts import it): ``setup_threads``, ``out_dir``,
 ``save_figure``, ``write_json``, ``jsonable``, ``train_and_scan``, ``metrics_frame``,
-``non_embedding_params``, ``apply_overrides``, ``Timer``; and, for the scripts that analyse one
+``non_embedding_params``, ``apply_overrides``, ``Timer``, ``RunLog``, ``progress_every``; and, for the scripts that analyse one
 trained run (``mechanism``, ``nope``, ``probing``, ``gradient_influence``): ``DEFAULT_TRAIN``,
 ``script_log``, ``parse_common``, ``results_head``, ``write_results``, ``save_table``,
 ``save_fig``, ``machine_info``, ``train_preset``, ``run_checkpoints``, ``last_checkpoint``.
@@ -128,6 +128,25 @@ class Timer:
         return time.time() - self.t0
 
 
+PROGRESS_LINES = 20  # a run trained without a progress bar logs about this many "step k/N" lines
+
+
+def progress_every(steps: int) -> int:
+    """Steps between two ``step k/N  loss ..  niah ..  1m12s`` lines of a run trained without a bar."""
+    return max(1, int(steps) // PROGRESS_LINES)
+
+
+class RunLog:
+    """Picklable ``log(msg)`` for process-pool workers: prints ``[prefix] msg``, flushed, so the
+    lines of runs trained at once stay apart (``[laziness w64_seed0] step 400/2000  loss 2.31 ...``)."""
+
+    def __init__(self, prefix: str):
+        self.prefix = prefix
+
+    def __call__(self, msg) -> None:
+        print(f"[{self.prefix}] {msg}", flush=True)
+
+
 def metrics_frame(run_dir):
     """``RUN/metrics.jsonl`` as a DataFrame (one row per evaluation)."""
     import pandas as pd
@@ -148,7 +167,7 @@ def non_embedding_params(model_cfg) -> int:
 
 def train_and_scan(model_cfg, train_cfg, run_dir, *, scan: bool = True, scan_kw: dict | None = None,
                    stop_when_formed: int | None = None, max_steps: int | None = None, progress: bool = False,
-                   log=print) -> dict:
+                   log=print, log_every: int | None = None) -> dict:
     """Train (or resume / reuse a finished run in ``run_dir``) and optionally scan it.
 
     ``stop_when_formed=k`` trains in chunks of ``k`` checkpoints, scanning after each, and stops
@@ -158,23 +177,32 @@ def train_and_scan(model_cfg, train_cfg, run_dir, *, scan: bool = True, scan_kw:
     schedule is still that of ``train_cfg.steps``; a later call with a larger cap continues the
     same run exactly). Returns ``{"run_dir", "train_s", "scan_s", "formation":
     formation.json's "run" entry or None, "stopped_early", "metrics": DataFrame}``. A finished
-    run with the same configs is reused and the scan's cache makes a re-scan cheap."""
+    run with the same configs is reused and the scan's cache makes a re-scan cheap. Without
+    ``progress`` bars, training logs a ``step k/N  loss ..`` line every ``log_every`` steps
+    (default ``progress_every(train_cfg.steps)``; 0 = none) and each scan ``scanning k/n
+    checkpoints`` lines, all through ``log``."""
     from retrieval_heads.detect import scan as rh_scan
     from retrieval_heads.train.loop import checkpoint_steps, train
 
     run_dir = Path(run_dir)
     res = {"run_dir": str(run_dir), "train_s": 0.0, "scan_s": 0.0, "formation": None, "stopped_early": False}
+    if log_every is None:
+        log_every = progress_every(train_cfg.steps)
+    lines = None if progress else log_every
 
     def do_scan():
         t = Timer()
-        rh_scan(run_dir, progress=progress, echo=lambda m: None, report=False, **(scan_kw or {}))
+        log(f"scanning {run_dir.name}")
+        rh_scan(run_dir, progress=progress, echo=(lambda m: None) if progress else log, report=False,
+                log_progress=not progress, **(scan_kw or {}))
         res["scan_s"] += t()
         res["formation"] = json.loads((run_dir / "scan" / "formation.json").read_text())["run"]
 
     if not (scan and stop_when_formed):
         t = Timer()
         cap = min(max_steps, train_cfg.steps) if max_steps else None
-        train(model_cfg, train_cfg, run_dir, resume=True, stop_at=cap, progress=progress, log=log)
+        log(f"training {run_dir.name}: {train_cfg.steps} steps" + (f" (stop at {cap})" if cap else ""))
+        train(model_cfg, train_cfg, run_dir, resume=True, stop_at=cap, progress=progress, log=log, log_every=lines)
         res["train_s"] = t()
         if scan:
             do_scan()
@@ -187,7 +215,9 @@ def train_and_scan(model_cfg, train_cfg, run_dir, *, scan: bool = True, scan_kw:
             stops.append(ck[-1])
         for stop in stops:
             t = Timer()
-            train(model_cfg, train_cfg, run_dir, resume=True, stop_at=stop, progress=progress, log=log)
+            log(f"training {run_dir.name} to step {stop} of {train_cfg.steps}")
+            train(model_cfg, train_cfg, run_dir, resume=True, stop_at=stop, progress=progress, log=log,
+                  log_every=lines)
             res["train_s"] += t()
             do_scan()
             f = res["formation"]
@@ -310,7 +340,8 @@ def train_preset(spec: dict, run_dir: str | Path, device: str, log=print, *, ver
     """Train (or resume / reuse a finished run in ``run_dir``) ``spec`` = ``{"preset": name,
     "model": {ModelConfig overrides} (optional), **TrainConfig overrides}`` on ``device``;
     returns the run folder. ``verbose`` adds context / batch to the first log line and a
-    closing ``trained in Ns; final ...`` line."""
+    closing ``trained in Ns; final ...`` line. Training logs ``step k/N  loss ..  niah ..  1m12s``
+    lines (``progress_every``) through ``log``."""
     import retrieval_heads as rh
 
     spec = dict(spec)
@@ -321,7 +352,8 @@ def train_preset(spec: dict, run_dir: str | Path, device: str, log=print, *, ver
     shape = f" (context {train_cfg.context_len}, batch {train_cfg.batch_size})" if verbose else ""
     log(f"training {model_cfg.describe()} for {train_cfg.steps} steps{shape} into {run_dir}")
     t = Timer()
-    res = rh.train.loop.train(model_cfg, train_cfg, run_dir, resume=True, progress=False, log=log)
+    res = rh.train.loop.train(model_cfg, train_cfg, run_dir, resume=True, progress=False, log=log,
+                              log_every=progress_every(train_cfg.steps))
     if verbose:
         log(f"trained in {t():.0f}s; final {res.get('final')}")
     return Path(res["out"])

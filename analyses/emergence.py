@@ -37,8 +37,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from analyses.common import (Timer, apply_overrides, jsonable, non_embedding_params, out_dir,  # noqa: E402
-                             save_figure, setup_threads, train_and_scan, write_json)
+from analyses.common import (RunLog, Timer, apply_overrides, jsonable, non_embedding_params,  # noqa: E402
+                             out_dir, save_figure, setup_threads, train_and_scan, write_json)
 
 NAME = "emergence"
 
@@ -142,7 +142,7 @@ def one_run(job: dict) -> dict:
     import retrieval_heads as rh
 
     mc, tc = rh.ModelConfig.from_dict(job["model"]), rh.TrainConfig.from_dict(job["train"])
-    r = train_and_scan(mc, tc, job["run_dir"], scan=False, log=lambda m: None)
+    r = train_and_scan(mc, tc, job["run_dir"], scan=False, log=RunLog(f"{NAME} {Path(job['run_dir']).name}"))
     t = Timer()
     m = r["metrics"]
     N = non_embedding_params(mc)

@@ -43,7 +43,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from analyses.common import (Timer, apply_overrides, jsonable, out_dir, save_figure,  # noqa: E402
+from analyses.common import (RunLog, Timer, apply_overrides, jsonable, out_dir, save_figure,  # noqa: E402
                              setup_threads, train_and_scan, write_json)
 
 NAME = "laziness"
@@ -161,7 +161,7 @@ def one_run(job: dict) -> dict:
 
     mc, tc = rh.ModelConfig.from_dict(job["model"]), rh.TrainConfig.from_dict(job["train"])
     r = train_and_scan(mc, tc, job["run_dir"], scan_kw=job["scan"], stop_when_formed=job["stop_when_formed"],
-                       max_steps=job["max_steps"], log=lambda m: None)
+                       max_steps=job["max_steps"], log=RunLog(f"{NAME} {Path(job['run_dir']).name}"))
     m = r["metrics"]
     last = m.iloc[-1]
     form = r["formation"] or {}

@@ -36,8 +36,8 @@ import retrieval_heads as rh
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from analyses.common import (last_checkpoint, parse_common, results_head, save_fig, save_table,  # noqa: E402
-                             script_log, write_results)
+from analyses.common import (last_checkpoint, parse_common, progress_every, results_head, save_fig,  # noqa: E402
+                             save_table, script_log, write_results)
 
 NAME = "nope"
 POS = {"rope": {"F": "rope", "S": "rope"}, "nope": {"F": "nope", "S": "rope"}}
@@ -97,7 +97,8 @@ def main(argv=None):
         t1 = time.time()
         log(f"training {name}: {mc.describe()}, {train_cfg.steps} steps, context {train_cfg.context_len}, "
             f"batch {train_cfg.batch_size}, seed {train_cfg.seed}")
-        res = rh.train.loop.train(mc, train_cfg, out / "runs" / name, resume=True, progress=False, log=log)
+        res = rh.train.loop.train(mc, train_cfg, out / "runs" / name, resume=True, progress=False, log=log,
+                                  log_every=progress_every(train_cfg.steps))
         runs[name] = Path(res["out"])
         train_s[name] = round(time.time() - t1, 1)
         log(f"trained {name} in {train_s[name]}s: {res.get('final')}")

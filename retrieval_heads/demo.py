@@ -26,7 +26,10 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from . import plots
-from .report import _fig_html, _page, compare_runs, load_scan
+from .labels import head_label
+from .report import _fig_html, _page, compare_runs, load_scan, summary_display
+
+PROGRESS_LINES = 20  # a run trained without a progress bar logs about this many "step k/N" lines
 
 
 def _demo_configs(preset: str, window: int, steps: int | None, seed: int):
@@ -54,7 +57,8 @@ def demo_figure(runs: dict[str, dict]) -> go.Figure:
         for (l, h), g in d.groupby(["layer", "head"]):
             fig.add_trace(go.Scatter(x=g["tokens_seen"], y=g["value"], mode="lines+markers",
                                      name=f"{name} {plots.head_label(l, h, 'F')}", showlegend=False,
-                                     line=dict(width=1.5), hovertemplate=f"L{l}H{h}: %{{y:.2f}}<extra>{name}</extra>"),
+                                     line=dict(width=1.5),
+                                     hovertemplate=f"{head_label(l, h, 'F')}: %{{y:.2f}}<extra>{name}</extra>"),
                           row=1, col=i + 1)
         thr = t["meta"].get("threshold", 0.1)
         fig.add_hline(y=thr, line_dash="dash", row=1, col=i + 1)
@@ -76,9 +80,16 @@ def demo_figure(runs: dict[str, dict]) -> go.Figure:
 _SCAN_SETTINGS = dict(depths=(0.1, 0.3, 0.5, 0.7, 0.9), n_per_cell=2)
 
 
+def log_every(steps: int) -> int:
+    """Steps between two progress lines of a run trained without a bar (about PROGRESS_LINES lines)."""
+    return max(1, steps // PROGRESS_LINES)
+
+
 def _train_and_scan(model_cfg, train_cfg, rd, *, progress, log, threads=None) -> float:
     """Train one run into ``rd`` and scan its checkpoints; returns the wall time in seconds.
-    With ``threads`` set this runs in a worker process of its own (one per window)."""
+    With ``threads`` set this runs in a worker process of its own (one per window). Without
+    progress bars, training logs ``step k/N  loss ..  niah ..  1m12s`` lines and the scan
+    ``scanning k/n checkpoints`` lines through ``log``."""
     import torch
 
     from .detect import scan
@@ -88,9 +99,10 @@ def _train_and_scan(model_cfg, train_cfg, rd, *, progress, log, threads=None) ->
         torch.set_num_threads(threads)
     t0 = time.time()
     log(f"[demo] training {model_cfg.describe()} for {train_cfg.steps} steps -> {rd}")
-    train(model_cfg, train_cfg, rd, resume=True, progress=progress, log=log)
+    train(model_cfg, train_cfg, rd, resume=True, progress=progress, log=log,
+          log_every=None if progress else log_every(train_cfg.steps))
     log(f"[demo] scanning {rd}")
-    scan(rd, progress=progress, echo=log, **_SCAN_SETTINGS)
+    scan(rd, progress=progress, echo=log, log_progress=not progress, **_SCAN_SETTINGS)
     log(f"[demo] {rd.name} done in {time.time() - t0:.0f} s")
     return time.time() - t0
 
@@ -192,7 +204,7 @@ def run_demo(out="runs/demo", *, windows=(16, 64), preset: str = "tiny", steps: 
             "the dashed threshold). Right: NIAH accuracy at the training context length.</p>",
             _fig_html(demo_figure(tables), True),
             "<h2>Summary</h2>",
-            summary[["label", "formation_step", "formation_tokens", "final_niah_accuracy"]].to_html(
+            summary_display(summary[["label", "formation_step", "formation_tokens", "final_niah_accuracy"]]).to_html(
                 index=False, na_rep="not formed"),
             "<p>Per-run reports: " + ", ".join(f"<a href='{rd.name}/scan/report.html'>{n}</a>"
                                                   for n, rd in run_dirs.items()) + "</p>",

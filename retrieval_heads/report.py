@@ -18,14 +18,36 @@ from pathlib import Path
 import pandas as pd
 
 from . import plots
+from .labels import head_label
 
 TABLES = ("scores", "niah", "formation", "checkpoints")
 
 
+def scan_dir_of(path) -> Path:
+    """Where the scan tables of ``path`` live: ``RUN/scan/`` for a run folder, ``path`` itself
+    for a folder that holds the tables (``retrieval-heads scan RUN --out DIR``)."""
+    path = Path(path)
+    if not (path / "scan").is_dir() and ((path / "formation.json").exists() or (path / "scores.parquet").exists()):
+        return path
+    return path / "scan"
+
+
+def _run_dir_of(path: Path, scan_dir: Path) -> Path:
+    """The run whose tables are in ``scan_dir``: ``path`` for ``path/scan``, else the run
+    ``scan.json`` names (tables written with ``out=``)."""
+    if scan_dir != path:
+        return path
+    try:
+        return Path(json.loads((scan_dir / "scan.json").read_text())["run"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return scan_dir
+
+
 def load_scan(run_dir) -> dict:
-    """The scan tables of a run: {"scores", "niah", "formation", "checkpoints": DataFrame,
-    "meta": formation.json}. Raises FileNotFoundError when the run was never scanned."""
-    d = Path(run_dir) / "scan"
+    """The scan tables of a run (or of a folder written by ``scan(out=DIR)``): {"scores", "niah",
+    "formation", "checkpoints": DataFrame, "meta": formation.json}. Raises FileNotFoundError
+    when the run was never scanned."""
+    d = scan_dir_of(run_dir)
     missing = [f"{t}.parquet" for t in TABLES if not (d / f"{t}.parquet").exists()]
     if missing or not (d / "formation.json").exists():
         raise FileNotFoundError(f"{d}: no scan tables ({', '.join(missing) or 'formation.json'} missing); "
@@ -33,6 +55,24 @@ def load_scan(run_dir) -> dict:
     out = {t: pd.read_parquet(d / f"{t}.parquet") for t in TABLES}
     out["meta"] = json.loads((d / "formation.json").read_text())
     return out
+
+
+def _int_or(v, missing: str, sep: bool) -> str:
+    if v is None or pd.isna(v):
+        return missing
+    return f"{int(v):,}" if sep else str(int(v))
+
+
+def summary_display(summary: pd.DataFrame) -> pd.DataFrame:
+    """``compare_runs``'s summary as printed and shown in HTML: steps and windows as integers,
+    tokens as integers with thousands separators, "not formed" where a run formed no head."""
+    d = summary.copy()
+    for c, sep in (("formation_step", False), ("formation_tokens", True)):
+        if c in d:
+            d[c] = [_int_or(v, "not formed", sep) for v in d[c]]
+    if "window" in d:
+        d["window"] = [_int_or(v, "-", False) for v in d["window"]]
+    return d
 
 
 def _fig_html(fig, first: bool) -> str:
@@ -82,9 +122,11 @@ def _ablation_sections(run_dir: Path, first_fig: bool) -> list[str]:
 
 
 def build_report(run_dir, out=None) -> Path:
-    """Write ``RUN/scan/report.html`` (or ``out``) from the scan tables; returns its path."""
-    run_dir = Path(run_dir)
+    """Write ``RUN/scan/report.html`` (or ``out``) from the scan tables; returns its path.
+    ``run_dir`` may also be a folder written by ``scan(out=DIR)`` (the report goes there)."""
+    scan_dir = scan_dir_of(run_dir)
     t = load_scan(run_dir)
+    run_dir = _run_dir_of(Path(run_dir), scan_dir)
     meta, scores, niah, form, ck = t["meta"], t["scores"], t["niah"], t["formation"], t["checkpoints"]
     run = meta.get("run", {})
     body = [f"<h1>Retrieval heads: {html.escape(str(run_dir))}</h1>",
@@ -95,7 +137,7 @@ def build_report(run_dir, out=None) -> Path:
             f"{int((ck['status'] == 'skipped').sum())} skipped</p>"]
     if run.get("step") is not None:
         body.append(f"<p><b>First full-attention retrieval head</b> (copy &ge; {meta['threshold']} from then "
-                    f"on): L{run['layer']}.H{run['head']} at step {run['step']:,} "
+                    f"on): {head_label(run['layer'], run['head'])} at step {run['step']:,} "
                     f"({run['tokens_seen']:,} tokens).</p>")
     else:
         body.append(f"<p><b>No full-attention retrieval head formed</b> (copy &ge; {meta['threshold']} "
@@ -121,7 +163,7 @@ def build_report(run_dir, out=None) -> Path:
     formed = form.sort_values(["formed", "formation_step"], ascending=[False, True]).head(20)
     body.append("<h2>Formation per head (top 20)</h2>" + formed.to_html(index=False, na_rep="-"))
     body += _ablation_sections(run_dir, first_fig=not figs)
-    out = Path(out) if out else run_dir / "scan" / "report.html"
+    out = Path(out) if out else scan_dir / "report.html"
     from .detect.scanner import atomic_write
 
     atomic_write(out, lambda p: Path(p).write_text(_page(f"retrieval heads {run_dir.name}", body),
@@ -156,7 +198,7 @@ def compare_runs(runs, out="compare.html") -> tuple[Path, pd.DataFrame]:
     from .detect.scanner import atomic_write, write_json, write_parquet
 
     body = ["<h1>Retrieval-head formation across runs</h1>", _fig_html(fig, True),
-            summary.to_html(index=False, na_rep="not formed")]
+            summary_display(summary).to_html(index=False, na_rep="not formed")]
     atomic_write(out, lambda p: Path(p).write_text(_page("compare runs", body), encoding="utf-8"))
     write_parquet(out.with_suffix(".parquet"), summary)
     write_json(out.with_suffix(".json"), [{k: (None if isinstance(v, float) and math.isnan(v) else v)

@@ -92,3 +92,21 @@ def test_broken_checkpoint_is_skipped(tmp_path):
     info = df.attrs["scan"]
     assert info["n_skipped"] == 1 and info["skipped"][0]["step"] == 2
     assert sorted(df.step.unique()) == [1]
+
+
+def test_cli_scan_out_leaves_the_hf_folder_alone(series, tmp_path, capsys):
+    """`scan --out DIR` on HF checkpoints: tables, report, cache and lock in DIR, nothing in the model's folder."""
+    before = sorted(p.relative_to(series) for p in series.rglob("*"))
+    dest = tmp_path / "hf_scan"
+    with pytest.raises(SystemExit) as e:
+        main(["scan", str(series), "--context-lens", "80", "--depths", "0.5", "--n-per-cell", "1",
+              "--no-progress", "--all-samples", "--out", str(dest)])
+    assert e.value.code == 0
+    assert capsys.readouterr().out.splitlines()[-1] == f"tables: {dest}"
+    for f in ("scores.parquet", "niah.parquet", "checkpoints.parquet", "formation.json", "report.html", ".lock"):
+        assert (dest / f).exists(), f
+    assert list((dest / "cache").glob("scores-*.json"))
+    assert sorted(p.relative_to(series) for p in series.rglob("*")) == before
+    df = rh.scan(series, only_correct=False, context_lens=(80,), depths=(0.5,), n_per_cell=1, progress=False,
+                 report=False, out=dest)
+    assert df.attrs["scan"]["n_cached"] == 3 and df.attrs["scan"]["scan_dir"] == str(dest)

@@ -3,7 +3,8 @@
     >>> df = rh.scan("runs/x", context_lens=(256, 512), workers=2)   # doctest: +SKIP
 
 Every checkpoint (``RUN/step_XXXXXX``, in step order) is scored on the same fixed, seeded
-needle set. Results go under ``RUN/scan/``::
+needle set. Results go under ``RUN/scan/`` (or ``out=DIR``: into ``DIR``, with the cache and
+the lock; the run folder is then only read)::
 
     scores.parquet      step, tokens_seen, layer, head, layer_type, metric, value
                         metric: copy, mass, entropy, entropy_norm, qk_distance (relative L2 of
@@ -17,9 +18,12 @@ needle set. Results go under ``RUN/scan/``::
 
 A checkpoint that cannot be read is reported, listed in the tables and the report, and
 skipped (``ScanResult.skipped``; the CLI then exits non-zero). Writes are atomic and the
-whole scan holds an exclusive lock on ``RUN/scan/.lock``, so concurrent scans of one run
+whole scan holds an exclusive lock on ``RUN/scan/.lock`` (``DIR/.lock``), so concurrent scans of one run
 never corrupt its tables (the second waits, then finds everything cached).
 ``workers=N`` scores checkpoints in N spawned processes; the tables equal a serial scan's.
+
+A folder of runs (``runs/demo`` holding ``window_16/`` and ``window_64/``) is not a run:
+``find_runs`` lists the runs in it and ``scan`` refuses it naming them (the CLI scans each).
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ import math
 import os
 import sys
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,6 +44,7 @@ import pandas as pd
 import torch
 
 from ..train.checkpoint import CheckpointError, STEP_RE, list_checkpoints, load_checkpoint, read_meta, weights_hash
+from ..train.loop import format_duration
 from .formation import formation_table, run_formation
 
 SCORE_VERSION = 1  # bump when the scoring rules change: invalidates every cache entry
@@ -153,7 +159,7 @@ def scan_lock(scan_dir: Path, echo=None):
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             if echo:
-                echo(f"waiting for another scan of {scan_dir.parent} to finish ...")
+                echo(f"waiting for another scan writing to {scan_dir} to finish ...")
             fcntl.flock(f, fcntl.LOCK_EX)
         try:
             yield
@@ -289,9 +295,36 @@ def _model_info(cfg) -> dict:
             "n_layers": cfg.n_layers, "describe": cfg.describe()}
 
 
+def find_runs(folder) -> list[Path]:
+    """The run folders directly inside ``folder`` (sub-folders holding ``step_XXXXXX``
+    checkpoints), in name order; ``[]`` when there are none (or ``folder`` is itself a run)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    return [p for p in sorted(folder.iterdir())
+            if p.is_dir() and not p.name.startswith(".") and _has_checkpoints(p)]
+
+
+def _has_checkpoints(path: Path) -> bool:
+    try:
+        return bool(list_checkpoints(path))
+    except OSError:
+        return False
+
+
+def _no_checkpoints_error(run_dir: Path) -> ValueError:
+    runs = find_runs(run_dir)
+    if runs:
+        names = ", ".join(p.name for p in runs)
+        return ValueError(f"{run_dir}: no checkpoints (step_XXXXXX folders) here, but {len(runs)} run(s) in it: "
+                          f"{names}; scan each run folder (`retrieval-heads scan {run_dir}` scans them all)")
+    return ValueError(f"{run_dir}: no checkpoints (step_XXXXXX folders) to scan, and no run folders holding them")
+
+
 def scan(run_dir, settings: ScanSettings | None = None, *, reference="first", threshold: float = 0.1,
          workers: int = 1, batch_size: int = 8, progress: bool = True, force: bool = False,
-         report: bool = True, echo=None, mp_context: str = "spawn", **setting_kw) -> pd.DataFrame:
+         report: bool = True, echo=None, mp_context: str = "spawn", out=None, log_progress: bool = False,
+         **setting_kw) -> pd.DataFrame:
     """Scan every checkpoint of ``run_dir``; returns the tidy scores table (also written to
     ``RUN/scan/scores.parquet``). Setting keywords (``variant``, ``context_lens``, ``depths``,
     ``n_per_cell``, ``seed``, ``haystack``, ``recurrent``, ``only_correct``, ``max_new_tokens``)
@@ -299,6 +332,10 @@ def scan(run_dir, settings: ScanSettings | None = None, *, reference="first", th
     number or a checkpoint folder, for ``qk_distance``. ``workers > 1`` starts processes with
     ``mp_context`` ("spawn": safe, each worker imports the library, a few seconds; "fork":
     instant on Linux, but unsafe once the parent has run multi-threaded torch code).
+    ``out``: write the tables, report, cache and lock into this folder instead of ``RUN/scan/``.
+    ``log_progress`` (with ``progress=False``): ``echo`` one line per scored checkpoint,
+    ``scanning 3/13 checkpoints (step_000400 done)  0m12s`` (for worker processes, where a bar
+    is unreadable).
     ``df.attrs["scan"]`` holds counts
     (scored, cached, skipped) and the skipped checkpoints with their errors.
     A Hugging Face checkpoint, or a folder of them, goes to ``retrieval_heads.hf.scan.hf_scan``
@@ -311,7 +348,7 @@ def scan(run_dir, settings: ScanSettings | None = None, *, reference="first", th
         from ..hf.scan import hf_scan
 
         return hf_scan(run_dir, settings, reference=reference, threshold=threshold, batch_size=batch_size,
-                       progress=progress, force=force, report=report, echo=echo, **setting_kw)
+                       progress=progress, force=force, report=report, echo=echo, scan_dir=out, **setting_kw)
     echo = echo or _default_echo
     if settings is None:
         settings = ScanSettings(**setting_kw)
@@ -326,8 +363,9 @@ def scan(run_dir, settings: ScanSettings | None = None, *, reference="first", th
     run_dir = Path(run_dir)
     paths = list_checkpoints(run_dir)
     if not paths:
-        raise ValueError(f"{run_dir}: no checkpoints (step_XXXXXX folders) to scan")
-    scan_dir, cache_dir = run_dir / "scan", run_dir / "scan" / "cache"
+        raise _no_checkpoints_error(run_dir)
+    scan_dir = Path(out) if out is not None else run_dir / "scan"
+    cache_dir = scan_dir / "cache"
     # Read and check everything first: a bad setting or an unreadable run writes nothing.
     hashes = _HashCache(cache_dir / "hashes.json")
     ckpts = []
@@ -367,6 +405,18 @@ def scan(run_dir, settings: ScanSettings | None = None, *, reference="first", th
         n_scored = sum(j["need_scores"] for j in jobs)
         bar = tqdm(total=len(jobs), desc=f"scan {run_dir.name}", unit="ckpt", disable=not progress or not jobs,
                    file=sys.stderr)
+        t_scan, done = time.time(), [0]
+
+        def advance(r):
+            bar.update(1)
+            done[0] += 1
+            if log_progress and not progress:
+                echo(f"scanning {done[0]}/{len(jobs)} checkpoints ({Path(r['path']).name} "
+                     f"{'skipped' if r['error'] else 'done'})  {format_duration(time.time() - t_scan)}")
+
+        if log_progress and not progress:
+            echo(f"scanning {len(jobs)} of {len(ckpts)} checkpoints ({len(ckpts) - len(jobs)} cached)"
+                 if jobs else f"scanning: all {len(ckpts)} checkpoints cached")
         if workers > 1 and len(jobs) > 1:
             import concurrent.futures as cf_
             import multiprocessing as mp
@@ -380,13 +430,13 @@ def scan(run_dir, settings: ScanSettings | None = None, *, reference="first", th
                     r = fut.result()
                     if r["error"]:
                         errors[r["path"]] = r["error"]
-                    bar.update(1)
+                    advance(r)
         else:
             for j in jobs:
                 r = score_checkpoint(j)
                 if r["error"]:
                     errors[r["path"]] = r["error"]
-                bar.update(1)
+                advance(r)
         bar.close()
         for c in good:
             if str(c.path) in errors:
@@ -409,7 +459,7 @@ def scan(run_dir, settings: ScanSettings | None = None, *, reference="first", th
         if report and (not unchanged or not (scan_dir / "report.html").exists()):
             from ..report import build_report
 
-            build_report(run_dir)
+            build_report(run_dir if out is None else scan_dir)
     df = tables["scores"]
     df.attrs["scan"] = {"n_checkpoints": len(ckpts), "n_scored": n_scored - len(errors),
                         "n_cached": len(good) - n_scored, "n_skipped": len(skipped),

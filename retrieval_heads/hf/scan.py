@@ -7,7 +7,7 @@ sub-folders holding an HF config.json; see ``loader.list_hf_checkpoints``). Each
 is loaded as an ``HFModel`` and scored by ``retrieval_heads.detect.score_heads`` on one fixed
 needle set built with the model's own tokenizer (``needles.hf_needle_batch``); recurrent layers
 stay NaN. Tables, cache and report are those of ``retrieval_heads.detect.scanner`` and go to
-``PATH/scan/`` (or ``OUT/scan/``): scores.parquet, niah.parquet, checkpoints.parquet,
+``PATH/scan/`` (or ``OUT/scan/``, or ``scan_dir`` itself): scores.parquet, niah.parquet, checkpoints.parquet,
 formation.parquet/json, report.html. Needle samples whose answer span could not be located
 are left out of every average, counted (``n_needle_errors`` in checkpoints.parquet and
 ``df.attrs["scan"]``) and reported, never scored as zeros. A checkpoint that cannot be loaded is
@@ -120,13 +120,14 @@ def _score(model, settings: S.ScanSettings, batches, sha: str, key: str, batch_s
 
 def hf_scan(path, settings: S.ScanSettings | None = None, *, reference="first", threshold: float = 0.1,
             batch_size: int = 4, progress: bool = True, force: bool = False, report: bool = True, echo=None,
-            out=None, trust_remote_code: bool = False, tokenizer=None, device=None, dtype=None,
+            out=None, scan_dir=None, trust_remote_code: bool = False, tokenizer=None, device=None, dtype=None,
             layout: str | None = None, attn_implementation: str | None = None, workers: int = 1,
             **setting_kw) -> pd.DataFrame:
     """Scan the HF checkpoint(s) at ``path``; returns the tidy scores table (see the module
     docstring). Keywords as ``retrieval_heads.detect.scan`` plus the loading options of
     ``load_hf`` (``trust_remote_code``, ``tokenizer``, ``device``, ``dtype``, ``layout``) and
-    ``out`` (tables go to ``OUT/scan/``; default ``PATH/scan/``). ``workers`` is accepted and ignored
+    ``out`` (tables go to ``OUT/scan/``; default ``PATH/scan/``) or ``scan_dir`` (tables, cache and
+    lock go into that folder itself, as ``scan(out=DIR)``). ``workers`` is accepted and ignored
     (HF checkpoints are scored one at a time)."""
     from tqdm import tqdm
     from transformers.utils import logging as hf_logging
@@ -140,8 +141,10 @@ def hf_scan(path, settings: S.ScanSettings | None = None, *, reference="first", 
         settings = dataclasses.replace(settings, **setting_kw)
     path = Path(path)
     found = list_hf_checkpoints(path)
-    root = Path(out) if out is not None else path  # tables go to ROOT/scan/
-    scan_dir = root / "scan"
+    root = Path(out) if out is not None else path  # tables go to ROOT/scan/ (or to scan_dir)
+    scan_dir = Path(scan_dir) if scan_dir is not None else root / "scan"
+    if scan_dir != root / "scan":
+        root = scan_dir  # build_report finds tables written directly into a folder
     cache_dir = scan_dir / "cache"
     cache_dir.mkdir(parents=True, exist_ok=True)
     hf_logging.disable_progress_bar()

@@ -269,14 +269,34 @@ def _truncate_metrics(out: Path, step: int) -> None:
         _write_atomic(f, "".join(r + "\n" for r in rows))
 
 
+def format_duration(seconds: float) -> str:
+    """``72.4`` -> ``"1m12s"``, ``3725`` -> ``"1h02m05s"``, ``9.6`` -> ``"9s"``."""
+    s = round(max(seconds, 0.0))
+    h, rem = divmod(s, 3600)
+    m, sec = divmod(rem, 60)
+    return f"{h}h{m:02d}m{sec:02d}s" if h else f"{m}m{sec:02d}s" if m else f"{sec}s"
+
+
+def progress_line(step: int, end: int, loss: float | None, niah: float | None, elapsed: float) -> str:
+    """The periodic line of a run trained without a progress bar:
+    ``step 400/2000  loss 2.31  niah 0.00  1m12s``."""
+    loss_s = f"{loss:.2f}" if loss is not None else "-"
+    niah_s = f"{niah:.2f}" if niah is not None else "-"
+    return f"step {step}/{end}  loss {loss_s}  niah {niah_s}  {format_duration(elapsed)}"
+
+
 def train(model_cfg: ModelConfig, cfg: TrainConfig, out: str | Path, *, resume: bool = False,
           overwrite: bool = False, stop_at: int | None = None, progress: bool = True,
-          log=print) -> dict:
+          log=print, log_every: int | None = None) -> dict:
     """Train ``HybridLM(model_cfg)`` with ``cfg`` into the run folder ``out``.
 
     ``resume`` continues from the last checkpoint of ``out`` holding optimizer state (a new
     run when ``out`` is empty); ``overwrite`` replaces a run in ``out``; ``stop_at`` stops
-    after that step (with a checkpoint), as if interrupted. Under torchrun every rank calls
+    after that step (with a checkpoint), as if interrupted. ``log_every=N`` (with the progress
+    bar off) calls ``log`` every N steps and at the last one with ``progress_line``'s
+    ``step 400/2000  loss 2.31  niah 0.00  1m12s`` (mean training loss since the previous line,
+    NIAH accuracy of the latest evaluation, wall time since the call); for runs trained in
+    worker processes, where a bar is unreadable. Under torchrun every rank calls
     this; rank 0 writes. Returns ``{"step", "tokens_seen", "wall_s" (training time, without
     evaluation and checkpoints), "tokens_per_s", "final": last eval metrics, "out", "model"}``.
     """
@@ -296,17 +316,18 @@ def train(model_cfg: ModelConfig, cfg: TrainConfig, out: str | Path, *, resume: 
     if own_group:
         torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo")
     try:
-        return _train(model_cfg, cfg, out, mode, rank, world, device, stop_at, progress, log)
+        return _train(model_cfg, cfg, out, mode, rank, world, device, stop_at, progress, log, log_every)
     finally:
         if own_group and torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()  # else gloo may abort the process at exit
 
 
-def _train(model_cfg, cfg, out, mode, rank, world, device, stop_at, progress, log) -> dict:
+def _train(model_cfg, cfg, out, mode, rank, world, device, stop_at, progress, log, log_every=None) -> dict:
     from torch.nn.parallel import DistributedDataParallel as DDP
     from ..model import HybridLM
 
     is_main = rank == 0
+    t_call = time.time()
 
     # ---- model, optimizer, state
     torch.manual_seed(cfg.seed)
@@ -381,6 +402,8 @@ def _train(model_cfg, cfg, out, mode, rank, world, device, stop_at, progress, lo
     if is_main and progress:
         from tqdm.auto import tqdm
         bar = tqdm(total=end, initial=start, desc=f"train {out.name}", unit="step", dynamic_ncols=True)
+    lines = is_main and bar is None and bool(log_every) and log_every > 0
+    line_loss = [0.0, 0]  # training loss since the last progress line
     model.train()
     step = start
     try:
@@ -420,6 +443,12 @@ def _train(model_cfg, cfg, out, mode, rank, world, device, stop_at, progress, lo
             maybe_eval(step)
             if step in ckpt_at or step == end:
                 checkpoint(step)
+            if lines:
+                line_loss = [line_loss[0] + loss, line_loss[1] + 1]
+                if step % log_every == 0 or step == end:
+                    log(progress_line(step, end, line_loss[0] / line_loss[1], last_metrics.get("niah_acc"),
+                                      time.time() - t_call))
+                    line_loss = [0.0, 0]
     except KeyboardInterrupt:
         if world == 1 and step > start:
             checkpoint(step)
@@ -442,5 +471,5 @@ def read_metrics(run: str | Path) -> list[dict]:
     return [json.loads(l) for l in f.read_text().splitlines() if l.strip()]
 
 
-__all__ = ["train", "evaluate", "lr_at", "checkpoint_steps", "eval_steps", "check_configs", "check_memory",
+__all__ = ["train", "format_duration", "progress_line", "evaluate", "lr_at", "checkpoint_steps", "eval_steps", "check_configs", "check_memory",
            "check_out_dir", "read_metrics", "resolve_device", "read_meta"]
