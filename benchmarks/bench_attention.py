@@ -219,7 +219,8 @@ def main(argv=None) -> dict:
 
     result = {"machine": {"platform": platform.platform(), "processor": platform.processor(),
                           "cpu_count": os.cpu_count(), "torch": torch.__version__},
-              "command": " ".join(["python", "benchmarks/bench_attention.py", *(argv if argv is not None else sys.argv[1:])])}
+              "command": " ".join(["python", "benchmarks/bench_attention.py",
+                                   *(argv if argv is not None else sys.argv[1:])])}
     result["cpu"] = None
     if not args.no_cpu:
         cpu = cpu_section(T=args.T, d_model=128, n_heads=4, window=64, warmup=args.warmup,

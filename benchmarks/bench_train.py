@@ -94,7 +94,8 @@ def bench_layout(layout: str, args, device: torch.device) -> dict:
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3, fused=device.type == "cuda")
     B, T = args.batch_size, args.context_len
     x = torch.randint(0, 256, (B, T + 1), device=device)
-    amp = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
+    amp = (torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda"
+           else torch.autocast("cpu", enabled=False))
 
     def step():
         with amp:

@@ -179,7 +179,8 @@ def summarize(work: Path, card: str, out: Path | None, smoke: bool = False, only
         ok = all(r["status"] != "ERROR" for r in targets)
     else:
         ok = all(r["status"] == "PASS" for r in targets)
-    result = {"card": card, "smoke": smoke, "only": sorted(selected), "ok": ok, "time": time.strftime("%Y-%m-%d %H:%M:%S"),
+    result = {"card": card, "smoke": smoke, "only": sorted(selected), "ok": ok,
+              "time": time.strftime("%Y-%m-%d %H:%M:%S"),
               "env": _load(work / "env.json"), "steps": steps, "rows": rows, "raw": raw}
     print_table(result)
     if out is not None:

@@ -6,9 +6,15 @@ import pytest
 import torch
 
 import retrieval_heads as rh
-from retrieval_heads.train.checkpoint import (CheckpointError, list_checkpoints, load_checkpoint,
-                                              load_train_state, read_meta, save_checkpoint,
-                                              weights_hash)
+from retrieval_heads.train.checkpoint import (
+    CheckpointError,
+    list_checkpoints,
+    load_checkpoint,
+    load_train_state,
+    read_meta,
+    save_checkpoint,
+    weights_hash,
+)
 
 CFG = rh.ModelConfig(layout="SF", d_model=16, n_heads=2, d_mlp=32, window=4, max_seq_len=64)
 
@@ -78,7 +84,7 @@ def test_resave_replaces_atomically(tmp_path):
 
 
 def test_failed_write_leaves_nothing(tmp_path):
-    with pytest.raises(Exception):  # a lambda cannot be saved: the write fails half-way
+    with pytest.raises(Exception):  # noqa: B017 - a lambda cannot be saved; torch raises whichever error it picks
         save_checkpoint(tmp_path, 1, model(), train_state={"bad": lambda: 0})
     assert list(tmp_path.iterdir()) == []
 

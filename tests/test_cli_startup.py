@@ -42,7 +42,7 @@ def _probe(*args):
     return proc, heavy[-1][len("HEAVY="):] if heavy else None
 
 
-@pytest.mark.parametrize("args", [["--help"], ["--version"], [], ["scan", "--help"], ["compare", "--help"]])
+@pytest.mark.parametrize("args", [["--help"], ["--version"], []] + [[name, "--help"] for name in sorted(COMMANDS)])
 def test_help_and_version_import_no_torch(args):
     proc, heavy = _probe(*args)
     assert proc.returncode == 0, proc.stderr

@@ -5,8 +5,14 @@ import torch
 import torch.nn.functional as F
 
 import retrieval_heads as rh
-from retrieval_heads.eval import (heldout_bytes, long_context_loss, niah_grid, short_context_loss,
-                                  text_rows, token_losses)
+from retrieval_heads.eval import (
+    heldout_bytes,
+    long_context_loss,
+    niah_grid,
+    short_context_loss,
+    text_rows,
+    token_losses,
+)
 from retrieval_heads.tasks import TOKENIZER, load_haystack
 
 
@@ -74,7 +80,8 @@ def test_long_context_loss_buckets():
     assert df["n_tokens"].sum() == 3 * 128
     rows = text_rows(129, 3)
     losses = token_losses(model, rows)
-    assert float((df["loss"] * df["n_tokens"]).sum() / df["n_tokens"].sum()) == pytest.approx(float(losses.mean()), rel=1e-5)
+    weighted = float((df["loss"] * df["n_tokens"]).sum() / df["n_tokens"].sum())
+    assert weighted == pytest.approx(float(losses.mean()), rel=1e-5)
     with torch.no_grad():
         logits = model(rows)[:, :-1]
     ref = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), rows[:, 1:].reshape(-1))

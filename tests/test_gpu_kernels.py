@@ -38,7 +38,8 @@ def test_flex_matches_eager(T, window, dtype):
         pytest.skip("FlexAttention not available")
     qkv = _qkv(T, dtype)
     pos = torch.arange(T, device="cuda")
-    ref = _out_grads(lambda q, k, v: kernels.eager_attention(q.float(), k.float(), v.float(), pos, pos, window).to(dtype), qkv)
+    ref = _out_grads(lambda q, k, v: kernels.eager_attention(q.float(), k.float(), v.float(), pos, pos,
+                                                             window).to(dtype), qkv)
     fast = _out_grads(lambda q, k, v: kernels.flex_swa(q, k, v, window), qkv)
     for a, b in zip(fast, ref):
         torch.testing.assert_close(a, b, **TOL[dtype])
@@ -49,7 +50,8 @@ def test_flex_matches_eager(T, window, dtype):
 def test_fast_attention_auto_matches_eager_on_cuda(window, dtype):
     qkv = _qkv(200, dtype)
     pos = torch.arange(200, device="cuda")
-    ref = _out_grads(lambda q, k, v: kernels.eager_attention(q.float(), k.float(), v.float(), pos, pos, window).to(dtype), qkv)
+    ref = _out_grads(lambda q, k, v: kernels.eager_attention(q.float(), k.float(), v.float(), pos, pos,
+                                                             window).to(dtype), qkv)
     fast = _out_grads(lambda q, k, v: kernels.fast_attention(q, k, v, window, "auto"), qkv)
     for a, b in zip(fast, ref):
         torch.testing.assert_close(a, b, **TOL[dtype])

@@ -30,7 +30,7 @@ def _model(layout, window=4, n_heads=4, n_kv_heads=None, chunk_size=8, seed=0, *
     model = rh.HybridLM(cfg).eval()
     # larger-than-init weights so that every layer visibly changes the logits
     with torch.no_grad():
-        for name, p in model.named_parameters():
+        for p in model.parameters():
             if p.dim() == 2:
                 p.normal_(0.0, 0.3 / p.shape[-1] ** 0.5 * 3)
     return model

@@ -8,11 +8,11 @@ import shutil
 import pandas as pd
 import pytest
 import torch
+from reliability_util import make_run
+from test_train import MC, TC
 
 import retrieval_heads as rh
-from reliability_util import make_run
 from retrieval_heads.train import read_metrics, train
-from test_train import MC, TC
 
 FAST = dict(context_lens=(160,), depths=(0.3, 0.7), n_per_cell=2, progress=False, report=False)
 QUIET = dict(progress=False, log=lambda *a: None)

@@ -10,14 +10,14 @@ import string
 import pandas as pd
 import pytest
 import torch
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from reliability_util import ABLATE_ARGS, EVAL_ARGS, PATCH_ARGS, SCAN_ARGS, assert_one_line_error, cli, make_run, tree
 from safetensors.torch import load_file, save_file
+from test_train import TC, write_preset
 
 import retrieval_heads as rh
 from retrieval_heads.train.checkpoint import CheckpointError
-from reliability_util import (ABLATE_ARGS, EVAL_ARGS, PATCH_ARGS, SCAN_ARGS, assert_one_line_error, cli,
-                              make_run, tree)
-from test_train import TC, write_preset
 
 # how to break a checkpoint -> what the error says (besides the file's path)
 BREAKS = {

@@ -15,13 +15,13 @@ import time
 import pandas as pd
 import pytest
 import torch
+from reliability_util import ENV, SCAN_ARGS, cli, forked_cli, make_run, running, wait_code
 from safetensors.torch import load_file
+from test_train import MC, TC, write_preset
 
 import retrieval_heads as rh
-from reliability_util import ENV, SCAN_ARGS, cli, forked_cli, make_run, running, wait_code
-from retrieval_heads.train.checkpoint import load_train_state
 from retrieval_heads.train import read_metrics, train
-from test_train import MC, TC, write_preset
+from retrieval_heads.train.checkpoint import load_train_state
 
 TIMING = ("tokens_per_s", "time_s")  # the only metrics that may differ between runs
 
@@ -147,7 +147,7 @@ def test_death_inside_save_never_shows_a_half_checkpoint(tmp_path, monkeypatch, 
         out = tmp_path / f"killed{n_ok}"
         calls = {"n": 0}
 
-        def dying(*a, **k):
+        def dying(*a, calls=calls, n_ok=n_ok, **k):
             if die_in == "os.rename" and not str(a[1]).rsplit("/", 1)[-1].startswith("step_"):
                 return real[die_in](*a, **k)
             calls["n"] += 1

@@ -4,11 +4,18 @@ import pytest
 import torch
 
 from retrieval_heads.config import TrainConfig
-from retrieval_heads.tasks import (TOKENIZER, VARIANTS, load_haystack, make_sample,
-                                   min_context_len, mqar_batch, niah_batch, niah_grid,
-                                   string_match_all)
-from retrieval_heads.tasks.mixture import (answer_reserve, eval_lm_batch, needle_row, row_kinds,
-                                           row_loss, training_batch)
+from retrieval_heads.tasks import (
+    TOKENIZER,
+    VARIANTS,
+    load_haystack,
+    make_sample,
+    min_context_len,
+    mqar_batch,
+    niah_batch,
+    niah_grid,
+    string_match_all,
+)
+from retrieval_heads.tasks.mixture import answer_reserve, eval_lm_batch, needle_row, row_kinds, row_loss, training_batch
 
 DEPTHS = [0.0, 0.1, 0.25, 0.5, 0.75, 0.9, 1.0]
 

@@ -5,15 +5,13 @@ import math
 import os
 import shutil
 import subprocess
-import sys
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
 import retrieval_heads as rh
-from retrieval_heads.train import (checkpoint_steps, list_presets, load_preset, lr_at,
-                                   read_metrics, train)
+from retrieval_heads.train import checkpoint_steps, list_presets, load_preset, lr_at, read_metrics, train
 
 MC = rh.ModelConfig(layout="SF", d_model=16, n_heads=2, d_mlp=32, window=8, max_seq_len=512,
                     pos={"F": "nope", "S": "rope"})

@@ -3,12 +3,11 @@
 import json
 
 import pytest
+from test_train import TC, write_preset
 
 import retrieval_heads as rh
 from retrieval_heads.cli import main
 from retrieval_heads.train import read_metrics
-
-from test_train import MC, TC, write_preset
 
 
 def run(argv, capsys):

@@ -79,12 +79,15 @@ def _windows(full_window, efficient_window):
 # ---- eval ---------------------------------------------------------------------------------
 @click.command("eval")
 @click.argument("ckpt", type=click.Path())
-@click.option("--context-lens", default=None, type=INT_LIST, help="Comma-separated NIAH prompt lengths [default: train length /2, x1, x2].")
-@click.option("--depths", default="0,0.25,0.5,0.75,1", type=FLOAT_LIST, show_default=True, help="Needle depths in [0, 1].")
+@click.option("--context-lens", default=None, type=INT_LIST,
+              help="Comma-separated NIAH prompt lengths [default: train length /2, x1, x2].")
+@click.option("--depths", default="0,0.25,0.5,0.75,1", type=FLOAT_LIST, show_default=True,
+              help="Needle depths in [0, 1].")
 @click.option("--variant", default="single_1", show_default=True, help="Needle task variant (RULER name).")
 @click.option("--n", "n", default=4, show_default=True, type=POSITIVE, help="Samples per (length, depth).")
 @click.option("--seed", default=0, show_default=True, type=int)
-@click.option("--loss-len", default=None, type=POSITIVE, help="Long-context loss length [default: longest NIAH length].")
+@click.option("--loss-len", default=None, type=POSITIVE,
+              help="Long-context loss length [default: longest NIAH length].")
 @click.option("--loss-rows", default=8, show_default=True, type=POSITIVE, help="Held-out rows for the losses.")
 @click.option("--short-len", default=None, type=POSITIVE, help="Short-context loss length [default: training length].")
 @click.option("--text", default="essay", show_default=True, help="Loss text: 'essay' (its held-out tail) or a path.")
@@ -136,7 +139,8 @@ def eval_cmd(ckpt, context_lens, depths, variant, n, seed, loss_len, loss_rows, 
 @click.option("--metric", default="mass", show_default=True, type=click.Choice(["copy", "mass"]),
               help="Retrieval score used to rank heads.")
 @click.option("--method", default="zero", show_default=True, type=click.Choice(["zero", "mean"]))
-@click.option("--context-lens", default=None, type=INT_LIST, help="Comma-separated NIAH lengths [default: training length].")
+@click.option("--context-lens", default=None, type=INT_LIST,
+              help="Comma-separated NIAH lengths [default: training length].")
 @click.option("--depths", default="0.1,0.3,0.5,0.7,0.9", type=FLOAT_LIST, show_default=True)
 @click.option("--variant", default="single_1", show_default=True)
 @click.option("--n", "n", default=4, show_default=True, type=POSITIVE, help="Samples per (length, depth).")

@@ -63,7 +63,8 @@ def train(preset, out, steps, layout, window, pos, context_len, seed, device, sa
           resume, overwrite, no_progress):
     """Train a small hybrid LM on LM text + needle tasks, with checkpoints for scanning."""
     from ..tasks.mixture import answer_reserve
-    from ..train.loop import dist_env, train as run_train
+    from ..train.loop import dist_env
+    from ..train.loop import train as run_train
     from ..train.presets import load_preset
 
     model_cfg, cfg = load_preset(preset)

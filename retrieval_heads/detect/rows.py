@@ -32,8 +32,8 @@ path. ``retrieval_heads.detect.reference`` holds the O(T^2) references these are
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import torch
 

@@ -208,7 +208,7 @@ class HeadScores:
         return f"HeadScores({self.layer_types}, {self.summary()})"
 
     @staticmethod
-    def merge(parts: list["HeadScores"]) -> "HeadScores":
+    def merge(parts: list[HeadScores]) -> HeadScores:
         """Concatenate the samples of several results (same model and methods)."""
         p0 = parts[0]
         off, invalid = 0, []

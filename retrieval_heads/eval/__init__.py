@@ -6,8 +6,7 @@
     loss = rh.eval.short_context_loss(model, context_len=256)
 """
 
-from .loss import (HELDOUT_FRACTION, heldout_bytes, long_context_loss, short_context_loss, text_rows,
-                   token_losses)
+from .loss import HELDOUT_FRACTION, heldout_bytes, long_context_loss, short_context_loss, text_rows, token_losses
 from .niah import DEFAULT_DEPTHS, answer_metrics, check_length, greedy_answers, niah_accuracy, niah_grid, train_len
 
 __all__ = [

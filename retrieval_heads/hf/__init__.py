@@ -16,8 +16,16 @@ the row math), ``needles`` (tokenizer-based needle prompts), ``scan`` (checkpoin
 """
 
 from .layout import HFLayout, LayerSpec, hf_layout
-from .loader import (HFCheckpoint, is_hf_checkpoint, is_hf_path, list_hf_checkpoints, load_bridge, load_hf,
-                     load_hf_model, load_tokenizer)
+from .loader import (
+    HFCheckpoint,
+    is_hf_checkpoint,
+    is_hf_path,
+    list_hf_checkpoints,
+    load_bridge,
+    load_hf,
+    load_hf_model,
+    load_tokenizer,
+)
 from .needles import HFNeedleBatch, SpanError, hf_needle_batch, hf_needle_pairs, make_hf_sample
 
 __all__ = [

@@ -53,7 +53,7 @@ class HFNeedleBatch(NeedleBatch):
     texts: list[str] = field(default_factory=list)  # the prompts as text
     char_spans: list[list[tuple[int, int]]] = field(default_factory=list)  # gold values' characters
 
-    def subset(self, idx) -> "HFNeedleBatch":
+    def subset(self, idx) -> HFNeedleBatch:
         idx = list(idx)
         return HFNeedleBatch(self.tokens[idx], [self.samples[i] for i in idx], list(self.errors),
                              self.tokenizer_name, self.n_requested, [self.texts[i] for i in idx],
@@ -190,13 +190,16 @@ def _build(tokenizer, *, context_len: int, depth: float, seed: int, variant: str
         pos = 0
         for j in order:
             p = min(bounds, key=lambda b: (abs(b - depths[j] * n), b))
-            out.append(filler[prev:p]); pos += p - prev; prev = p
+            out.append(filler[prev:p])
+            pos += p - prev
+            prev = p
             sent, voff = texts[j]
             if j == 0:
                 needle_char = pos
             spans[j] = (pos + voff, pos + voff + len(needles[j][1]))
-            out.append(sent); pos += len(sent)
-        out.append(filler[prev:n]); out.append(query)
+            out.append(sent)
+            pos += len(sent)
+        out += [filler[prev:n], query]
         return "".join(out), spans, needle_char
 
     if enc.count(build("", [0], 0)[0]) > context_len:

@@ -34,7 +34,7 @@ from contextlib import contextmanager
 
 import torch
 
-from .heads import Head, parse_heads
+from .heads import parse_heads
 
 METHODS = ("zero", "mean", "mask")
 

@@ -15,7 +15,7 @@ only, head < n_heads); :func:`format_heads` writes them back as ``L3H1,L7H0``.
 from __future__ import annotations
 
 import random
-from typing import Iterable
+from collections.abc import Iterable
 
 import torch
 

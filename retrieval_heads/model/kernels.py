@@ -119,11 +119,10 @@ def _flex_block_mask(T: int, window: int | None, device: str):
 
 @functools.lru_cache(maxsize=1)
 def _compiled_flex():
-    from torch.nn.attention.flex_attention import flex_attention
-
     # one compiled kernel per (T, window, dtype): evaluation over many context lengths would
     # exceed dynamo's default recompile limit (8) and fall back to the slow unfused path
     import torch._dynamo.config as dcfg
+    from torch.nn.attention.flex_attention import flex_attention
 
     for name in ("recompile_limit", "cache_size_limit"):
         if hasattr(dcfg, name):

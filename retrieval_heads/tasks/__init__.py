@@ -1,9 +1,17 @@
 """Tasks: byte tokenizer, haystacks, needle tasks (RULER vocabulary), MQAR, training mixture."""
 
-from .haystack import load_haystack, haystack_sentences
+from .haystack import haystack_sentences, load_haystack
 from .mqar import MQARBatch, mqar_batch
-from .niah import (VARIANTS, NeedleBatch, NeedleSample, make_sample, min_context_len, niah_batch, niah_grid,
-                   string_match_all)
+from .niah import (
+                   VARIANTS,
+                   NeedleBatch,
+                   NeedleSample,
+                   make_sample,
+                   min_context_len,
+                   niah_batch,
+                   niah_grid,
+                   string_match_all,
+)
 from .tokenizer import TOKENIZER, ByteTokenizer
 
 __all__ = [

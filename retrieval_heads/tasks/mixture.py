@@ -94,7 +94,8 @@ def needle_row(*, context_len: int, variant: str, seed: int, depth: float,
     return tokens, targets, weights, s
 
 
-def lm_row(*, context_len: int, haystack: str, seed, part: str = "train") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def lm_row(*, context_len: int, haystack: str, seed,
+           part: str = "train") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(tokens, targets, weights) of one language-model row: BOS + a window of the text
     (``part="train"``: the built-in essay's held-out tail is never drawn; see ``text_bytes``)."""
     data = text_bytes(haystack, part)

@@ -85,7 +85,7 @@ class NeedleBatch:
     def depths(self) -> list[float]:
         return [s.depth for s in self.samples]
 
-    def subset(self, idx) -> "NeedleBatch":
+    def subset(self, idx) -> NeedleBatch:
         idx = list(idx)
         return NeedleBatch(self.tokens[idx], [self.samples[i] for i in idx])
 

@@ -12,7 +12,7 @@ one character is one token), so answer spans are known exactly.
 
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
 
 class ByteTokenizer:

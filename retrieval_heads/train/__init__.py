@@ -7,13 +7,32 @@
     model = rh.load_checkpoint("runs/tiny/step_001000")
 """
 
-from .checkpoint import (CheckpointError, list_checkpoints, load_checkpoint, load_train_state,
-                         read_meta, save_checkpoint, step_dir, weights_hash)
-from .loop import (check_configs, checkpoint_steps, eval_steps, evaluate, lr_at, read_metrics,
-                   train)
-from .presets import list_presets, load_preset
+from __future__ import annotations
 
-__all__ = ["CheckpointError", "list_checkpoints", "load_checkpoint", "load_train_state",
-           "read_meta", "save_checkpoint", "step_dir", "weights_hash", "train", "evaluate",
-           "lr_at", "checkpoint_steps", "eval_steps", "check_configs", "read_metrics",
-           "list_presets", "load_preset"]
+import importlib
+
+# public name -> submodule that defines it. Imported on first use, so that reading the presets
+# (`retrieval-heads train --help`) does not import torch.
+_NAMES = {
+    "CheckpointError": "checkpoint", "list_checkpoints": "checkpoint", "load_checkpoint": "checkpoint",
+    "load_train_state": "checkpoint", "read_meta": "checkpoint", "save_checkpoint": "checkpoint",
+    "step_dir": "checkpoint", "weights_hash": "checkpoint",
+    "check_configs": "loop", "checkpoint_steps": "loop", "eval_steps": "loop", "evaluate": "loop",
+    "lr_at": "loop", "read_metrics": "loop", "train": "loop",
+    "list_presets": "presets", "load_preset": "presets",
+}
+_SUBMODULES = {"checkpoint", "loop", "presets"}
+
+
+def __getattr__(name: str):
+    if name in _NAMES:
+        value = getattr(importlib.import_module(f"{__name__}.{_NAMES[name]}"), name)
+    elif name in _SUBMODULES:
+        value = importlib.import_module(f"{__name__}.{name}")
+    else:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    globals()[name] = value
+    return value
+
+
+__all__ = sorted(_NAMES)

@@ -180,7 +180,8 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu", *, che
     for name, t in state.items():
         e = expected[name]
         if tuple(t.shape) != tuple(e.shape):
-            raise CheckpointError(f"{weights}: tensor {name} has shape {tuple(t.shape)}, config.json implies {tuple(e.shape)}")
+            raise CheckpointError(f"{weights}: tensor {name} has shape {tuple(t.shape)}, "
+                                  f"config.json implies {tuple(e.shape)}")
         if not t.is_floating_point():
             raise CheckpointError(f"{weights}: tensor {name} has dtype {t.dtype}, expected a floating-point dtype")
         if check_finite and not bool(torch.isfinite(t).all()):

@@ -167,7 +167,7 @@ class RecurrentMixer(nn.Module):
             b = min(a + G, N)
             # the window of query t covers padded indices t .. t + w - 1
             idx = torch.arange(a, b, device=q.device)[:, None] + torch.arange(w, device=q.device)  # (g, w)
-            fold = lambda x: x[:, :, idx].reshape(B, H * (b - a), w, *x.shape[3:])  # (B, H*g, w, ...)
+            fold = lambda x, idx=idx, g=b - a: x[:, :, idx].reshape(B, H * g, w, *x.shape[3:])  # (B, H*g, w, ...)
             qw, kw, vw, aw, bw = (fold(x) for x in (qp, kp, vp, ap, bp))
             o, _ = recurrence.chunk_gated_delta_rule(qw, kw, vw, bw, aw, None, chunk=min(self.chunk_size, w))
             outs.append(o[:, :, -1].reshape(B, H, b - a, Dv))  # (B, H, g, Dv)
