@@ -4,10 +4,11 @@
 
 Stable surface (other analysis scripts import it): ``setup_threads``, ``out_dir``,
 ``save_figure``, ``write_json``, ``jsonable``, ``train_and_scan``, ``metrics_frame``,
-``non_embedding_params``, ``apply_overrides``, ``Timer``, ``RunLog``, ``progress_every``; and, for the scripts that analyse one
-trained run (``mechanism``, ``nope``, ``probing``, ``gradient_influence``): ``DEFAULT_TRAIN``,
-``script_log``, ``parse_common``, ``results_head``, ``write_results``, ``save_table``,
-``save_fig``, ``machine_info``, ``train_preset``, ``run_checkpoints``, ``last_checkpoint``.
+``non_embedding_params``, ``apply_overrides``, ``Timer``, ``RunLog``, ``progress_every``;
+and, for the scripts that analyse one trained run (``mechanism``, ``nope``, ``probing``,
+``gradient_influence``): ``DEFAULT_TRAIN``, ``script_log``, ``parse_common``, ``results_head``,
+``write_results``, ``save_table``, ``save_fig``, ``machine_info``, ``train_preset``,
+``run_checkpoints``, ``last_checkpoint``.
 
 A script in ``analyses/`` imports these as ``from analyses.common import ...`` after putting the
 repository root on ``sys.path`` (see ``laziness.py``), so it runs both as

@@ -6,11 +6,11 @@ import shutil
 
 import pandas as pd
 import pytest
+from test_scan import make_run
 
 import retrieval_heads as rh
 from retrieval_heads.cli import main
 from retrieval_heads.report import compare_runs, summary_display
-from test_scan import make_run
 
 ARGS = ["--context-lens", "150", "--depths", "0.5", "--n-per-cell", "1", "--no-progress", "--no-report"]
 

@@ -7,8 +7,9 @@ import json
 import re
 from pathlib import Path
 
-from retrieval_heads.cli import main
 from test_train import MC, TC
+
+from retrieval_heads.cli import main
 
 LINE = r"step {step}/{end}  loss \d+\.\d\d  niah \d\.\d\d  (\d+m)?\d+s"
 
