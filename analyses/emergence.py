@@ -37,8 +37,18 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from analyses.common import (RunLog, Timer, apply_overrides, jsonable, non_embedding_params,  # noqa: E402
-                             out_dir, save_figure, setup_threads, train_and_scan, write_json)
+from analyses.common import (  # noqa: E402
+    RunLog,
+    Timer,
+    apply_overrides,
+    jsonable,
+    non_embedding_params,
+    out_dir,
+    save_figure,
+    setup_threads,
+    train_and_scan,
+    write_json,
+)
 
 NAME = "emergence"
 

@@ -43,8 +43,17 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from analyses.common import (RunLog, Timer, apply_overrides, jsonable, out_dir, save_figure,  # noqa: E402
-                             setup_threads, train_and_scan, write_json)
+from analyses.common import (  # noqa: E402
+    RunLog,
+    Timer,
+    apply_overrides,
+    jsonable,
+    out_dir,
+    save_figure,
+    setup_threads,
+    train_and_scan,
+    write_json,
+)
 
 NAME = "laziness"
 FULL = "full"  # label of the all-full-attention reference in the `window` column's string form

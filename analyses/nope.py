@@ -36,8 +36,16 @@ import retrieval_heads as rh
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from analyses.common import (last_checkpoint, parse_common, progress_every, results_head, save_fig,  # noqa: E402
-                             save_table, script_log, write_results)
+from analyses.common import (  # noqa: E402
+    last_checkpoint,
+    parse_common,
+    progress_every,
+    results_head,
+    save_fig,
+    save_table,
+    script_log,
+    write_results,
+)
 
 NAME = "nope"
 POS = {"rope": {"F": "rope", "S": "rope"}, "nope": {"F": "nope", "S": "rope"}}

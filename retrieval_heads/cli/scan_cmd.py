@@ -20,8 +20,10 @@ from .options import FLOAT_LIST, INT_LIST
 @click.command()
 @click.argument("run", type=click.Path(file_okay=False))
 @click.option("--variant", default="single_1", show_default=True, help="Needle task variant (RULER name).")
-@click.option("--context-lens", default=None, type=INT_LIST, help="Comma-separated prompt lengths [default: training length].")
-@click.option("--depths", default="0.1,0.3,0.5,0.7,0.9", type=FLOAT_LIST, show_default=True, help="Needle depths in [0, 1].")
+@click.option("--context-lens", default=None, type=INT_LIST,
+              help="Comma-separated prompt lengths [default: training length].")
+@click.option("--depths", default="0.1,0.3,0.5,0.7,0.9", type=FLOAT_LIST, show_default=True,
+              help="Needle depths in [0, 1].")
 @click.option("--n-per-cell", default=2, show_default=True, type=int, help="Samples per (length, depth).")
 @click.option("--seed", default=0, show_default=True, type=int, help="Seed of the fixed needle set.")
 @click.option("--haystack", default=None, help="Haystack override (built-in name or path).")

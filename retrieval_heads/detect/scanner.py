@@ -43,7 +43,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from ..train.checkpoint import CheckpointError, STEP_RE, list_checkpoints, load_checkpoint, read_meta, weights_hash
+from ..train.checkpoint import STEP_RE, CheckpointError, list_checkpoints, load_checkpoint, read_meta, weights_hash
 from ..train.loop import format_duration
 from .formation import formation_table, run_formation
 

@@ -222,8 +222,9 @@ def hf_scan(path, settings: S.ScanSettings | None = None, *, reference="first", 
         if len(skipped) == len(ckpts):
             raise ValueError(f"{path}: no HF checkpoint could be scored; first: {skipped[0].error}")
         tables = S._assemble(ckpts, cache_dir, skey, ref, settings, threshold)
-        from .layout import hf_layout
         from transformers import AutoConfig
+
+        from .layout import hf_layout
 
         spec = hf_layout(AutoConfig.from_pretrained(str(ref.path), local_files_only=True,
                                                     trust_remote_code=trust_remote_code), layout=layout)

@@ -49,8 +49,14 @@ import torch
 from ..config import ModelConfig, TrainConfig
 from ..tasks import TOKENIZER, niah_batch, string_match_all
 from ..tasks.mixture import check_mixture, eval_lm_batch, row_loss, training_batch
-from .checkpoint import (clean_partial_checkpoints, list_checkpoints, load_checkpoint, load_train_state,
-                         read_meta, save_checkpoint)
+from .checkpoint import (
+    clean_partial_checkpoints,
+    list_checkpoints,
+    load_checkpoint,
+    load_train_state,
+    read_meta,
+    save_checkpoint,
+)
 
 RUN_FILE = "run.json"
 # TrainConfig fields a resumed run may change (the others would make it a different run);
@@ -324,6 +330,7 @@ def train(model_cfg: ModelConfig, cfg: TrainConfig, out: str | Path, *, resume: 
 
 def _train(model_cfg, cfg, out, mode, rank, world, device, stop_at, progress, log, log_every=None) -> dict:
     from torch.nn.parallel import DistributedDataParallel as DDP
+
     from ..model import HybridLM
 
     is_main = rank == 0
@@ -471,5 +478,5 @@ def read_metrics(run: str | Path) -> list[dict]:
     return [json.loads(l) for l in f.read_text().splitlines() if l.strip()]
 
 
-__all__ = ["train", "format_duration", "progress_line", "evaluate", "lr_at", "checkpoint_steps", "eval_steps", "check_configs", "check_memory",
-           "check_out_dir", "read_metrics", "resolve_device", "read_meta"]
+__all__ = ["train", "format_duration", "progress_line", "evaluate", "lr_at", "checkpoint_steps", "eval_steps",
+           "check_configs", "check_memory", "check_out_dir", "read_metrics", "resolve_device", "read_meta"]
