@@ -349,7 +349,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--jobs", type=int, default=1, help="runs trained in parallel (one thread each)")
     ap.add_argument("--out", default=None, help="output folder [analyses/out/emergence]")
     ap.add_argument("--machine", default=None, help="free-text machine description for results.json")
-    ap.add_argument("--record", default=None, help="also write results.json here (e.g. analyses/results/emergence.json)")
+    ap.add_argument("--record", default=None,
+                    help="also write results.json here (e.g. analyses/results/emergence.json)")
     a = ap.parse_args(argv)
     setup_threads(1)
     import pandas as pd
@@ -360,7 +361,7 @@ def main(argv=None) -> dict:
     base, tc, jobs, info = build(a)
     for j in jobs:
         j["run_dir"] = str(out / "runs" / f"{j['spec'].replace(':', '')}_d{j['d_model']}")
-    names = ", ".join("%s d%d" % (j["label"], j["d_model"]) for j in jobs)
+    names = ", ".join(f"{j['label']} d{j['d_model']}" for j in jobs)
     print(f"[emergence] {mode}: {len(jobs)} runs ({names}); "
           f"{tc.steps} steps of {tc.batch_size}x{tc.context_len} tokens; out {out}", flush=True)
     results = []
@@ -424,7 +425,8 @@ def main(argv=None) -> dict:
         "command": "python analyses/emergence.py " + shlex.join(argv if argv is not None else sys.argv[1:]),
         "machine": a.machine or f"{platform.machine()} {platform.system()}, {os.cpu_count()} cpus",
         "device": tc.device, "wall_s": round(timer(), 1),
-        "settings": {"base_model": base.to_dict(), "train": tc.to_dict(), **{k: v for k, v in info.items() if k != "mode"},
+        "settings": {"base_model": base.to_dict(), "train": tc.to_dict(),
+                     **{k: v for k, v in info.items() if k != "mode"},
                      "tol": a.tol, "min_ref_niah": a.min_ref_niah, "fit_target": a.target, "fit_min_step": min_step,
                      "long_loss": "held-out essay tail, mean loss of the last position bucket",
                      "fit_form": "L = B/N^alpha + C/D^beta, Huber(delta=1e-3) on log L, L-BFGS-B from a 81-point grid"},

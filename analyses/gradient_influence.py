@@ -71,7 +71,7 @@ def influence(model, tokens: torch.Tensor, objective: str, batch: int) -> torch.
             x = tokens[i:i + batch].to(model.device)
             store = {}
 
-            def keep(e, hook):
+            def keep(e, hook, store=store):
                 e = e.detach().requires_grad_(True)  # a leaf, so .grad holds d obj / d embed
                 store["e"] = e
                 return e
@@ -154,7 +154,8 @@ def main(argv=None):
                 frames.append(d)
                 s = {"run": label, "checkpoint": str(ck), "layout": cfg.layout, "window": cfg.window,
                      "pos_F": cfg.pos["F"], "step": int(model.checkpoint["step"]), "source": src, "objective": obj,
-                     "context_len": L, "n": mode["n"], **summarize(d, cfg.window), "seconds": round(time.time() - t1, 1)}
+                     "context_len": L, "n": mode["n"], **summarize(d, cfg.window),
+                     "seconds": round(time.time() - t1, 1)}
                 summ.append(s)
                 log(f"{label} {src} {obj}: beyond-window share {s['beyond_window_share']:.3f}, "
                     f"d50 {s['d50']}, d90 {s['d90']} ({s['seconds']}s)")

@@ -40,6 +40,10 @@ import platform
 import shlex
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -138,7 +142,7 @@ def run_configs(mc, tc, windows, seeds, full_ref: bool):
     return out
 
 
-def _f_copy_curve(run_dir) -> "pd.DataFrame":
+def _f_copy_curve(run_dir) -> pd.DataFrame:
     """Per checkpoint: the best full-attention copy score, its mean over F heads, and the best
     F-head mass score."""
     import pandas as pd
@@ -291,11 +295,13 @@ def figures(runs, summary, curves, ctx: int, out: Path, log=print):
     palette = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2"]
     color = {lab: palette[i % len(palette)] for i, lab in enumerate(labels)}
     fig = make_subplots(rows=1, cols=3, subplot_titles=("best full-attention copy score",
-                                                        "best full-attention mass score", "NIAH accuracy (training eval)"))
+                                                        "best full-attention mass score",
+                                                        "NIAH accuracy (training eval)"))
     for (lab, seed), g in curves.groupby(["label", "seed"], sort=False):
         g = g.sort_values("step")
         kw = dict(mode="lines", line=dict(color=color[lab], width=1.5), legendgroup=lab)
-        fig.add_trace(go.Scatter(x=g["tokens_seen"], y=g["f_copy_max"], name=f"{lab}", showlegend=bool(seed == runs["seed"].min()),
+        fig.add_trace(go.Scatter(x=g["tokens_seen"], y=g["f_copy_max"], name=f"{lab}",
+                                 showlegend=bool(seed == runs["seed"].min()),
                                  hovertemplate=f"{lab} seed {seed}: %{{y:.2f}}<extra></extra>", **kw), row=1, col=1)
         fig.add_trace(go.Scatter(x=g["tokens_seen"], y=g["f_mass_max"], name=f"{lab}", showlegend=False,
                                  hovertemplate=f"{lab} seed {seed}: %{{y:.2f}}<extra></extra>", **kw), row=1, col=2)
@@ -332,7 +338,8 @@ def main(argv=None) -> dict:
                     help="train the all-full-attention reference too [quick: no; smoke and full: yes]")
     ap.add_argument("--set", default=None, help="config overrides: train.lr=0.01,model.d_model=64")
     ap.add_argument("--device", default="auto", help="auto, cpu, cuda")
-    ap.add_argument("--jobs", type=int, default=0, help="runs trained in parallel, one thread each [0 = one per core in --quick, 1 otherwise]")
+    ap.add_argument("--jobs", type=int, default=0,
+                    help="runs trained in parallel, one thread each [0 = one per core in --quick, 1 otherwise]")
     ap.add_argument("--out", default=None, help="output folder [analyses/out/laziness]")
     ap.add_argument("--machine", default=None, help="free-text machine description for results.json")
     ap.add_argument("--record", default=None, help="also write results.json here (e.g. analyses/results/laziness.json)")
@@ -395,7 +402,8 @@ def main(argv=None) -> dict:
                                                       else f"not formed by {int(r.tokens_seen)} tokens")
                                 for r in g.itertuples()}
     res = {
-        "analysis": NAME, "mode": mode, "command": "python analyses/laziness.py " + shlex.join(argv if argv is not None else sys.argv[1:]),
+        "analysis": NAME, "mode": mode,
+        "command": "python analyses/laziness.py " + shlex.join(argv if argv is not None else sys.argv[1:]),
         "machine": a.machine or f"{platform.machine()} {platform.system()}, {__import__('os').cpu_count()} cpus",
         "device": tc.device, "wall_s": round(timer(), 1),
         "settings": {"model": mc.to_dict(), "train": tc.to_dict(), "windows": list(windows), "seeds": list(seeds),

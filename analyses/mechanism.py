@@ -213,7 +213,8 @@ def main(argv=None):
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--run", help="checkpoint folder or run folder (its last checkpoint); default: train one")
     ap.add_argument("--preset", default=None, help="preset to train when --run is not given "
-                                                     "(default: tiny with a short context in quick mode, gpu-small in full)")
+                                                     "(default: tiny with a short context in quick mode, "
+                                                     "gpu-small in full)")
     ap.add_argument("--k", default="", help="numbers of heads to ablate, e.g. 1,2,4 "
                                             "[default: 1, half the F heads, the F retrieval heads]")
     ap.add_argument("--context-lens", default="", help="NIAH lengths [default: training length and 2x]")

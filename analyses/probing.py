@@ -233,7 +233,8 @@ def main(argv=None):
         rows += r
         d = pd.DataFrame(r).pivot(index="task", columns="hook", values="test_acc")
         log(f"step {step} (NIAH {niah[step]:.2f}; F-head attention at the query: whole value "
-            f"{att.get('attn_value_span', float('nan')):.2f}, its first token {att.get('attn_first_token', float('nan')):.2f})"
+            f"{att.get('attn_value_span', float('nan')):.2f}, "
+            f"its first token {att.get('attn_first_token', float('nan')):.2f})"
             f" test accuracy:\n{d.round(3).to_string()}")
     df = pd.DataFrame(rows)
     save_table(df, out, "probes", log)

@@ -28,6 +28,8 @@ def test_train_cli_end_to_end(tmp_path, preset, capsys):
                              "--steps", "3", "--seed", "4", "--window", "4", "--pos", "F=rope"], capsys)
     assert code == 0, err
     assert "step 3/3" in stdout and "tokens/s" in stdout and "NIAH acc" in stdout
+    # without a bar, progress lines (one per 5% of the steps: here every step)
+    assert all(f"step {s}/3  loss " in stdout for s in (1, 2, 3)), stdout
     run_cfg = json.loads((out / "run.json").read_text())
     assert run_cfg["train"]["steps"] == 3 and run_cfg["train"]["seed"] == 4
     assert run_cfg["model"]["window"] == 4 and run_cfg["model"]["pos"] == {"F": "rope", "S": "rope"}

@@ -57,7 +57,7 @@ def _preset_epilog() -> str:
 @click.option("--stop-at", type=int, help="Stop after this step (with a checkpoint); --resume continues.")
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its last checkpoint.")
 @click.option("--overwrite", is_flag=True, help="Replace the run in --out.")
-@click.option("--no-progress", is_flag=True, help="No progress bar.")
+@click.option("--no-progress", is_flag=True, help="No progress bar: one line per 5% of the steps instead.")
 def train(preset, out, steps, layout, window, pos, context_len, seed, device, save_every, eval_every,
           batch_size, grad_accum, lr, niah_fraction, induction_fraction, variant, haystack, stop_at,
           resume, overwrite, no_progress):
@@ -90,7 +90,8 @@ def train(preset, out, steps, layout, window, pos, context_len, seed, device, sa
         click.echo(f"{preset}: {model_cfg.describe()} | context {cfg.context_len}, {cfg.steps} steps, "
                    f"batch {cfg.batch_size}, {cfg.niah_variant} fraction {cfg.niah_fraction} -> {out}")
     res = run_train(model_cfg, cfg, out, resume=resume, overwrite=overwrite, stop_at=stop_at,
-                    progress=not no_progress, log=click.echo)
+                    progress=not no_progress, log=click.echo,
+                    log_every=max(1, cfg.steps // 20) if no_progress else None)
     if rank == 0:
         f = res["final"]
         tps = f"{res['tokens_per_s']:,.0f} tokens/s" if res["tokens_per_s"] else "no steps run"
