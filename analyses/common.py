@@ -182,7 +182,7 @@ def train_and_scan(model_cfg, train_cfg, run_dir, *, scan: bool = True, scan_kw:
     ``progress`` bars, training logs a ``step k/N  loss ..`` line every ``log_every`` steps
     (default ``progress_every(train_cfg.steps)``; 0 = none) and each scan ``scanning k/n
     checkpoints`` lines, all through ``log``."""
-    from retrieval_heads.detect import scan as rh_scan
+    from retrieval_heads.pipeline import scan as rh_scan
     from retrieval_heads.train.loop import checkpoint_steps, train
 
     run_dir = Path(run_dir)

@@ -56,7 +56,7 @@ def resolve(spec: str) -> Path:
     path, _, step = spec.partition("@")
     p = Path(path)
     if step:
-        return rh.train.checkpoint.step_dir(p, int(step))
+        return rh.storage.step_dir(p, int(step))
     return last_checkpoint(p, f"--runs {spec}")
 
 

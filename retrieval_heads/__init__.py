@@ -30,11 +30,13 @@ _LAZY = {
     "eval": "retrieval_heads.eval",
     "plots": "retrieval_heads.plots",
     "hf": "retrieval_heads.hf",
-    "load_checkpoint": "retrieval_heads.train.checkpoint",
-    "save_checkpoint": "retrieval_heads.train.checkpoint",
-    "list_checkpoints": "retrieval_heads.train.checkpoint",
+    "storage": "retrieval_heads.storage",
+    "pipeline": "retrieval_heads.pipeline",
+    "load_checkpoint": "retrieval_heads.storage",
+    "save_checkpoint": "retrieval_heads.storage",
+    "list_checkpoints": "retrieval_heads.storage",
     "retrieval_scores": "retrieval_heads.detect",
-    "scan": "retrieval_heads.detect",
+    "scan": "retrieval_heads.pipeline",
     "ablate_heads": "retrieval_heads.interventions",
 }
 

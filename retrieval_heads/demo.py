@@ -27,7 +27,7 @@ from plotly.subplots import make_subplots
 
 from . import plots
 from .labels import head_label
-from .report import _fig_html, _page, compare_runs, load_scan, summary_display
+from .pipeline.report import compare_runs, figure_html, html_page, load_scan, summary_display
 
 PROGRESS_LINES = 20  # a run trained without a progress bar logs about this many "step k/N" lines
 
@@ -92,7 +92,7 @@ def _train_and_scan(model_cfg, train_cfg, rd, *, progress, log, threads=None) ->
     ``scanning k/n checkpoints`` lines through ``log``."""
     import torch
 
-    from .detect import scan
+    from .pipeline import scan
     from .train.loop import train
 
     if threads:
@@ -202,7 +202,7 @@ def run_demo(out="runs/demo", *, windows=(16, 64), preset: str = "tiny", steps: 
             "data. Left panels: the copy-paste retrieval score of every head of the full-attention layer "
             "over training (vertical line: the first retrieval head forms, i.e. its score stays at or above "
             "the dashed threshold). Right: NIAH accuracy at the training context length.</p>",
-            _fig_html(demo_figure(tables), True),
+            figure_html(demo_figure(tables), True),
             "<h2>Summary</h2>",
             summary_display(summary[["label", "formation_step", "formation_tokens", "final_niah_accuracy"]]).to_html(
                 index=False, na_rep="not formed"),
@@ -210,7 +210,7 @@ def run_demo(out="runs/demo", *, windows=(16, 64), preset: str = "tiny", steps: 
                                                   for n, rd in run_dirs.items()) + "</p>",
             f"<p>Wall time: {time.time() - t0:.0f} s ({jobs} run(s) at a time on {cores} core(s)).</p>"]
     report = out / "report.html"
-    report.write_text(_page("retrieval-heads demo", body), encoding="utf-8")
+    report.write_text(html_page("retrieval-heads demo", body), encoding="utf-8")
     result = {"report": str(report), "wall_s": time.time() - t0, "jobs": jobs, "cores": cores,
               "run_wall_s": {str(w): round(t, 1) for w, t in run_seconds.items()},
               "runs": [{k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in r.items()}

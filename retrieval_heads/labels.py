@@ -1,4 +1,6 @@
-"""One way to name a head everywhere (CLI, tables, reports, notebooks): ``L3H0``.
+"""How the library writes things for people: one head label everywhere (``L3H0``), durations.
+
+One way to name a head everywhere (CLI, tables, reports, notebooks): ``L3H0``.
 
 This is how TransformerLens writes heads (``L{layer}H{head}``). Where the layer's kind helps
 a reader it follows in parentheses, ``L3H0 (F)``; the label itself never changes.
@@ -30,3 +32,11 @@ def parse_head_label(text: str) -> tuple[int, int]:
     if m is None:
         raise ValueError(f"heads: expected a head like 'L3H1' (or '3.1'), got {text!r}")
     return int(m.group(1)), int(m.group(2))
+
+
+def format_duration(seconds: float) -> str:
+    """``72.4`` -> ``"1m12s"``, ``3725`` -> ``"1h02m05s"``, ``9.6`` -> ``"9s"``."""
+    s = round(max(seconds, 0.0))
+    h, rem = divmod(s, 3600)
+    m, sec = divmod(rem, 60)
+    return f"{h}h{m:02d}m{sec:02d}s" if h else f"{m}m{sec:02d}s" if m else f"{sec}s"

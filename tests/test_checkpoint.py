@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import retrieval_heads as rh
-from retrieval_heads.train.checkpoint import (
+from retrieval_heads.storage.checkpoint import (
     CheckpointError,
     list_checkpoints,
     load_checkpoint,

@@ -10,7 +10,7 @@ from test_scan import make_run
 
 import retrieval_heads as rh
 from retrieval_heads.cli import main
-from retrieval_heads.report import compare_runs, summary_display
+from retrieval_heads.pipeline import compare_runs, summary_display
 
 ARGS = ["--context-lens", "150", "--depths", "0.5", "--n-per-cell", "1", "--no-progress", "--no-report"]
 

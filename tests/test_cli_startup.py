@@ -134,7 +134,7 @@ def test_option_types_parse_lists():
 
     assert INT_LIST.convert("256, 512,", None, None) == (256, 512)
     assert FLOAT_LIST.convert("0.1,0.5", None, None) == (0.1, 0.5)
-    with pytest.raises(click.BadParameter, match="at least one value"):
+    with pytest.raises(click.BadParameter, match="expected comma-separated integers like '256,512', got ','"):
         INT_LIST.convert(",", None, None)
 
 

@@ -7,7 +7,7 @@ import torch
 
 import retrieval_heads as rh
 from retrieval_heads.cli import main
-from retrieval_heads.train.checkpoint import save_checkpoint
+from retrieval_heads.storage.checkpoint import save_checkpoint
 
 
 @pytest.fixture(scope="module")
@@ -75,7 +75,7 @@ def test_ablation_under_run_interventions_appears_in_the_run_report(tmp_path, ca
     assert code == 0, err
     saved = (run / "interventions" / "k1_zero")
     assert {"ablation.csv", "ablation_summary.csv", "ablation.html"} <= {p.name for p in saved.iterdir()}
-    from retrieval_heads.report import build_report
+    from retrieval_heads.pipeline import build_report
 
     rh.scan(run, context_lens=(128,), depths=(0.5,), n_per_cell=1, progress=False)
     html = build_report(run).read_text()
@@ -89,7 +89,7 @@ def test_ablation_under_run_interventions_appears_in_the_run_report(tmp_path, ca
     html = build_report(run).read_text()
     assert html.count("unreadable ablation table") == 2 and "Head ablation (k1_zero)" in html
     # the ablation figure carries plotly.js when the scan has no figure of its own
-    from retrieval_heads.report import _ablation_sections
+    from retrieval_heads.pipeline.report import _ablation_sections
 
     alone = "".join(_ablation_sections(run, first_fig=True))
     assert len(alone) > 1_000_000  # the embedded plotly.js bundle (several MB)

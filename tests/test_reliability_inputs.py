@@ -17,7 +17,7 @@ from safetensors.torch import load_file, save_file
 from test_train import TC, write_preset
 
 import retrieval_heads as rh
-from retrieval_heads.train.checkpoint import CheckpointError
+from retrieval_heads.storage.checkpoint import CheckpointError
 
 # how to break a checkpoint -> what the error says (besides the file's path)
 BREAKS = {

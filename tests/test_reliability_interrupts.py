@@ -21,7 +21,7 @@ from test_train import MC, TC, write_preset
 
 import retrieval_heads as rh
 from retrieval_heads.train import read_metrics, train
-from retrieval_heads.train.checkpoint import load_train_state
+from retrieval_heads.storage.checkpoint import load_train_state
 
 TIMING = ("tokens_per_s", "time_s")  # the only metrics that may differ between runs
 
@@ -132,7 +132,7 @@ def test_death_inside_save_never_shows_a_half_checkpoint(tmp_path, monkeypatch, 
     """Die inside ``save_checkpoint`` (a torn ``train_state.pt`` write, or just before the
     rename that publishes the step), with no clean-up, at each of the first checkpoints: the
     step is absent, never half there, and resuming ends bit-identical to an uninterrupted run."""
-    import retrieval_heads.train.checkpoint as ck_mod
+    import retrieval_heads.storage.checkpoint as ck_mod
 
     tc = TC.replace(steps=4, save_every=2, eval_every=2, eval_samples=2)  # checkpoints 0, 1, 2, 4
     quiet = dict(progress=False, log=lambda *a: None)
@@ -173,7 +173,7 @@ def test_death_inside_save_never_shows_a_half_checkpoint(tmp_path, monkeypatch, 
 def test_clean_partial_checkpoints_restores_a_half_swapped_one(tmp_path):
     """A re-save of an existing step renames it aside, then renames the new one in; dying
     between the two leaves no ``step_X``: the clean-up puts the old one back."""
-    from retrieval_heads.train.checkpoint import clean_partial_checkpoints
+    from retrieval_heads.storage.checkpoint import clean_partial_checkpoints
 
     run = make_run(tmp_path / "run", steps=(0, 3))
     aside = run / ".old_step_000003_x"

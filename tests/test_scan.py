@@ -12,7 +12,7 @@ import torch
 import retrieval_heads as rh
 from retrieval_heads.cli import main
 from retrieval_heads.detect import formation_table, run_formation
-from retrieval_heads.detect import scanner as scan_mod
+from retrieval_heads.pipeline import scanner as scan_mod
 
 FAST = dict(context_lens=(150,), depths=(0.3, 0.7), n_per_cell=1, progress=False)
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import retrieval_heads as rh
-from retrieval_heads.train.checkpoint import CheckpointError, load_checkpoint, load_train_state
+from retrieval_heads.storage.checkpoint import CheckpointError, load_checkpoint, load_train_state
 
 
 class Payload:
@@ -115,7 +115,7 @@ def test_listing_ignores_temporary_folders(ckpt):
 
 def test_failed_save_leaves_nothing(tmp_path, monkeypatch):
     model = rh.HybridLM(rh.ModelConfig(layout="SF", d_model=16, n_heads=2, window=4, max_seq_len=64))
-    import retrieval_heads.train.checkpoint as ck
+    import retrieval_heads.storage.checkpoint as ck
 
     def boom(*a, **k):
         raise OSError("disk full")

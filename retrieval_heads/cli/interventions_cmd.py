@@ -20,7 +20,7 @@ from .options import FLOAT_LIST, INT_LIST, POSITIVE
 
 def resolve_checkpoint(path: str) -> Path:
     """A checkpoint folder, or the last checkpoint of a run folder."""
-    from ..train.checkpoint import list_checkpoints
+    from ..storage import list_checkpoints
 
     p = Path(path)
     if not p.exists():
@@ -34,7 +34,7 @@ def resolve_checkpoint(path: str) -> Path:
 
 
 def _load(path: str):
-    from ..train.checkpoint import load_checkpoint
+    from ..storage import load_checkpoint
 
     ck = resolve_checkpoint(path)
     model = load_checkpoint(ck)

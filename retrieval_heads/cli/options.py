@@ -24,9 +24,9 @@ class _CommaList(click.ParamType):
         try:
             out = tuple(self._convert_one(p) for p in parts if p)
         except ValueError:
+            out = ()
+        if not out:  # a bad number, or no number at all
             self.fail(f"expected comma-separated {self._what} like '256,512', got {value!r}", param, ctx)
-        if not out:
-            self.fail(f"expected at least one value, got {value!r}", param, ctx)
         return out
 
 

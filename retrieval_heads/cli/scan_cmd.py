@@ -54,10 +54,10 @@ def scan(run, variant, context_lens, depths, n_per_cell, seed, haystack, recurre
     RUN may also be a Hugging Face checkpoint folder or a folder of them (checkpoint-*, step*),
     scanned in training order, or a folder of runs (e.g. runs/demo: window_16/, window_64/),
     each scanned in name order. Exits 1 (after scanning the rest) when a checkpoint could not be read."""
-    from ..detect.scanner import ScanSettings, find_runs
-    from ..detect.scanner import scan as run_scan
+    from ..pipeline import ScanSettings, find_runs
+    from ..pipeline import scan as run_scan
     from ..hf.loader import is_hf_path
-    from ..train.checkpoint import list_checkpoints
+    from ..storage import list_checkpoints
 
     hf_kw = {k: v for k, v in dict(trust_remote_code=trust_remote_code, tokenizer=tokenizer, dtype=dtype,
                                    device=device).items() if v}
@@ -144,7 +144,7 @@ def _print_scan(info: dict, threshold: float) -> None:
 @click.option("--out", default="compare.html", show_default=True, help="Output HTML (+ .parquet/.json beside it).")
 def compare(runs, out):
     """Formation step and NIAH-vs-tokens of several scanned RUNS on one figure."""
-    from ..report import compare_runs, summary_display
+    from ..pipeline import compare_runs, summary_display
 
     path, summary = compare_runs(runs, out)
     shown = summary_display(summary[["label", "formation_step", "formation_tokens", "final_niah_accuracy"]])
@@ -159,6 +159,6 @@ def compare(runs, out):
 def report(run, out):
     """Rebuild RUN/scan/report.html from the existing scan tables (RUN may also be a folder
     written by `scan --out`)."""
-    from ..report import build_report
+    from ..pipeline import build_report
 
     click.echo(f"wrote {build_report(run, out)}")

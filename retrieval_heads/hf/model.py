@@ -44,6 +44,7 @@ import torch.nn as nn
 from transformer_lens import HookedRootModule
 from transformer_lens.hook_points import HookPoint
 
+from ..detect.rows import DecodeRows
 from . import attention as A
 from .layout import HFLayout, hf_layout
 
@@ -127,25 +128,6 @@ class _Capture:
     layers: set
     query_pos: torch.Tensor | None  # (B, nq) absolute; None = the last query of the forward
     rows: dict = field(default_factory=dict)
-
-
-@dataclass
-class _DecodeRows:  # same fields as retrieval_heads.detect.rows.DecodeRows
-    generated: torch.Tensor
-    alive: torch.Tensor
-    rows: list = field(default_factory=list)
-
-    @property
-    def n_steps(self) -> int:
-        return self.generated.shape[1]
-
-
-def _decode_rows_cls():
-    try:
-        from ..detect.rows import DecodeRows
-        return DecodeRows
-    except ImportError:  # the detector is optional for this module
-        return _DecodeRows
 
 
 def _find_layers(hf) -> nn.ModuleList:
@@ -470,7 +452,7 @@ class HFModel(HookedRootModule):
                     cur = nxt
         finally:
             self._capture = None
-        return _decode_rows_cls()(generated=torch.stack(gen, 1), alive=torch.stack(alive, 1), rows=rows)
+        return DecodeRows(generated=torch.stack(gen, 1), alive=torch.stack(alive, 1), rows=rows)
 
     @torch.no_grad()
     def generate(self, tokens: torch.Tensor, max_new_tokens: int, stop_token: int | None = -1) -> torch.Tensor:

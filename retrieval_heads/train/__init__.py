@@ -14,6 +14,7 @@ import importlib
 # public name -> submodule that defines it. Imported on first use, so that reading the presets
 # (`retrieval-heads train --help`) does not import torch.
 _NAMES = {
+    # checkpoint I/O lives in retrieval_heads.storage; these names stay here for existing code
     "CheckpointError": "checkpoint", "list_checkpoints": "checkpoint", "load_checkpoint": "checkpoint",
     "load_train_state": "checkpoint", "read_meta": "checkpoint", "save_checkpoint": "checkpoint",
     "step_dir": "checkpoint", "weights_hash": "checkpoint",

@@ -47,9 +47,11 @@ from pathlib import Path
 import torch
 
 from ..config import ModelConfig, TrainConfig
+from ..labels import format_duration
+from ..storage.files import write_text
 from ..tasks import TOKENIZER, niah_batch, string_match_all
 from ..tasks.mixture import check_mixture, eval_lm_batch, row_loss, training_batch
-from .checkpoint import (
+from ..storage.checkpoint import (
     clean_partial_checkpoints,
     list_checkpoints,
     load_checkpoint,
@@ -254,13 +256,6 @@ def _write_metrics(out: Path, row: dict) -> None:
         f.write(json.dumps(row) + "\n")
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    """Write via a temporary file + rename: a process killed mid-write leaves the old file."""
-    tmp = path.with_name(f".tmp_{path.name}.{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def _truncate_metrics(out: Path, step: int) -> None:
     """Keep the rows up to ``step``; a partial last line (a process killed mid-append) is dropped."""
     f = out / METRICS_FILE
@@ -272,15 +267,7 @@ def _truncate_metrics(out: Path, step: int) -> None:
                     rows.append(line)
             except (ValueError, KeyError, TypeError):
                 continue
-        _write_atomic(f, "".join(r + "\n" for r in rows))
-
-
-def format_duration(seconds: float) -> str:
-    """``72.4`` -> ``"1m12s"``, ``3725`` -> ``"1h02m05s"``, ``9.6`` -> ``"9s"``."""
-    s = round(max(seconds, 0.0))
-    h, rem = divmod(s, 3600)
-    m, sec = divmod(rem, 60)
-    return f"{h}h{m:02d}m{sec:02d}s" if h else f"{m}m{sec:02d}s" if m else f"{sec}s"
+        write_text(f, "".join(r + "\n" for r in rows))
 
 
 def progress_line(step: int, end: int, loss: float | None, niah: float | None, elapsed: float) -> str:
@@ -364,7 +351,7 @@ def _train(model_cfg, cfg, out, mode, rank, world, device, stop_at, progress, lo
             shutil.rmtree(out)
         out.mkdir(parents=True, exist_ok=True)
         clean_partial_checkpoints(out)  # what a killed save left
-        _write_atomic(out / RUN_FILE, json.dumps({"model": model_cfg.to_dict(), "train": cfg.to_dict()},
+        write_text(out / RUN_FILE, json.dumps({"model": model_cfg.to_dict(), "train": cfg.to_dict()},
                                                  indent=2, sort_keys=True))
         _truncate_metrics(out, start if mode == "resume" else -1)  # a fresh start re-evaluates step 0
     _barrier(world)

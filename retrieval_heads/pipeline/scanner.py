@@ -13,7 +13,7 @@ the lock; the run folder is then only read)::
     checkpoints.parquet step, tokens_seen, path, weights_sha256, status, error, counts
     formation.parquet   per head: the step after which its copy score stays >= threshold
     formation.json      the same + the run's first full-attention retrieval head, settings, model
-    report.html         plotly report (``retrieval_heads.report``)
+    report.html         plotly report (``retrieval_heads.pipeline.report``)
     cache/              one JSON per (weights sha256, settings): a re-run scores only what is new
 
 A checkpoint that cannot be read is reported, listed in the tables and the report, and
@@ -33,9 +33,7 @@ import dataclasses
 import hashlib
 import json
 import math
-import os
 import sys
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,9 +41,10 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from ..train.checkpoint import STEP_RE, CheckpointError, list_checkpoints, load_checkpoint, read_meta, weights_hash
-from ..train.loop import format_duration
-from .formation import formation_table, run_formation
+from ..detect.formation import formation_table, run_formation
+from ..labels import format_duration
+from ..storage.checkpoint import STEP_RE, CheckpointError, list_checkpoints, load_checkpoint, read_meta, weights_hash
+from ..storage.files import write_json, write_parquet
 
 SCORE_VERSION = 1  # bump when the scoring rules change: invalidates every cache entry
 SCORE_METRICS = ("copy", "mass", "entropy", "entropy_norm")
@@ -102,35 +101,6 @@ class ScanSettings:
 
         return niah_grid(context_lens=self.context_lens, depths=self.depths, n_per_cell=self.n_per_cell,
                          seed=self.seed, variant=self.variant, haystack=self.haystack)
-
-
-# --- small file utilities -----------------------------------------------------------------
-_UMASK = os.umask(0)
-os.umask(_UMASK)
-
-
-def atomic_write(path: Path, write) -> None:
-    """Call ``write(tmp_path)`` then rename onto ``path`` (readers never see a partial file)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".tmp-{path.name}-", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp creates 0600; give the usual permissions
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-
-
-def write_json(path: Path, obj) -> None:
-    atomic_write(path, lambda t: Path(t).write_text(json.dumps(obj, indent=1, sort_keys=True)))
-
-
-def write_parquet(path: Path, df: pd.DataFrame) -> None:
-    atomic_write(path, lambda t: df.to_parquet(t, index=False))
 
 
 def _nan_to_none(x):
@@ -210,8 +180,8 @@ def score_checkpoint(job: dict) -> dict:
     ``workers > 1``; returns {"path", "error"} (error None on success)."""
     from safetensors.torch import load_file
 
-    from .scores import HeadScores, score_heads
-    from .weights import qk_distance
+    from ..detect.scores import HeadScores, score_heads
+    from ..detect.weights import qk_distance
 
     if job.get("threads"):
         torch.set_num_threads(job["threads"])
@@ -338,14 +308,14 @@ def scan(run_dir, settings: ScanSettings | None = None, *, reference="first", th
     is unreadable).
     ``df.attrs["scan"]`` holds counts
     (scored, cached, skipped) and the skipped checkpoints with their errors.
-    A Hugging Face checkpoint, or a folder of them, goes to ``retrieval_heads.hf.scan.hf_scan``
+    A Hugging Face checkpoint, or a folder of them, goes to ``retrieval_heads.pipeline.hf_scanner.hf_scan``
     (same tables; extra keywords ``trust_remote_code``, ``tokenizer``, ``dtype``, ``device``)."""
     from tqdm import tqdm
 
     from ..hf.loader import is_hf_path
 
     if is_hf_path(run_dir):
-        from ..hf.scan import hf_scan
+        from .hf_scanner import hf_scan
 
         return hf_scan(run_dir, settings, reference=reference, threshold=threshold, batch_size=batch_size,
                        progress=progress, force=force, report=report, echo=echo, scan_dir=out, **setting_kw)
@@ -457,7 +427,7 @@ def scan(run_dir, settings: ScanSettings | None = None, *, reference="first", th
         if not unchanged:
             _write_tables(scan_dir, tables, state, settings, threshold)
         if report and (not unchanged or not (scan_dir / "report.html").exists()):
-            from ..report import build_report
+            from .report import build_report
 
             build_report(run_dir if out is None else scan_dir)
     df = tables["scores"]

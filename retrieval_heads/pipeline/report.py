@@ -17,8 +17,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from . import plots
-from .labels import head_label
+from .. import plots
+from ..labels import head_label
+from ..storage.files import atomic_write, write_json, write_parquet
 
 TABLES = ("scores", "niah", "formation", "checkpoints")
 
@@ -75,11 +76,11 @@ def summary_display(summary: pd.DataFrame) -> pd.DataFrame:
     return d
 
 
-def _fig_html(fig, first: bool) -> str:
+def figure_html(fig, first: bool) -> str:
     return fig.to_html(full_html=False, include_plotlyjs=True if first else False)
 
 
-def _page(title: str, body: list[str]) -> str:
+def html_page(title: str, body: list[str]) -> str:
     style = ("body{font-family:sans-serif;max-width:1100px;margin:auto;padding:1em}"
              "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:2px 6px;font-size:90%}"
              ".bad{color:#b00}")
@@ -96,7 +97,7 @@ def _fmt(v) -> str:
 def _ablation_sections(run_dir: Path, first_fig: bool) -> list[str]:
     """One section per ``RUN/interventions/*/ablation.csv`` (``retrieval-heads ablate RUN --out
     RUN/interventions/NAME``): the ablation figure and the per-condition summary."""
-    from .interventions import summarize
+    from ..interventions import summarize
 
     out = []
     need_js = first_fig  # plotly.js goes into the page once, with its first figure
@@ -115,7 +116,7 @@ def _ablation_sections(run_dir: Path, first_fig: bool) -> list[str]:
                        f"({html.escape(type(e).__name__)}: {html.escape(str(e))})</p>")
             continue
         out.append(f"<h2>{html.escape(f'Head ablation ({f.parent.name}): {meta}')}</h2>")
-        out.append(_fig_html(fig, need_js))
+        out.append(figure_html(fig, need_js))
         need_js = False
         out.append(table)
     return out
@@ -159,14 +160,13 @@ def build_report(run_dir, out=None) -> Path:
                  plots.heatmap_slider(scores, "entropy_norm")]
         if (scores["metric"] == "qk_distance").any():
             figs.append(plots.heatmap_slider(scores, "qk_distance"))
-    body += [_fig_html(f, i == 0) for i, f in enumerate(figs)]
+    body += [figure_html(f, i == 0) for i, f in enumerate(figs)]
     formed = form.sort_values(["formed", "formation_step"], ascending=[False, True]).head(20)
     body.append("<h2>Formation per head (top 20)</h2>" + formed.to_html(index=False, na_rep="-"))
     body += _ablation_sections(run_dir, first_fig=not figs)
     out = Path(out) if out else scan_dir / "report.html"
-    from .detect.scanner import atomic_write
 
-    atomic_write(out, lambda p: Path(p).write_text(_page(f"retrieval heads {run_dir.name}", body),
+    atomic_write(out, lambda p: Path(p).write_text(html_page(f"retrieval heads {run_dir.name}", body),
                                                    encoding="utf-8"))
     return out
 
@@ -195,11 +195,10 @@ def compare_runs(runs, out="compare.html") -> tuple[Path, pd.DataFrame]:
         summary[c] = pd.to_numeric(summary[c], errors="coerce").astype("float64")
     fig = plots.compare_figure(summary, niah)
     out = Path(out)
-    from .detect.scanner import atomic_write, write_json, write_parquet
 
-    body = ["<h1>Retrieval-head formation across runs</h1>", _fig_html(fig, True),
+    body = ["<h1>Retrieval-head formation across runs</h1>", figure_html(fig, True),
             summary_display(summary).to_html(index=False, na_rep="not formed")]
-    atomic_write(out, lambda p: Path(p).write_text(_page("compare runs", body), encoding="utf-8"))
+    atomic_write(out, lambda p: Path(p).write_text(html_page("compare runs", body), encoding="utf-8"))
     write_parquet(out.with_suffix(".parquet"), summary)
     write_json(out.with_suffix(".json"), [{k: (None if isinstance(v, float) and math.isnan(v) else v)
                                            for k, v in r.items()} for r in summary.to_dict("records")])

@@ -6,7 +6,7 @@
 sub-folders holding an HF config.json; see ``loader.list_hf_checkpoints``). Each checkpoint
 is loaded as an ``HFModel`` and scored by ``retrieval_heads.detect.score_heads`` on one fixed
 needle set built with the model's own tokenizer (``needles.hf_needle_batch``); recurrent layers
-stay NaN. Tables, cache and report are those of ``retrieval_heads.detect.scanner`` and go to
+stay NaN. Tables, cache and report are those of ``retrieval_heads.pipeline.scanner`` and go to
 ``PATH/scan/`` (or ``OUT/scan/``, or ``scan_dir`` itself): scores.parquet, niah.parquet, checkpoints.parquet,
 formation.parquet/json, report.html. Needle samples whose answer span could not be located
 are left out of every average, counted (``n_needle_errors`` in checkpoints.parquet and
@@ -26,9 +26,10 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from ..detect import scanner as S
-from .loader import find_tokenizer_dir, list_hf_checkpoints, load_hf, load_tokenizer, read_hf_config
-from .needles import hf_needle_batch
+from ..hf.loader import find_tokenizer_dir, list_hf_checkpoints, load_hf, load_tokenizer, read_hf_config
+from ..hf.needles import hf_needle_batch
+from ..storage.files import write_json
+from . import scanner as S
 
 DEFAULT_CONTEXT = 1024
 
@@ -105,7 +106,7 @@ def _score(model, settings: S.ScanSettings, batches, sha: str, key: str, batch_s
             niah.append({"context_len": L, "depth": d, "accuracy": float(m.mean()) if len(m) else math.nan,
                          "n": int(sel.sum())})
     n_err = sum(len(b.errors) for b in batches)
-    S.write_json(cache_file, {
+    write_json(cache_file, {
         "version": S.SCORE_VERSION, "weights_sha256": sha, "settings_key": key,
         "settings": settings.to_dict(), "layout": model.layer_types, "n_heads": model.n_heads,
         "layers": res.scored_layers,
@@ -132,7 +133,7 @@ def hf_scan(path, settings: S.ScanSettings | None = None, *, reference="first", 
     from tqdm import tqdm
     from transformers.utils import logging as hf_logging
 
-    from .weights import hf_qk_distance, read_qk_weights
+    from ..hf.weights import hf_qk_distance, read_qk_weights
 
     echo = echo or S._default_echo
     if settings is None:
@@ -163,7 +164,7 @@ def hf_scan(path, settings: S.ScanSettings | None = None, *, reference="first", 
             except (OSError, ValueError) as e:
                 k.error = str(e)
             ckpts.append(k)
-        S.write_json(memo_file, memo)
+        write_json(memo_file, memo)
         good = [c for c in ckpts if c.error is None]
         if not good:
             raise ValueError(f"{path}: none of the {len(ckpts)} HF checkpoint(s) can be read; first: "
@@ -204,7 +205,7 @@ def hf_scan(path, settings: S.ScanSettings | None = None, *, reference="first", 
                     if ref_qk is None:
                         ref_qk = read_qk_weights(ref.path, model)
                     qk = hf_qk_distance(model, ref_qk)
-                    S.write_json(qf, {"l2": S._nan_to_none(qk["l2"].tolist()),
+                    write_json(qf, {"l2": S._nan_to_none(qk["l2"].tolist()),
                                       "rel_l2": S._nan_to_none(qk["rel_l2"].tolist())})
                 n_scored += 1
             except (OSError, ValueError, RuntimeError) as e:
@@ -224,7 +225,7 @@ def hf_scan(path, settings: S.ScanSettings | None = None, *, reference="first", 
         tables = S._assemble(ckpts, cache_dir, skey, ref, settings, threshold)
         from transformers import AutoConfig
 
-        from .layout import hf_layout
+        from ..hf.layout import hf_layout
 
         spec = hf_layout(AutoConfig.from_pretrained(str(ref.path), local_files_only=True,
                                                     trust_remote_code=trust_remote_code), layout=layout)
@@ -249,7 +250,7 @@ def hf_scan(path, settings: S.ScanSettings | None = None, *, reference="first", 
             S._write_tables(scan_dir, tables, state, settings, threshold)
         if report and (not unchanged or not (scan_dir / "report.html").exists()):
             try:
-                from ..report import build_report
+                from .report import build_report
                 build_report(root)
             except (ImportError, OSError, ValueError, KeyError) as e:
                 echo(f"report not written: {e}")

@@ -1,0 +1,247 @@
+"""Checkpoints: ``RUN/step_{step:06d}/model.safetensors`` + ``config.json``.
+
+``config.json`` holds ``{"format": 1, "model": ModelConfig, "train": TrainConfig | null,
+"step", "tokens_seen", "data_seed", "extra"}``. Optimizer and RNG state, when saved, sit
+beside them in ``train_state.pt`` and are read with ``torch.load(weights_only=True)``.
+Nothing is ever unpickled: weights come only from safetensors, and a folder that offers
+weights in a pickle format (``.bin``, ``.pt``, ``.pth``, ``.ckpt``, ``.pkl``) is refused.
+
+Writes are atomic: everything goes into a hidden temporary folder in the run directory,
+which is renamed to ``step_XXXXXX`` only when complete, so a killed process never leaves
+a half-written checkpoint where ``list_checkpoints`` would see it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import re
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_model
+
+from ..config import ModelConfig, TrainConfig
+
+FORMAT = 1
+STEP_RE = re.compile(r"^step_(\d+)$")
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint folder that cannot be used; the message names the file and the problem."""
+
+
+def step_dir(run_dir: str | Path, step: int) -> Path:
+    return Path(run_dir) / f"step_{step:06d}"
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def save_checkpoint(run_dir: str | Path, step: int, model, *, train_cfg: TrainConfig | None = None,
+                    tokens_seen: int = 0, data_seed: int | None = None, train_state: dict | None = None,
+                    extra: dict | None = None) -> Path:
+    """Write ``RUN/step_{step:06d}`` atomically and return its path.
+
+    ``train_state`` (optimizer state dict, RNG state, ...) must hold only tensors and plain
+    Python values, so that it loads with ``weights_only=True``.
+    """
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    final = step_dir(run_dir, step)
+    tmp = Path(tempfile.mkdtemp(prefix=f".tmp_step_{step:06d}_", dir=run_dir))
+    try:
+        module = getattr(model, "module", model)  # unwrap DDP
+        save_model(module, str(tmp / "model.safetensors"))
+        meta = {
+            "format": FORMAT,
+            "model": module.cfg.to_dict(),
+            "train": None if train_cfg is None else train_cfg.to_dict(),
+            "step": int(step),
+            "tokens_seen": int(tokens_seen),
+            "data_seed": data_seed,
+            "extra": extra or {},
+        }
+        (tmp / "config.json").write_text(json.dumps(meta, indent=2, sort_keys=True))
+        if train_state is not None:
+            torch.save(train_state, tmp / "train_state.pt")
+        for f in tmp.iterdir():
+            with open(f, "rb") as fh:
+                os.fsync(fh.fileno())
+        if final.exists():  # re-saving a step (e.g. after a resume): swap atomically
+            old = Path(tempfile.mkdtemp(prefix=f".old_step_{step:06d}_", dir=run_dir))
+            os.rename(final, old / "ckpt")
+            os.rename(tmp, final)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.rename(tmp, final)
+        _fsync_dir(run_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return final
+
+
+def read_meta(path: str | Path) -> dict:
+    """Parse and check ``config.json`` of a checkpoint folder."""
+    path = Path(path)
+    if not path.is_dir():
+        raise CheckpointError(f"{path}: not a checkpoint folder (expected a directory)")
+    cfg_file = path / "config.json"
+    if not cfg_file.exists():
+        if not any(path.iterdir()):
+            raise CheckpointError(f"{path}: empty folder; a checkpoint needs config.json and model.safetensors")
+        raise CheckpointError(f"{cfg_file}: missing; a checkpoint needs config.json and model.safetensors")
+    try:
+        meta = json.loads(cfg_file.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{cfg_file}: malformed JSON ({e})") from None
+    if not isinstance(meta, dict) or "model" not in meta:
+        raise CheckpointError(f"{cfg_file}: no 'model' section; not a retrieval-heads checkpoint")
+    known = {"format", "model", "train", "step", "tokens_seen", "data_seed", "extra"}
+    unknown = sorted(set(meta) - known)
+    if unknown:
+        raise CheckpointError(f"{cfg_file}: unknown key(s) {unknown}; valid keys: {sorted(known)}")
+    try:
+        meta["model"] = ModelConfig.from_dict(meta["model"])
+        meta["train"] = None if meta.get("train") is None else TrainConfig.from_dict(meta["train"])
+    except (ValueError, TypeError) as e:
+        raise CheckpointError(f"{cfg_file}: {e}") from None
+    meta.setdefault("step", 0)
+    meta.setdefault("tokens_seen", 0)
+    for k in ("step", "tokens_seen"):
+        v = meta[k]
+        if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+            raise CheckpointError(f"{cfg_file}: {k}: expected a non-negative integer, got {v!r}")
+    if meta.get("data_seed") is not None and (isinstance(meta["data_seed"], bool)
+                                              or not isinstance(meta["data_seed"], int)):
+        raise CheckpointError(f"{cfg_file}: data_seed: expected an integer or null, got {meta['data_seed']!r}")
+    if not isinstance(meta.get("extra") or {}, dict):
+        raise CheckpointError(f"{cfg_file}: extra: expected a JSON object, got {meta['extra']!r}")
+    return meta
+
+
+def _refuse_pickles(path: Path) -> None:
+    for f in path.iterdir():
+        if f.suffix.lower() in PICKLE_SUFFIXES and f.name != "train_state.pt":
+            raise CheckpointError(
+                f"{f}: pickle-format weight file refused (it could run code when loaded); "
+                "retrieval-heads reads weights only from model.safetensors"
+            )
+
+
+def load_checkpoint(path: str | Path, device: str | torch.device = "cpu", *, check_finite: bool = True):
+    """Load ``HybridLM`` from a checkpoint folder, in eval mode.
+
+    The model gets ``model.checkpoint`` = ``{"path", "step", "tokens_seen", "train", ...}``.
+    Raises ``CheckpointError`` (a ``ValueError``) naming the file and the problem.
+    """
+    from ..model import HybridLM
+
+    path = Path(path)
+    meta = read_meta(path)
+    _refuse_pickles(path)
+    weights = path / "model.safetensors"
+    if not weights.exists():
+        raise CheckpointError(f"{weights}: missing; a checkpoint needs config.json and model.safetensors")
+    try:
+        state = load_file(str(weights), device="cpu")
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CheckpointError(f"{weights}: unreadable safetensors file ({e})") from None
+    model = HybridLM(meta["model"])
+    expected = model.state_dict()
+    if meta["model"].tie_embeddings:
+        # safetensors' save_model stores a tied tensor once, under one of its names
+        for a, b in (("unembed.weight", "embed.weight"), ("embed.weight", "unembed.weight")):
+            if a not in state and b in state:
+                state[a] = state[b]
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    if missing or unexpected:
+        raise CheckpointError(
+            f"{weights}: tensors do not match config.json (missing {missing[:3]}, unexpected {unexpected[:3]})"
+        )
+    for name, t in state.items():
+        e = expected[name]
+        if tuple(t.shape) != tuple(e.shape):
+            raise CheckpointError(f"{weights}: tensor {name} has shape {tuple(t.shape)}, "
+                                  f"config.json implies {tuple(e.shape)}")
+        if not t.is_floating_point():
+            raise CheckpointError(f"{weights}: tensor {name} has dtype {t.dtype}, expected a floating-point dtype")
+        if check_finite and not bool(torch.isfinite(t).all()):
+            raise CheckpointError(f"{weights}: tensor {name} contains NaN or Inf")
+    model.load_state_dict({k: v.to(expected[k].dtype) for k, v in state.items()})
+    model.to(device).eval()
+    model.checkpoint = {"path": str(path), "step": int(meta["step"]), "tokens_seen": int(meta["tokens_seen"]),
+                        "train": meta["train"], "data_seed": meta.get("data_seed"), "extra": meta.get("extra", {})}
+    return model
+
+
+def load_train_state(path: str | Path) -> dict | None:
+    """Optimizer/RNG state saved beside a checkpoint, read with ``weights_only=True``."""
+    f = Path(path) / "train_state.pt"
+    if not f.exists():
+        return None
+    try:
+        return torch.load(f, map_location="cpu", weights_only=True)
+    except Exception as e:  # an unpickling error means a payload that is not plain data
+        raise CheckpointError(f"{f}: refused ({type(e).__name__}: {str(e).splitlines()[0][:200]})") from None
+
+
+def list_checkpoints(run_dir: str | Path) -> list[Path]:
+    """Checkpoint folders of a run in step order (temporary folders are never listed)."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise FileNotFoundError(f"{run_dir}: no such run directory")
+    found = []
+    for p in run_dir.iterdir():
+        m = STEP_RE.match(p.name)
+        if m and p.is_dir():
+            found.append((int(m.group(1)), p))
+    return [p for _, p in sorted(found)]
+
+
+def clean_partial_checkpoints(run_dir: str | Path) -> list[Path]:
+    """Remove what killed saves left in a run (hidden ``.tmp_step_*`` folders), after putting
+    back a checkpoint whose re-save died between its two renames (``.old_step_*``). Call it
+    only from the one process that writes the run. Returns the folders removed."""
+    run_dir = Path(run_dir)
+    removed = []
+    for p in sorted(run_dir.glob(".old_step_*")):
+        m = re.match(r"^\.old_step_(\d+)_", p.name)
+        if m and (p / "ckpt").is_dir() and not step_dir(run_dir, int(m.group(1))).exists():
+            os.rename(p / "ckpt", step_dir(run_dir, int(m.group(1))))
+    for p in sorted([*run_dir.glob(".tmp_step_*"), *run_dir.glob(".old_step_*")]):
+        if p.is_dir():
+            shutil.rmtree(p, ignore_errors=True)
+            removed.append(p)
+    return removed
+
+
+def weights_hash(path: str | Path) -> str:
+    """sha256 of a checkpoint's model.safetensors (keys the scan cache)."""
+    h = hashlib.sha256()
+    with open(Path(path) / "model.safetensors", "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def is_finite_number(x) -> bool:
+    return isinstance(x, (int, float)) and math.isfinite(x)

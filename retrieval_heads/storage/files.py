@@ -1,0 +1,46 @@
+"""Writing files so that a reader never sees half of one: every table, JSON and text file of
+the library (scan tables, run.json, metrics.jsonl rewrites) goes through :func:`atomic_write`.
+
+A write goes to a hidden temporary file in the same folder (``.tmp-NAME-XXXX``), which is then
+renamed onto the target; a killed process leaves at most such a temporary file, which the
+next scan or resume removes. Files get the user's usual permissions (umask), not mkstemp's 0600.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from pathlib import Path
+
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
+
+def atomic_write(path: Path, write) -> None:
+    """Call ``write(tmp_path)`` then rename onto ``path`` (readers never see a partial file)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".tmp-{path.name}-", dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp creates 0600; give the usual permissions
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def write_json(path: Path, obj) -> None:
+    atomic_write(path, lambda t: Path(t).write_text(json.dumps(obj, indent=1, sort_keys=True)))
+
+
+def write_parquet(path: Path, df) -> None:
+    atomic_write(path, lambda t: df.to_parquet(t, index=False))
+
+
+def write_text(path: Path, text: str) -> None:
+    atomic_write(path, lambda t: Path(t).write_text(text))
