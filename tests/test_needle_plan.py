@@ -265,6 +265,122 @@ def test_hf_prompts_and_pairs_pinned():
     _check(hf_cases({"bytelevel": tiny_tokenizer(), "metaspace": tiny_tokenizer("metaspace")}), PINNED_HF)
 
 
+
+# --------------------------------------------------------------------- the plan itself
+def test_variants_have_named_fields():
+    from retrieval_heads.tasks.plan import Variant, get_variant
+
+    assert all(isinstance(v, Variant) for v in VARIANTS.values())
+    mk = VARIANTS["multikey_1"]
+    assert (mk.haystack, mk.key_kind, mk.value_kind, mk.n_distractors, mk.n_values, mk.n_queries) == \
+        ("essay", "words", "numbers", 3, 1, 1)
+    assert VARIANTS["multivalue"].n_answers == 4 and VARIANTS["multiquery"].n_needles == 4
+    assert mk.n_needles == 4 and mk.n_answers == 1
+    with pytest.raises(ValueError, match="variant: unknown 'nope'; valid: single_1"):
+        get_variant("nope")
+    with pytest.raises(ValueError, match="value_kind"):
+        Variant("essay", "words", "dates")
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_value_len_bounds_every_drawn_value(variant):
+    """mixture.answer_reserve reads the Variant's value length: no drawn value is longer."""
+    from retrieval_heads.tasks.plan import needle_plan
+
+    v = VARIANTS[variant]
+    lens = {len(x) for seed in range(200) for x in needle_plan(variant, seed=seed, depth=0.5).values}
+    assert max(lens) <= v.value_len
+    if v.value_kind != "words":
+        assert lens == {v.value_len}
+    n = v.n_answers
+    assert answer_reserve(variant) == n * v.value_len + 2 * (n - 1) + 1
+
+
+def test_plan_is_pure_and_streams_are_apart():
+    from retrieval_heads.tasks.plan import needle_plan
+
+    a = needle_plan("multikey_1", seed=3, depth=0.25)
+    assert a == needle_plan("multikey_1", seed=3, depth=0.25)
+    assert list(zip(range(5), a.filler())) == list(zip(range(5), a.filler()))  # filler() restarts
+    assert a.depths[0] == 0.25 and sorted(a.order, key=lambda j: (a.depths[j], j)) == list(a.order)
+    assert [n.gold for n in a.needles] == [True, False, False, False] and a.values == [a.needles[0].value]
+    assert all(n.text[n.value_offset:].startswith(n.value + ". ") for n in a.needles)
+    h = needle_plan("multikey_1", seed=3, depth=0.25, stream="hf")
+    assert h.keys != a.keys  # the HF prompts draw from their own stream
+    with pytest.raises(ValueError, match="depth"):
+        needle_plan("single_1", seed=0, depth=1.5)
+    with pytest.raises(ValueError, match="stream"):
+        needle_plan("single_1", seed=0, depth=0.5, stream="gpt")
+
+
+def test_both_encoders_render_the_same_kind_of_plan():
+    """One plan, two encoders: the byte prompt is the plan's text, byte for byte; the HF prompt
+    is the HF-stream plan's text with the query's trailing space stripped."""
+    from retrieval_heads.hf import hf_needle_batch
+    from retrieval_heads.hf.testing import tiny_tokenizer
+    from retrieval_heads.tasks import TOKENIZER
+    from retrieval_heads.tasks.plan import needle_plan
+
+    for variant in ("single_2", "multikey_1", "multiquery", "multikey_3"):
+        L = min_context_len(variant) + 40
+        s = make_sample(context_len=L, depth=0.4, seed=5, variant=variant)
+        p = needle_plan(variant, seed=5, depth=0.4)
+        budget = L - 1 - sum(len(n.text) for n in p.needles) - len(p.query)
+        sents, bounds = [], [0]
+        for x in p.filler():  # ASCII haystacks: characters are byte tokens
+            sents.append(x)
+            bounds.append(bounds[-1] + len(x))
+            if bounds[-1] >= budget:
+                break
+        filler = "".join(sents)[:budget]
+        text, where = p.assemble(filler, p.points([b for b in bounds if b <= budget], budget),
+                                 [n.text for n in p.needles], p.query)
+        assert TOKENIZER.decode(s.tokens[1:]) == text and s.needle_pos == 1 + where[0]
+        assert s.values == p.values and s.keys == list(p.keys)
+    tok = tiny_tokenizer()
+    b = hf_needle_batch(tok, n=2, context_len=300, seed=1, variant="multiquery")
+    for i, s in enumerate(b.samples):
+        p = needle_plan("multiquery", seed=1 * 100_003 + i, depth=b.depths[i], stream="hf")
+        assert s.values == p.values and s.keys == list(p.keys)
+        assert b.texts[i].endswith(p.query.rstrip()) and all(n.text in b.texts[i] for n in p.needles)
+
+
+def test_pairs_live_in_tasks_and_are_reexported():
+    import ast
+    from pathlib import Path
+
+    import retrieval_heads.hf.needles as hn
+    import retrieval_heads.interventions as iv
+    import retrieval_heads.interventions.patching as patching
+    import retrieval_heads.tasks as tasks
+    from retrieval_heads.tasks import pairs
+
+    assert iv.NeedlePair is patching.NeedlePair is tasks.NeedlePair is pairs.NeedlePair is hn.NeedlePair
+    assert iv.needle_pairs is patching.needle_pairs is pairs.needle_pairs
+    tree = ast.parse(Path(hn.__file__).read_text())
+    imported = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
+    assert not any("interventions" in (m or "") for m in imported), imported
+    assert pairs.needle_pairs(n=1, context_len=200).errors == []
+
+
+def test_corruption_rules():
+    import random
+
+    from retrieval_heads.tasks.pairs import corrupt_value, redraw_value
+    from retrieval_heads.tasks.vocab import NOUNS
+
+    rng = random.Random(0)
+    for v in ("1234567", "9000001", "3f2a9c1e-07b4-4d2e-8a6f-0123456789ab", "tiger", "Ab1-"):
+        for _ in range(50):
+            c = corrupt_value(v, rng)  # byte rule: same length, every alphanumeric changed
+            assert len(c) == len(v) and all((a != b) == a.isalnum() for a, b in zip(v, c))
+            assert all(b.isdigit() for a, b in zip(v, c) if a.isdigit()) and not c.startswith("0")
+            assert all(b in "0123456789abcdef" for a, b in zip(v, c) if a in "abcdef")
+    words = {redraw_value("tiger", rng) for _ in range(50)}  # HF rule: another noun
+    assert "tiger" not in words and words <= set(NOUNS)
+    nums = {redraw_value("1234567", rng) for _ in range(300)}
+    assert all(len(x) == 7 and x.isdigit() for x in nums) and "1234567" not in nums
+
 if __name__ == "__main__":  # print the current values, to pin them (only on purpose)
     import pprint
     import tempfile

@@ -11,9 +11,11 @@ this (e.g. a token ``7.`` that joins the value's last digit to the full stop) is
 ``SpanError`` for that sample: ``hf_needle_batch`` drops the sample and records it in
 ``batch.errors`` (counted and reported by the scan), never a silent zero score.
 
-Same vocabulary and variants as ``retrieval_heads.tasks.niah`` (RULER); the query ends with
-``is:`` (no trailing space) so the first answer token carries its own leading space, as in
-RULER's prompts.
+What the prompt says and where is a ``retrieval_heads.tasks.plan.needle_plan`` (the one
+needle generator, shared with the byte-tokenizer prompts of ``tasks.niah``; drawn from its
+own random stream, ``stream="hf"``); this module only encodes it. The query ends with ``is:``
+(no trailing space) so the first answer token carries its own leading space, as in RULER's
+prompts. Clean/corrupted pairs (``hf_needle_pairs``) use ``tasks.pairs``.
 
     >>> from retrieval_heads.hf.testing import tiny_tokenizer
     >>> tok = tiny_tokenizer()
@@ -29,14 +31,13 @@ from __future__ import annotations
 
 import bisect
 import random
-import uuid
 from dataclasses import dataclass, field
 
 import torch
 
-from ..tasks.haystack import haystack_sentences
-from ..tasks.niah import VARIANTS, NeedleBatch, NeedleSample, needle_text, query_text
-from ..tasks.vocab import ADJECTIVES, NOUNS
+from ..tasks.niah import NeedleBatch, NeedleSample
+from ..tasks.pairs import NeedlePair, check_single_value, redraw_value
+from ..tasks.plan import NeedlePlan, needle_plan
 
 
 class SpanError(ValueError):
@@ -58,20 +59,6 @@ class HFNeedleBatch(NeedleBatch):
         return HFNeedleBatch(self.tokens[idx], [self.samples[i] for i in idx], list(self.errors),
                              self.tokenizer_name, self.n_requested, [self.texts[i] for i in idx],
                              [self.char_spans[i] for i in idx])
-
-
-def _key(rng: random.Random, kind: str) -> str:
-    if kind == "uuids":
-        return str(uuid.UUID(int=rng.getrandbits(128), version=4))
-    return f"{rng.choice(ADJECTIVES)}-{rng.choice(NOUNS)}"
-
-
-def _value(rng: random.Random, kind: str) -> str:
-    if kind == "numbers":
-        return str(rng.randint(1_000_000, 9_999_999))
-    if kind == "uuids":
-        return str(uuid.UUID(int=rng.getrandbits(128), version=4))
-    return rng.choice(NOUNS)
 
 
 class _Encoder:
@@ -117,28 +104,15 @@ class _Encoder:
         return s, e
 
 
-def _filler_text(rng: random.Random, hay: str, n_chars: int, key_kind: str, value_kind: str,
-                 avoid: set[str]) -> tuple[str, list[int]]:
-    """At least n_chars of haystack text and the character offsets where its sentences start."""
+def _filler_text(plan: NeedlePlan, n_chars: int) -> tuple[str, list[int]]:
+    """At least n_chars of the plan's haystack text and the character offsets where its sentences start."""
     parts, starts, total = [], [], 0
-    if hay == "needle":
-        while total < n_chars:
-            k = _key(rng, key_kind)
-            if k in avoid:
-                continue
-            s = needle_text(k, _value(rng, value_kind), value_kind)[0]
-            starts.append(total)
-            parts.append(s)
-            total += len(s)
-    else:
-        sents = haystack_sentences(hay)
-        i = rng.randrange(len(sents))
-        while total < n_chars:
-            s = sents[i % len(sents)]
-            starts.append(total)
-            parts.append(s)
-            total += len(s)
-            i += 1
+    for s in plan.filler():
+        starts.append(total)
+        parts.append(s)
+        total += len(s)
+        if total >= n_chars:
+            break
     return "".join(parts), starts
 
 
@@ -154,53 +128,19 @@ def make_hf_sample(tokenizer, *, context_len: int, depth: float, seed: int, vari
 def _build(tokenizer, *, context_len: int, depth: float, seed: int, variant: str, haystack: str | None,
            encoder: _Encoder | None):
     """(sample, prompt text, character spans of the gold values)."""
-    if variant not in VARIANTS:
-        raise ValueError(f"variant: unknown {variant!r}; valid: {', '.join(VARIANTS)}")
-    if not 0.0 <= depth <= 1.0:
-        raise ValueError(f"depth: must lie in [0, 1], got {depth}")
+    plan = needle_plan(variant, seed=seed, depth=depth, haystack=haystack, stream="hf")
     enc = encoder or _Encoder(tokenizer)
-    hay, key_kind, value_kind, n_distract, n_values, n_queries = VARIANTS[variant]
-    if haystack is not None and hay != "needle":
-        hay = haystack
-    rng = random.Random(f"hf/{variant}/{seed}")
-    keys: list[str] = []
-    while len(keys) < n_queries + n_distract:
-        k = _key(rng, key_kind)
-        if k not in keys:
-            keys.append(k)
-    query_keys, distract_keys = keys[:n_queries], keys[n_queries:]
-    needles = []  # (key, value, is_gold)
-    for k in query_keys:
-        vals: list[str] = []
-        while len(vals) < n_values:
-            v = _value(rng, value_kind)
-            if v not in vals:
-                vals.append(v)
-        needles += [(k, v, True) for v in vals]
-    needles += [(k, _value(rng, value_kind), False) for k in distract_keys]
-    depths = [depth] + [rng.random() for _ in needles[1:]]
-    order = sorted(range(len(needles)), key=lambda j: (depths[j], j))
-    texts = [needle_text(k, v, value_kind) for k, v, _ in needles]  # (sentence, value offset)
-    query = query_text(query_keys, value_kind, n_values).rstrip()
+    texts = [n.text for n in plan.needles]
+    query = plan.query.rstrip()  # "is:": the first answer token carries its own leading space
 
     def build(filler: str, starts: list[int], n: int):
-        """Prompt text with the filler cut at n chars; char spans of every needle's value."""
+        """Prompt text with the filler cut at n chars; char spans of every needle's value; the
+        first needle's first character."""
         bounds = starts[:bisect.bisect_right(starts, n)] or [0]
-        out, prev, spans, needle_char = [], 0, {}, 0
-        pos = 0
-        for j in order:
-            p = min(bounds, key=lambda b: (abs(b - depths[j] * n), b))
-            out.append(filler[prev:p])
-            pos += p - prev
-            prev = p
-            sent, voff = texts[j]
-            if j == 0:
-                needle_char = pos
-            spans[j] = (pos + voff, pos + voff + len(needles[j][1]))
-            out.append(sent)
-            pos += len(sent)
-        out += [filler[prev:n], query]
-        return "".join(out), spans, needle_char
+        text, where = plan.assemble(filler[:n], plan.points(bounds, n), texts, query)
+        spans = {j: (where[j] + plan.needles[j].value_offset,
+                     where[j] + plan.needles[j].value_offset + len(plan.needles[j].value)) for j in where}
+        return text, spans, where[0]
 
     if enc.count(build("", [0], 0)[0]) > context_len:
         need = enc.count(build("", [0], 0)[0])
@@ -208,8 +148,7 @@ def _build(tokenizer, *, context_len: int, depth: float, seed: int, variant: str
                          f"needle(s) and query alone take {need} tokens; use context_len >= {need}")
     n_chars = 8 * context_len + 64
     while True:
-        filler, starts = _filler_text(random.Random(f"hf/{variant}/{seed}/filler"), hay, n_chars,
-                                      key_kind, value_kind, set(keys))
+        filler, starts = _filler_text(plan, n_chars)
         if enc.count(build(filler, starts, len(filler))[0]) >= context_len:
             break
         n_chars *= 2
@@ -238,9 +177,8 @@ def _build(tokenizer, *, context_len: int, depth: float, seed: int, variant: str
     else:
         offsets, ids = None, enc.ids(text)
     assert len(ids) == context_len
-    tok_spans = {j: enc.span(text, ids, offsets, cs, ce, needles[j][1]) for j, (cs, ce) in spans.items()}
-    gold = [j for j, (_, _, g) in enumerate(needles) if g]
-    values = [needles[j][1] for j in gold]
+    tok_spans = {j: enc.span(text, ids, offsets, cs, ce, plan.needles[j].value) for j, (cs, ce) in spans.items()}
+    gold, values = plan.gold, plan.values
     # needle_pos: the token holding the first needle's first character
     if offsets is not None:
         needle_pos = len(enc.prefix) + next((i for i, (a, b) in enumerate(offsets) if b > needle_char), 0)
@@ -250,8 +188,9 @@ def _build(tokenizer, *, context_len: int, depth: float, seed: int, variant: str
     full = enc.ids(text + answer)
     answer_tokens = full[len(ids):] if full[:len(ids)] == ids else enc.ids(answer)[len(enc.prefix):]
     sample = NeedleSample(tokens=ids, answer_tokens=answer_tokens, answer_spans=[tok_spans[j] for j in gold],
-                          values=values, keys=query_keys, depth=float(depth), needle_pos=int(needle_pos),
-                          context_len=context_len, query_pos=context_len - 1, variant=variant, haystack=hay)
+                          values=values, keys=list(plan.keys), depth=float(depth), needle_pos=int(needle_pos),
+                          context_len=context_len, query_pos=context_len - 1, variant=variant,
+                          haystack=plan.haystack)
     return sample, text, [spans[j] for j in gold]
 
 
@@ -293,21 +232,6 @@ def hf_needle_batch(tokenizer, *, n: int = 8, context_len: int = 512, seed: int 
                          n_requested=n, texts=texts, char_spans=chars)
 
 
-def _corrupt(value: str, rng: random.Random) -> str:
-    """A different value of the same format (digits stay digits, hex stays hex, words change)."""
-    if value.isalpha():
-        return rng.choice([n for n in NOUNS if n != value])
-    out = []
-    for c in value:
-        if c.isdigit():
-            out.append(rng.choice("0123456789"))
-        elif c in "abcdef":
-            out.append(rng.choice("0123456789abcdef"))
-        else:
-            out.append(c)
-    return "".join(out)
-
-
 def hf_needle_pairs(tokenizer, *, n: int = 4, context_len: int = 256, seed: int = 0, variant: str = "single_1",
                     depths=None, haystack: str | None = None, tries: int = 50):
     """Clean / corrupted prompt pairs for ``interventions.activation_patching`` with an HF tokenizer.
@@ -315,21 +239,17 @@ def hf_needle_pairs(tokenizer, *, n: int = 4, context_len: int = 256, seed: int 
     The corrupted prompt replaces the needle value by another of the same format such that the
     token count is unchanged, only tokens inside the answer span differ and the answer's first
     token differs. Samples where no such value is found within ``tries`` go to ``.errors``."""
-    from ..interventions.patching import NeedlePair
-
     batch = hf_needle_batch(tokenizer, n=n, context_len=context_len, seed=seed, variant=variant,
                             depths=depths, haystack=haystack)
     enc = _Encoder(tokenizer)
     rng = random.Random(f"hf-corrupt/{variant}/{seed}")
     keep, corrupt, ct, kt, spans = [], [], [], [], []
     errors = list(batch.errors)
+    check_single_value(batch.samples, variant)
     for i, (s, text, cs) in enumerate(zip(batch.samples, batch.texts, batch.char_spans)):
-        if len(s.answer_spans) != 1:
-            raise ValueError(f"variant: {variant!r} has {len(s.answer_spans)} gold values; patching needs a "
-                             "single-value needle task (single_*, multikey_*)")
         (a, e), (c0, c1) = s.answer_spans[0], cs[0]
         for _ in range(tries):
-            new = _corrupt(s.values[0], rng)
+            new = redraw_value(s.values[0], rng)
             if new == s.values[0]:
                 continue
             ids = enc.ids(text[:c0] + new + text[c1:])
@@ -349,8 +269,6 @@ def hf_needle_pairs(tokenizer, *, n: int = 4, context_len: int = 256, seed: int 
             errors.append((i, f"no corrupted value of {s.values[0]!r} keeps the tokenization outside the span"))
     if not keep:
         raise ValueError(f"needle pairs: no pair could be built; first error: {errors[0][1]}")
-    pair = NeedlePair(clean=batch.tokens[keep], corrupt=torch.tensor(corrupt, dtype=torch.long),
+    return NeedlePair(clean=batch.tokens[keep], corrupt=torch.tensor(corrupt, dtype=torch.long),
                       clean_token=torch.tensor(ct), corrupt_token=torch.tensor(kt), answer_spans=spans,
-                      samples=[batch.samples[i] for i in keep])
-    pair.errors = errors
-    return pair
+                      samples=[batch.samples[i] for i in keep], errors=errors)

@@ -14,16 +14,8 @@
 from .ablation import METHODS, ablate_heads, mean_head_outputs
 from .experiment import CONDITIONS, ablation_experiment, head_sets, receptive_field_experiment, summarize
 from .heads import format_heads, heads_of_kind, parse_heads, random_heads, same_kind_random, top_heads
-from .patching import (
-                       KINDS,
-                       NeedlePair,
-                       PatchingResult,
-                       activation_patching,
-                       default_positions,
-                       logit_diff,
-                       needle_pairs,
-                       patching_figure,
-)
+from ..tasks.pairs import NeedlePair, needle_pairs  # the pairs live in tasks; re-exported for user code
+from .patching import KINDS, PatchingResult, activation_patching, default_positions, logit_diff, patching_figure
 from .receptive_field import layer_windows, receptive_field
 from .scores import retrieval_head_scores, scores_from_scan
 

@@ -28,76 +28,21 @@ and ``"nnsight"`` (``nnsight.NNsight`` traces, see ``_nnsight_patching``).
 
 from __future__ import annotations
 
-import random
-import string
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from ..tasks import TOKENIZER, niah_batch
+from ..tasks import TOKENIZER
+from ..tasks.pairs import NeedlePair, needle_pairs  # the pairs live in tasks; re-exported here
 
 KINDS = ("heads", "resid", "mixer", "position")
+__all__ = ["KINDS", "NeedlePair", "needle_pairs", "logit_diff", "Patch", "patch_list", "default_positions",
+           "PatchingResult", "activation_patching", "patching_figure"]
 
 
-# ---- the clean / corrupted pair -----------------------------------------------------------
-@dataclass
-class NeedlePair:
-    """n clean/corrupted prompt pairs of equal length T; they differ only inside the spans."""
-
-    clean: torch.Tensor  # (n, T)
-    corrupt: torch.Tensor  # (n, T)
-    clean_token: torch.Tensor  # (n,) first answer token of the clean prompt
-    corrupt_token: torch.Tensor  # (n,) first answer token of the corrupted prompt
-    answer_spans: list[tuple[int, int]]  # per pair, the span [s, e) of the needle value
-    samples: list = field(default_factory=list)
-
-    def __len__(self) -> int:
-        return self.clean.shape[0]
-
-    @property
-    def query_pos(self) -> int:
-        return self.clean.shape[1] - 1
-
-
-def _corrupt_value(value: str, rng: random.Random) -> str:
-    """Same length and character classes as ``value``, every alphanumeric character changed."""
-    out = []
-    for ch in value:
-        pool = (string.digits if ch.isdigit() else string.hexdigits[:16] if ch in "abcdef"
-                else string.ascii_lowercase if ch.islower() else string.ascii_uppercase if ch.isupper() else None)
-        if pool is None:
-            out.append(ch)
-        else:
-            out.append(rng.choice([c for c in pool if c != ch and not (not out and c == "0" and ch.isdigit())]))
-    return "".join(out)
-
-
-def needle_pairs(*, n: int = 4, context_len: int = 256, seed: int = 0, variant: str = "single_1",
-                 depths=None, haystack: str | None = None) -> NeedlePair:
-    """Clean prompts from ``niah_batch`` and corrupted copies whose needle value is replaced
-    by a different value of the same format (the first answer token always differs)."""
-    batch = niah_batch(n=n, context_len=context_len, seed=seed, variant=variant, depths=depths,
-                       haystack=haystack)
-    rng = random.Random(f"corrupt/{variant}/{seed}")
-    corrupt = batch.tokens.clone()
-    spans, ct, kt = [], [], []
-    for i, s in enumerate(batch.samples):
-        if len(s.answer_spans) != 1:
-            raise ValueError(f"variant: {variant!r} has {len(s.answer_spans)} gold values; patching "
-                             "needs a single-value needle task (single_*, multikey_*)")
-        a, e = s.answer_spans[0]
-        new = TOKENIZER.encode(_corrupt_value(s.values[0], rng))
-        assert len(new) == e - a and new[0] != s.answer_tokens[0]
-        corrupt[i, a:e] = torch.tensor(new)
-        spans.append((a, e))
-        ct.append(s.answer_tokens[0])
-        kt.append(new[0])
-    return NeedlePair(clean=batch.tokens, corrupt=corrupt, clean_token=torch.tensor(ct),
-                      corrupt_token=torch.tensor(kt), answer_spans=spans, samples=batch.samples)
-
-
+# ---- the clean / corrupted pair: tasks.pairs (NeedlePair, needle_pairs) -------------------
 def logit_diff(logits: torch.Tensor, pair: NeedlePair) -> float:
     """Mean over pairs of logit[clean token] - logit[corrupt token] at the query position."""
     last = logits[:, pair.query_pos]  # (n, V)

@@ -1,9 +1,10 @@
-"""Tasks: byte tokenizer, haystacks, needle tasks (RULER vocabulary), MQAR, training mixture."""
+"""Tasks: byte tokenizer, haystacks, needle tasks (RULER vocabulary: one text-level plan,
+``plan.needle_plan``, encoded by ``niah`` and ``hf.needles``), clean/corrupted needle pairs,
+MQAR, training mixture."""
 
 from .haystack import haystack_sentences, load_haystack
 from .mqar import MQARBatch, mqar_batch
 from .niah import (
-                   VARIANTS,
                    NeedleBatch,
                    NeedleSample,
                    make_sample,
@@ -12,10 +13,12 @@ from .niah import (
                    niah_grid,
                    string_match_all,
 )
+from .pairs import NeedlePair, needle_pairs
+from .plan import VARIANTS, NeedlePlan, Variant, needle_plan
 from .tokenizer import TOKENIZER, ByteTokenizer
 
 __all__ = [
     "ByteTokenizer", "TOKENIZER", "load_haystack", "haystack_sentences", "VARIANTS",
     "NeedleBatch", "NeedleSample", "make_sample", "min_context_len", "niah_batch", "niah_grid", "string_match_all",
-    "MQARBatch", "mqar_batch",
+    "Variant", "NeedlePlan", "needle_plan", "NeedlePair", "needle_pairs", "MQARBatch", "mqar_batch",
 ]

@@ -42,20 +42,16 @@ import torch
 import torch.nn.functional as F
 
 from .haystack import load_haystack, text_bytes
-from .niah import VARIANTS, make_sample, min_context_len
+from .niah import make_sample, min_context_len
+from .plan import get_variant
 from .tokenizer import TOKENIZER
-from .vocab import NOUNS
-
-_VALUE_LEN = {"numbers": 7, "uuids": 36, "words": max(map(len, NOUNS))}
 
 
 def answer_reserve(variant: str) -> int:
     """Tokens to keep free after a needle prompt for the longest answer of ``variant`` + EOS."""
-    if variant not in VARIANTS:
-        raise ValueError(f"variant: unknown {variant!r}; valid: {', '.join(VARIANTS)}")
-    _, _, value_kind, _, n_values, n_queries = VARIANTS[variant]
-    n = n_values * n_queries
-    return n * _VALUE_LEN[value_kind] + 2 * (n - 1) + 1  # values joined by ", ", then EOS
+    v = get_variant(variant)
+    n = v.n_answers
+    return n * v.value_len + 2 * (n - 1) + 1  # values joined by ", ", then EOS
 
 
 def _rng(*parts) -> random.Random:

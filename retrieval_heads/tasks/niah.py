@@ -3,7 +3,9 @@
 Every generator is a pure function of its keyword arguments (``seed`` included) and returns
 token ids plus, per sample, the token spans ``[s, e)`` of every gold answer inside the
 context, the needle depth, the context length and the query position (the last prompt
-token, whose next-token prediction is the first answer token).
+token, whose next-token prediction is the first answer token). What a prompt says and where
+(keys, values, needle sentences, depths, haystack) is planned as text by
+``tasks.plan.needle_plan``; this module encodes the plan with the byte tokenizer.
 
 Variants (RULER names)::
 
@@ -25,29 +27,15 @@ Worked example::
 
 from __future__ import annotations
 
-import random
-import uuid
 from dataclasses import dataclass, field
 
 import torch
 
-from .haystack import haystack_sentences
+from .plan import SINGULAR, VARIANTS, Variant, get_variant, needle_plan, needle_text, query_text
 from .tokenizer import TOKENIZER
-from .vocab import ADJECTIVES, NOUNS
 
-VARIANTS = {
-    # name: (haystack, key type, value type, distractor needles, values per key, queries)
-    "single_1": ("noise", "words", "numbers", 0, 1, 1),
-    "single_2": ("essay", "words", "numbers", 0, 1, 1),
-    "single_3": ("essay", "words", "uuids", 0, 1, 1),
-    "single_word": ("essay", "words", "words", 0, 1, 1),
-    "multikey_1": ("essay", "words", "numbers", 3, 1, 1),
-    "multikey_2": ("needle", "words", "numbers", 0, 1, 1),
-    "multikey_3": ("needle", "uuids", "uuids", 0, 1, 1),
-    "multivalue": ("essay", "words", "numbers", 0, 4, 1),
-    "multiquery": ("essay", "words", "numbers", 0, 1, 4),
-}
-SINGULAR = {"numbers": "number", "uuids": "uuid", "words": "word"}
+__all__ = ["VARIANTS", "SINGULAR", "Variant", "NeedleSample", "NeedleBatch", "needle_text", "query_text",
+           "string_match_all", "min_context_len", "make_sample", "niah_batch", "niah_grid"]
 
 
 @dataclass
@@ -90,111 +78,42 @@ class NeedleBatch:
         return NeedleBatch(self.tokens[idx], [self.samples[i] for i in idx])
 
 
-def _key(rng: random.Random, kind: str) -> str:
-    if kind == "uuids":
-        return str(uuid.UUID(int=rng.getrandbits(128), version=4))
-    return f"{rng.choice(ADJECTIVES)}-{rng.choice(NOUNS)}"
-
-
-def _value(rng: random.Random, kind: str) -> str:
-    if kind == "numbers":
-        return str(rng.randint(1_000_000, 9_999_999))
-    if kind == "uuids":
-        return str(uuid.UUID(int=rng.getrandbits(128), version=4))
-    return rng.choice(NOUNS)
-
-
-def needle_text(key: str, value: str, value_kind: str) -> tuple[str, int]:
-    """The needle sentence and the character offset of the value inside it."""
-    head = f"One of the special magic {value_kind} for {key} is: "
-    return f"{head}{value}. ", len(head)
-
-
-def query_text(keys: list[str], value_kind: str, n_values: int) -> str:
-    if len(keys) > 1:
-        ks = ", ".join(keys[:-1]) + f", and {keys[-1]}"
-        return f"\nThe special magic {value_kind} for {ks} are: "
-    if n_values > 1:
-        return f"\nThe special magic {value_kind} for {keys[0]} are: "
-    return f"\nThe special magic {SINGULAR[value_kind]} for {keys[0]} is: "
-
-
 def string_match_all(prediction: str, values: list[str]) -> float:
     """RULER's metric: fraction of gold values that appear in the prediction (case-insensitive)."""
     p = prediction.lower()
     return sum(v.lower() in p for v in values) / max(len(values), 1)
 
 
-def _filler(rng: random.Random, haystack: str, n_tokens: int, key_kind: str, value_kind: str,
-            avoid_keys: set[str]) -> tuple[list[int], list[int]]:
-    """n_tokens of haystack tokens and the token offsets of its sentence boundaries."""
+def _filler(plan, n_tokens: int) -> tuple[list[int], list[int]]:
+    """n_tokens of the plan's haystack as tokens and the token offsets of its sentence boundaries."""
     if n_tokens <= 0:
         return [], [0]
     toks: list[int] = []
     bounds = [0]
-    if haystack == "needle":
-        while len(toks) < n_tokens:
-            k = _key(rng, key_kind)
-            if k in avoid_keys:
-                continue
-            toks += TOKENIZER.encode(needle_text(k, _value(rng, value_kind), value_kind)[0])
-            bounds.append(len(toks))
-    else:
-        sents = haystack_sentences(haystack)
-        i = rng.randrange(len(sents))
-        while len(toks) < n_tokens:
-            toks += TOKENIZER.encode(sents[i % len(sents)])
-            bounds.append(len(toks))
-            i += 1
-    toks = toks[:n_tokens]
-    bounds = [b for b in bounds if b <= n_tokens]
-    return toks, bounds
+    for sent in plan.filler():
+        toks += TOKENIZER.encode(sent)
+        bounds.append(len(toks))
+        if len(toks) >= n_tokens:
+            break
+    return toks[:n_tokens], [b for b in bounds if b <= n_tokens]
 
 
 def min_context_len(variant: str) -> int:
     """The shortest context that every sample of ``variant`` fits in (longest keys and values;
     a given sample may fit in less)."""
-    if variant not in VARIANTS:
-        raise ValueError(f"variant: unknown {variant!r}; valid: {', '.join(VARIANTS)}")
-    _, key_kind, value_kind, n_distract, n_values, n_queries = VARIANTS[variant]
-    longest = {"words": max(ADJECTIVES, key=len) + "-" + max(NOUNS, key=len), "uuids": "x" * 36,
-               "numbers": "9" * 7}
-    key = longest[key_kind]
-    value = longest[value_kind] if value_kind != "words" else max(NOUNS, key=len)
-    needle = len(TOKENIZER.encode(needle_text(key, value, value_kind)[0]))
-    query = len(TOKENIZER.encode(query_text([key] * n_queries, value_kind, n_values)))
-    return 1 + needle * (n_queries * n_values + n_distract) + query
+    v = get_variant(variant)
+    needle = len(TOKENIZER.encode(needle_text(v.longest_key, v.longest_value, v.value_kind)[0]))
+    query = len(TOKENIZER.encode(query_text([v.longest_key] * v.n_queries, v.value_kind, v.n_values)))
+    return 1 + needle * v.n_needles + query
 
 
 def make_sample(*, context_len: int, depth: float, seed: int, variant: str = "single_1",
                 haystack: str | None = None) -> NeedleSample:
-    """One needle prompt of exactly ``context_len`` tokens (a pure function of its arguments)."""
-    if variant not in VARIANTS:
-        raise ValueError(f"variant: unknown {variant!r}; valid: {', '.join(VARIANTS)}")
-    if not 0.0 <= depth <= 1.0:
-        raise ValueError(f"depth: must lie in [0, 1], got {depth}")
-    hay, key_kind, value_kind, n_distract, n_values, n_queries = VARIANTS[variant]
-    if haystack is not None and hay != "needle":
-        hay = haystack
-    rng = random.Random(f"{variant}/{seed}")
-    keys: list[str] = []
-    while len(keys) < n_queries + n_distract:
-        k = _key(rng, key_kind)
-        if k not in keys:
-            keys.append(k)
-    query_keys, distract_keys = keys[:n_queries], keys[n_queries:]
-    # needles: (key, value, is_gold); multivalue repeats the key with several values
-    needles = []
-    for k in query_keys:
-        vals: list[str] = []
-        while len(vals) < n_values:
-            v = _value(rng, value_kind)
-            if v not in vals:
-                vals.append(v)
-        needles += [(k, v, True) for v in vals]
-    needles += [(k, _value(rng, value_kind), False) for k in distract_keys]
-    needle_toks = [TOKENIZER.encode(needle_text(k, v, value_kind)[0]) for k, v, _ in needles]
-    q_toks = TOKENIZER.encode(query_text(query_keys, value_kind, n_values))
+    """One needle prompt of exactly ``context_len`` tokens (a pure function of its arguments):
+    BOS, the ``tasks.plan.needle_plan`` with its needles at haystack sentence boundaries, the query."""
+    plan = needle_plan(variant, seed=seed, depth=depth, haystack=haystack, filler=False)
+    needle_toks = [TOKENIZER.encode(n.text) for n in plan.needles]
+    q_toks = TOKENIZER.encode(plan.query)
     budget = context_len - 1 - sum(map(len, needle_toks)) - len(q_toks)
     if budget < 0:  # depends on this sample's key/value lengths; min_context_len() fits all
         need = context_len - budget
@@ -203,42 +122,28 @@ def make_sample(*, context_len: int, depth: float, seed: int, variant: str = "si
             f"and query alone take {need - 1} tokens here; use context_len >= {need} "
             f"(>= {min_context_len(variant)} fits every sample)"
         )
-    filler, bounds = _filler(rng, hay, budget, key_kind, value_kind, set(keys))
-    # insertion points: the first needle at `depth`, the others at random depths
-    depths = [depth] + [rng.random() for _ in needles[1:]]
-    order = sorted(range(len(needles)), key=lambda j: (depths[j], j))
-    points = {j: min(bounds, key=lambda b: (abs(b - depths[j] * budget), b)) for j in order}
-    tokens = [TOKENIZER.BOS]
-    spans: dict[int, tuple[int, int]] = {}
-    needle_pos = 0
-    prev = 0
-    for j in order:
-        p = points[j]
-        tokens += filler[prev:p]
-        prev = p
-        k, v, _ = needles[j]
-        start = len(tokens) + needle_text(k, v, value_kind)[1]
-        spans[j] = (start, start + len(TOKENIZER.encode(v)))
-        if j == 0:
-            needle_pos = len(tokens)
-        tokens += needle_toks[j]
-    tokens += filler[prev:]
-    tokens += q_toks
-    gold = [j for j, (_, _, g) in enumerate(needles) if g]
-    values = [needles[j][1] for j in gold]
+    if budget > 0:  # the same needles, and the haystack's draw (see tasks.plan: random draws)
+        plan = needle_plan(variant, seed=seed, depth=depth, haystack=haystack)
+    filler, bounds = _filler(plan, budget)
+    tokens, where = plan.assemble(filler, plan.points(bounds, budget), needle_toks, q_toks, [TOKENIZER.BOS])
     assert len(tokens) == context_len
+    spans = []
+    for j in plan.gold:  # needle text offsets are byte offsets: keys and values are ASCII
+        n = plan.needles[j]
+        start = where[j] + n.value_offset
+        spans.append((start, start + len(TOKENIZER.encode(n.value))))
     return NeedleSample(
         tokens=tokens,
-        answer_tokens=TOKENIZER.encode(", ".join(values)),
-        answer_spans=[spans[j] for j in gold],
-        values=values,
-        keys=query_keys,
+        answer_tokens=TOKENIZER.encode(", ".join(plan.values)),
+        answer_spans=spans,
+        values=plan.values,
+        keys=list(plan.keys),
         depth=float(depth),
-        needle_pos=needle_pos,
+        needle_pos=where[0],
         context_len=context_len,
         query_pos=context_len - 1,
         variant=variant,
-        haystack=hay,
+        haystack=plan.haystack,
     )
 
 
