@@ -110,3 +110,26 @@ def test_cli_scan_out_leaves_the_hf_folder_alone(series, tmp_path, capsys):
     df = rh.scan(series, only_correct=False, context_lens=(80,), depths=(0.5,), n_per_cell=1, progress=False,
                  report=False, out=dest)
     assert df.attrs["scan"]["n_cached"] == 3 and df.attrs["scan"]["scan_dir"] == str(dest)
+
+
+# ---- one scan loop for both sources: the drifts between the two copies are gone ------------
+def test_hf_scan_refuses_workers_instead_of_ignoring_them(series, tmp_path):
+    with pytest.raises(ValueError, match="workers: HF checkpoints are scored one at a time"):
+        rh.scan(series, only_correct=False, workers=2, out=tmp_path / "w", **FAST)
+    assert not (tmp_path / "w").exists()  # refused before anything was written
+
+
+def test_hf_bad_settings_write_nothing(series, tmp_path):
+    with pytest.raises(ValueError, match="context_lens"):
+        rh.scan(series, only_correct=False, out=tmp_path / "o", **dict(FAST, context_lens=(10**6,)))
+    assert not (tmp_path / "o").exists()
+
+
+def test_hf_damaged_table_is_rewritten_not_trusted(series, tmp_path):
+    out = tmp_path / "scan"
+    first = rh.scan(series, only_correct=False, out=out, **FAST)
+    (out / "niah.parquet").write_bytes(b"PAR1 torn")  # same scan.json, damaged table
+    again = rh.scan(series, only_correct=False, out=out, **FAST)
+    assert not again.attrs["scan"]["unchanged"]
+    assert len(pd.read_parquet(out / "niah.parquet")) == 2 * 3  # rewritten: 2 depths x 3 checkpoints
+    pd.testing.assert_frame_equal(first, again)

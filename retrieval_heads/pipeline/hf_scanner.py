@@ -119,148 +119,131 @@ def _score(model, settings: S.ScanSettings, batches, sha: str, key: str, batch_s
     })
 
 
-def hf_scan(path, settings: S.ScanSettings | None = None, *, reference="first", threshold: float = 0.1,
-            batch_size: int = 4, progress: bool = True, force: bool = False, report: bool = True, echo=None,
-            out=None, scan_dir=None, trust_remote_code: bool = False, tokenizer=None, device=None, dtype=None,
-            layout: str | None = None, attn_implementation: str | None = None, workers: int = 1,
-            **setting_kw) -> pd.DataFrame:
-    """Scan the HF checkpoint(s) at ``path``; returns the tidy scores table (see the module
-    docstring). Keywords as ``retrieval_heads.detect.scan`` plus the loading options of
-    ``load_hf`` (``trust_remote_code``, ``tokenizer``, ``device``, ``dtype``, ``layout``) and
-    ``out`` (tables go to ``OUT/scan/``; default ``PATH/scan/``) or ``scan_dir`` (tables, cache and
-    lock go into that folder itself, as ``scan(out=DIR)``). ``workers`` is accepted and ignored
-    (HF checkpoints are scored one at a time)."""
-    from tqdm import tqdm
-    from transformers.utils import logging as hf_logging
+class HFSeries(S.CheckpointSource):
+    """One Hugging Face checkpoint folder, or a folder of them in training order."""
 
-    from ..hf.weights import hf_qk_distance, read_qk_weights
+    kind = "HF checkpoint"
+    parallel = False  # one model at a time in this process (models may be large; GPU memory)
 
-    echo = echo or S._default_echo
-    if settings is None:
-        settings = S.ScanSettings(**setting_kw)
-    elif setting_kw:
-        settings = dataclasses.replace(settings, **setting_kw)
-    path = Path(path)
-    found = list_hf_checkpoints(path)
-    root = Path(out) if out is not None else path  # tables go to ROOT/scan/ (or to scan_dir)
-    scan_dir = Path(scan_dir) if scan_dir is not None else root / "scan"
-    if scan_dir != root / "scan":
-        root = scan_dir  # build_report finds tables written directly into a folder
-    cache_dir = scan_dir / "cache"
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    hf_logging.disable_progress_bar()
-    with S.scan_lock(scan_dir, echo):
-        memo_file = cache_dir / "hashes.json"
-        try:
-            memo = json.loads(memo_file.read_text())
-        except (OSError, ValueError):
-            memo = {}
-        ckpts, cfgs = [], {}
-        for c in found:
-            k = S._Ckpt(path=c.path, step=int(c.step), tokens_seen=int(c.tokens_seen))
+    def __init__(self, path, *, out=None, trust_remote_code=False, tokenizer=None, device=None, dtype=None,
+                 layout=None, attn_implementation=None):
+        super().__init__(path)
+        self.name = self.path.name
+        self.out = Path(out) if out is not None else None
+        self.load_kw = dict(device=device, dtype=dtype, attn_implementation=attn_implementation,
+                            trust_remote_code=trust_remote_code, layout=layout)
+        self.tokenizer = tokenizer
+        self.cfgs: dict = {}
+        self.memo: dict = {}
+        self.batches: list = []
+        self.n_needle_errors = 0
+        self.ref_qk = None
+        self.spec = None
+
+    def default_scan_dir(self) -> Path:
+        return (self.out if self.out is not None else self.path) / "scan"
+
+    def read(self, hashes: dict) -> list[S.Checkpoint]:
+        self.memo = hashes
+        ckpts = []
+        for c in list_hf_checkpoints(self.path):
+            k = S.Checkpoint(path=c.path, step=int(c.step), tokens_seen=int(c.tokens_seen))
             try:
-                cfgs[str(c.path)] = read_hf_config(c.path)
-                k.sha = weights_sha(c.path, memo)
+                self.cfgs[str(c.path)] = read_hf_config(c.path)
+                k.sha = weights_sha(c.path, hashes)
             except (OSError, ValueError) as e:
                 k.error = str(e)
             ckpts.append(k)
-        write_json(memo_file, memo)
-        good = [c for c in ckpts if c.error is None]
-        if not good:
-            raise ValueError(f"{path}: none of the {len(ckpts)} HF checkpoint(s) can be read; first: "
-                             f"{ckpts[0].error}")
-        if tokenizer is None or isinstance(tokenizer, (str, Path)):
-            tokenizer = load_tokenizer(tokenizer or find_tokenizer_dir(good[0].path),
-                                       trust_remote_code=trust_remote_code)
-        settings = _resolve(settings, cfgs[str(good[0].path)])
-        batches = needle_grid(tokenizer, settings)
-        n_err = sum(len(b.errors) for b in batches)
-        if n_err:
-            first = next(e for b in batches for _, e in b.errors)
-            echo(f"warning: {n_err} needle sample(s) left out: answer span not located (first: {first})")
-        skey = hashlib.sha256(json.dumps([settings.key(), tokenizer_fingerprint(tokenizer), layout, "hf"])
-                              .encode()).hexdigest()
-        ref = _pick_reference(path, reference, good, memo)
+        return ckpts
 
-        def load(c):
-            return load_hf(c.path, device=device, dtype=dtype, attn_implementation=attn_implementation,
-                           trust_remote_code=trust_remote_code, layout=layout, tokenizer=tokenizer,
-                           step=c.step, tokens_seen=c.tokens_seen)
+    def prepare(self, settings, good, echo):
+        tok = self.tokenizer
+        if tok is None or isinstance(tok, (str, Path)):
+            tok = load_tokenizer(tok or find_tokenizer_dir(good[0].path),
+                                 trust_remote_code=self.load_kw["trust_remote_code"])
+        self.tokenizer = tok
+        settings = _resolve(settings, self.cfgs[str(good[0].path)])
+        self.batches = needle_grid(tok, settings)
+        self.n_needle_errors = sum(len(b.errors) for b in self.batches)
+        if self.n_needle_errors:
+            first = next(e for b in self.batches for _, e in b.errors)
+            echo(f"warning: {self.n_needle_errors} needle sample(s) left out: answer span not located "
+                 f"(first: {first})")
+        skey = hashlib.sha256(json.dumps([settings.key(), tokenizer_fingerprint(tok), self.load_kw["layout"],
+                                          "hf"]).encode()).hexdigest()
+        self.settings = settings
+        return settings, skey
 
-        todo = []
-        for c in good:
-            cf = S._cache_file(cache_dir, c.sha, skey)
-            qf = S._qk_file(cache_dir, c.sha, ref.sha, settings.recurrent)
-            if force or not cf.exists() or not qf.exists():
-                todo.append((c, cf, qf))
-        ref_qk = None
-        n_scored = 0
-        bar = tqdm(total=len(todo), desc=f"scan {path.name}", unit="ckpt", disable=not progress or not todo)
-        for c, cf, qf in todo:
-            try:
-                model = load(c)
-                if force or not cf.exists():
-                    _score(model, settings, batches, c.sha, skey, batch_size, cf)
-                if force or not qf.exists():
-                    if ref_qk is None:
-                        ref_qk = read_qk_weights(ref.path, model)
-                    qk = hf_qk_distance(model, ref_qk)
-                    write_json(qf, {"l2": S._nan_to_none(qk["l2"].tolist()),
-                                      "rel_l2": S._nan_to_none(qk["rel_l2"].tolist())})
-                n_scored += 1
-            except (OSError, ValueError, RuntimeError) as e:
-                c.error = f"{type(e).__name__}: {e}"
-            finally:
-                model = None
-                gc.collect()
-                if torch.cuda.is_available():
-                    torch.cuda.empty_cache()
-            bar.update(1)
-        bar.close()
-        skipped = [c for c in ckpts if c.error is not None]
-        for c in skipped:
-            echo(f"skipped {c.path.name}: {c.error}")
-        if len(skipped) == len(ckpts):
-            raise ValueError(f"{path}: no HF checkpoint could be scored; first: {skipped[0].error}")
-        tables = S._assemble(ckpts, cache_dir, skey, ref, settings, threshold)
+    def reference(self, reference, good):
+        return _pick_reference(self.path, reference, good, self.memo)
+
+    def score(self, job: dict) -> dict:
+        from ..hf.weights import hf_qk_distance, read_qk_weights
+
+        model = None
+        try:
+            model = load_hf(job["path"], tokenizer=self.tokenizer, step=job["step"],
+                            tokens_seen=job["tokens_seen"], **self.load_kw)
+            if job["need_scores"]:
+                _score(model, self.settings, self.batches, job["sha"], job["settings_key"], job["batch_size"],
+                       Path(job["cache_file"]))
+            if job["need_qk"]:
+                if self.ref_qk is None:
+                    self.ref_qk = read_qk_weights(Path(job["ref_path"]), model)
+                qk = hf_qk_distance(model, self.ref_qk)
+                write_json(Path(job["qk_file"]), {"l2": S._nan_to_none(qk["l2"].tolist()),
+                                                  "rel_l2": S._nan_to_none(qk["rel_l2"].tolist())})
+            return {"path": job["path"], "error": None}
+        except (OSError, ValueError, RuntimeError) as e:
+            return {"path": job["path"], "error": f"{type(e).__name__}: {e}"}
+        finally:
+            model = None
+            gc.collect()
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+
+    def job(self, c, settings, skey, ref, cache_file, qk_file, need_scores, need_qk, batch_size):
+        return dict(super().job(c, settings, skey, ref, cache_file, qk_file, need_scores, need_qk, batch_size),
+                    step=c.step, tokens_seen=c.tokens_seen)
+
+    def model_info(self, good, ref) -> dict:
         from transformers import AutoConfig
 
         from ..hf.layout import hf_layout
 
-        spec = hf_layout(AutoConfig.from_pretrained(str(ref.path), local_files_only=True,
-                                                    trust_remote_code=trust_remote_code), layout=layout)
-        state = {
-            "run": str(path), "settings": settings.to_dict(), "settings_key": skey,
-            "reference": {"step": ref.step, "path": str(ref.path), "weights_sha256": ref.sha},
-            "threshold": threshold,
-            "model": {"layout": spec.layout, "windows": spec.windows, "pos": spec.pos,
-                      "pos_by_kind": spec.pos_by_kind(), "n_heads": spec.n_heads, "n_layers": spec.n_layers,
-                      "d_model": spec.d_model, "hf_model_type": spec.model_type,
-                      "describe": spec.describe().splitlines()[0], "source": "huggingface",
-                      "tokenizer": getattr(tokenizer, "name_or_path", "")},
-            "checkpoints": [[c.path.name, c.sha, c.error] for c in ckpts],
-            "needle_errors": n_err,
-        }
-        state = json.loads(json.dumps(state))
-        old = S._read_state(scan_dir)
-        unchanged = old == state and all((scan_dir / f).exists() for f in
-                                         ("scores.parquet", "niah.parquet", "formation.parquet",
-                                          "checkpoints.parquet", "formation.json"))
-        if not unchanged:
-            S._write_tables(scan_dir, tables, state, settings, threshold)
-        if report and (not unchanged or not (scan_dir / "report.html").exists()):
-            try:
-                from .report import build_report
-                build_report(root)
-            except (ImportError, OSError, ValueError, KeyError) as e:
-                echo(f"report not written: {e}")
-    df = tables["scores"]
-    df.attrs["scan"] = {"n_checkpoints": len(ckpts), "n_scored": n_scored,
-                        "n_cached": len(good) - len(todo), "n_skipped": len(skipped),
-                        "skipped": [{"step": c.step, "path": str(c.path), "error": c.error} for c in skipped],
-                        "unchanged": unchanged, "formation": tables["run_formation"],
-                        "scan_dir": str(scan_dir), "needle_errors": n_err, "layout": spec.layout,
-                        "describe": spec.describe()}
+        self.spec = spec = hf_layout(AutoConfig.from_pretrained(str(ref.path), local_files_only=True,
+                                                                trust_remote_code=self.load_kw["trust_remote_code"]),
+                                     layout=self.load_kw["layout"])
+        return {"layout": spec.layout, "windows": spec.windows, "pos": spec.pos,
+                "pos_by_kind": spec.pos_by_kind(), "n_heads": spec.n_heads, "n_layers": spec.n_layers,
+                "d_model": spec.d_model, "hf_model_type": spec.model_type,
+                "describe": spec.describe().splitlines()[0], "source": "huggingface",
+                "tokenizer": getattr(self.tokenizer, "name_or_path", "")}
+
+    def extra(self) -> dict:
+        return {"needle_errors": self.n_needle_errors}
+
+
+def hf_scan(path, settings: S.ScanSettings | None = None, *, reference="first", threshold: float = 0.1,
+            batch_size: int = 4, progress: bool = True, force: bool = False, report: bool = True, echo=None,
+            out=None, scan_dir=None, trust_remote_code: bool = False, tokenizer=None, device=None, dtype=None,
+            layout: str | None = None, attn_implementation: str | None = None, workers: int = 1,
+            log_progress: bool = False, **setting_kw) -> pd.DataFrame:
+    """Scan the HF checkpoint(s) at ``path``; returns the tidy scores table (see the module
+    docstring). Keywords as ``retrieval_heads.pipeline.scan`` plus the loading options of
+    ``load_hf`` (``trust_remote_code``, ``tokenizer``, ``device``, ``dtype``, ``layout``) and
+    ``out`` (tables go to ``OUT/scan/``; default ``PATH/scan/``) or ``scan_dir`` (tables, cache and
+    lock go into that folder itself, as ``scan(out=DIR)``). HF checkpoints are scored one at a
+    time in this process: ``workers`` other than 1 is an error."""
+    from transformers.utils import logging as hf_logging
+
+    source = HFSeries(path, out=out, trust_remote_code=trust_remote_code, tokenizer=tokenizer, device=device,
+                      dtype=dtype, layout=layout, attn_implementation=attn_implementation)
+    hf_logging.disable_progress_bar()
+    df = S.run_scan(source, S.make_settings(settings, setting_kw), reference=reference, threshold=threshold,
+                    workers=workers, batch_size=batch_size, progress=progress, force=force, report=report,
+                    echo=echo, scan_dir=scan_dir, log_progress=log_progress)
+    df.attrs["scan"].update(layout=source.spec.layout, describe=source.spec.describe())
     return df
 
 
@@ -274,4 +257,4 @@ def _pick_reference(path: Path, reference, good: list, memo: dict):
         raise ValueError(f"reference: no readable HF checkpoint at step {reference} in {path}")
     p = Path(reference)
     read_hf_config(p)
-    return S._Ckpt(path=p, step=-1, sha=weights_sha(p, memo))
+    return S.Checkpoint(path=p, step=-1, sha=weights_sha(p, memo))

@@ -137,35 +137,6 @@ def scan_lock(scan_dir: Path, echo=None):
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
-class _HashCache:
-    """sha256 of checkpoint weights, remembered per (file, size, mtime)."""
-
-    def __init__(self, path: Path):
-        self.path = path
-        try:
-            self.d = json.loads(path.read_text())
-        except (OSError, ValueError):
-            self.d = {}
-        self.dirty = False
-
-    def get(self, ckpt: Path) -> str:
-        f = ckpt / "model.safetensors"
-        st = f.stat()  # FileNotFoundError if missing
-        key = str(f.resolve())
-        sig = [st.st_size, st.st_mtime_ns]
-        hit = self.d.get(key)
-        if hit and hit[:2] == sig:
-            return hit[2]
-        sha = weights_hash(ckpt)
-        self.d[key] = sig + [sha]
-        self.dirty = True
-        return sha
-
-    def save(self):
-        if self.dirty:
-            write_json(self.path, self.d)
-
-
 # --- one checkpoint -----------------------------------------------------------------------
 def _cache_file(cache_dir: Path, sha: str, settings_key: str) -> Path:
     return cache_dir / f"scores-{sha[:20]}-{settings_key[:12]}.json"
@@ -227,15 +198,126 @@ def _init_worker(threads: int):
     torch.set_num_threads(threads)
 
 
-# --- the scan -----------------------------------------------------------------------------
+# --- checkpoint sources --------------------------------------------------------------------
 @dataclass
-class _Ckpt:
+class Checkpoint:
+    """One checkpoint of a source as the scan sees it (``error`` set when it cannot be used)."""
+
     path: Path
     step: int
     tokens_seen: int = 0
     sha: str | None = None
     meta: dict | None = None
     error: str | None = None
+
+
+_Ckpt = Checkpoint  # the older private name
+
+
+class CheckpointSource:
+    """Where a scan's checkpoints come from: the seam between the one scan loop (:func:`run_scan`)
+    and a kind of checkpoint (our run folders here; Hugging Face checkpoints in
+    :mod:`retrieval_heads.pipeline.hf_scanner`). A source reads without writing anything until
+    :meth:`score` is called under the scan's lock."""
+
+    name: str = "checkpoints"  # shown on the progress bar
+    kind: str = "checkpoint"  # in messages: "none of the 3 {kind}(s) can be read"
+    parallel: bool = False  # may its jobs run in worker processes?
+
+    def __init__(self, path):
+        self.path = Path(path)
+
+    def default_scan_dir(self) -> Path:
+        return self.path / "scan"
+
+    def read(self, hashes: dict) -> list[Checkpoint]:  # every checkpoint, with its sha or its error
+        raise NotImplementedError
+
+    def prepare(self, settings: ScanSettings, good: list[Checkpoint], echo) -> tuple[ScanSettings, str]:
+        """The settings resolved for these checkpoints and the cache key of the scores."""
+        raise NotImplementedError
+
+    def reference(self, reference, good: list[Checkpoint]) -> Checkpoint:
+        raise NotImplementedError
+
+    def job(self, c: Checkpoint, settings: ScanSettings, skey: str, ref: Checkpoint, cache_file: Path,
+            qk_file: Path, need_scores: bool, need_qk: bool, batch_size: int) -> dict:
+        return {"path": str(c.path), "sha": c.sha, "settings": settings.to_dict(), "settings_key": skey,
+                "cache_file": str(cache_file), "qk_file": str(qk_file), "ref_path": str(ref.path),
+                "need_scores": need_scores, "need_qk": need_qk, "batch_size": batch_size, "threads": None}
+
+    def score(self, job: dict) -> dict:
+        """Score one checkpoint into its cache file(s); returns {"path", "error"}."""
+        raise NotImplementedError
+
+    def model_info(self, good: list[Checkpoint], ref: Checkpoint) -> dict:
+        raise NotImplementedError
+
+    def extra(self) -> dict:
+        """Source-specific entries for ``scan.json`` and ``df.attrs["scan"]``."""
+        return {}
+
+
+class NativeRun(CheckpointSource):
+    """A run folder of our own checkpoints, ``RUN/step_XXXXXX`` in step order."""
+
+    kind = "checkpoint"
+    parallel = True
+
+    def __init__(self, path):
+        super().__init__(path)
+        self.name = self.path.name
+
+    def read(self, hashes: dict) -> list[Checkpoint]:
+        paths = list_checkpoints(self.path)
+        if not paths:
+            raise _no_checkpoints_error(self.path)
+        memo = _HashCache(hashes)
+        ckpts = []
+        for p in paths:
+            c = Checkpoint(path=p, step=int(STEP_RE.match(p.name).group(1)))
+            try:
+                c.meta = read_meta(p)
+                c.step = int(c.meta.get("step", c.step))
+                c.tokens_seen = int(c.meta.get("tokens_seen", 0))
+                c.sha = memo.get(p)
+            except (CheckpointError, OSError) as e:
+                c.error = str(e) if not isinstance(e, FileNotFoundError) else \
+                    f"{p / 'model.safetensors'}: missing; a checkpoint needs config.json and model.safetensors"
+            ckpts.append(c)
+        return ckpts
+
+    def prepare(self, settings, good, echo):
+        settings = _resolve_context_lens(settings, good[0].meta)
+        return settings, settings.key()
+
+    def reference(self, reference, good):
+        return _pick_reference(self.path, reference, good)
+
+    def score(self, job):
+        return score_checkpoint(job)
+
+    def model_info(self, good, ref):
+        return _model_info(good[0].meta["model"])
+
+
+class _HashCache:
+    """sha256 of checkpoint weights, remembered per (file, size, mtime) in ``hashes``."""
+
+    def __init__(self, d: dict):
+        self.d = d
+
+    def get(self, ckpt: Path) -> str:
+        f = ckpt / "model.safetensors"
+        st = f.stat()  # FileNotFoundError if missing
+        key = str(f.resolve())
+        sig = [st.st_size, st.st_mtime_ns]
+        hit = self.d.get(key)
+        if hit and hit[:2] == sig:
+            return hit[2]
+        sha = weights_hash(ckpt)
+        self.d[key] = sig + [sha]
+        return sha
 
 
 def _default_echo(msg: str) -> None:
@@ -291,6 +373,14 @@ def _no_checkpoints_error(run_dir: Path) -> ValueError:
     return ValueError(f"{run_dir}: no checkpoints (step_XXXXXX folders) to scan, and no run folders holding them")
 
 
+def make_settings(settings: ScanSettings | None, setting_kw: dict) -> ScanSettings:
+    """``settings`` with keyword overrides, or new settings from the keywords."""
+    if settings is None:
+        return ScanSettings(**setting_kw)
+    return dataclasses.replace(settings, **setting_kw) if setting_kw else settings
+
+
+# --- the scan -----------------------------------------------------------------------------
 def scan(run_dir, settings: ScanSettings | None = None, *, reference="first", threshold: float = 0.1,
          workers: int = 1, batch_size: int = 8, progress: bool = True, force: bool = False,
          report: bool = True, echo=None, mp_context: str = "spawn", out=None, log_progress: bool = False,
@@ -310,136 +400,155 @@ def scan(run_dir, settings: ScanSettings | None = None, *, reference="first", th
     (scored, cached, skipped) and the skipped checkpoints with their errors.
     A Hugging Face checkpoint, or a folder of them, goes to ``retrieval_heads.pipeline.hf_scanner.hf_scan``
     (same tables; extra keywords ``trust_remote_code``, ``tokenizer``, ``dtype``, ``device``)."""
-    from tqdm import tqdm
-
     from ..hf.loader import is_hf_path
 
     if is_hf_path(run_dir):
         from .hf_scanner import hf_scan
 
         return hf_scan(run_dir, settings, reference=reference, threshold=threshold, batch_size=batch_size,
-                       progress=progress, force=force, report=report, echo=echo, scan_dir=out, **setting_kw)
-    echo = echo or _default_echo
-    if settings is None:
-        settings = ScanSettings(**setting_kw)
-    elif setting_kw:
-        settings = dataclasses.replace(settings, **setting_kw)
-    if workers < 1:
+                       progress=progress, force=force, report=report, echo=echo, scan_dir=out, workers=workers,
+                       log_progress=log_progress, **setting_kw)
+    return run_scan(NativeRun(run_dir), make_settings(settings, setting_kw), reference=reference,
+                    threshold=threshold, workers=workers, batch_size=batch_size, progress=progress, force=force,
+                    report=report, echo=echo, mp_context=mp_context, scan_dir=out, log_progress=log_progress)
+
+
+def _check_options(workers, batch_size, threshold) -> None:
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
         raise ValueError(f"workers: must be >= 1, got {workers}")
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size: must be an integer >= 1, got {batch_size!r}")
     if not (isinstance(threshold, (int, float)) and 0.0 <= threshold <= 1.0):
         raise ValueError(f"threshold: a copy score in [0, 1], got {threshold!r}")
-    run_dir = Path(run_dir)
-    paths = list_checkpoints(run_dir)
-    if not paths:
-        raise _no_checkpoints_error(run_dir)
-    scan_dir = Path(out) if out is not None else run_dir / "scan"
+
+
+def _read_hashes(cache_dir: Path) -> dict:
+    try:
+        d = json.loads((cache_dir / "hashes.json").read_text())
+        return d if isinstance(d, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def run_scan(source: CheckpointSource, settings: ScanSettings, *, reference="first", threshold: float = 0.1,
+             workers: int = 1, batch_size: int = 8, progress: bool = True, force: bool = False,
+             report: bool = True, echo=None, mp_context: str = "spawn", scan_dir=None,
+             log_progress: bool = False) -> pd.DataFrame:
+    """The one scan loop, for any :class:`CheckpointSource`: read every checkpoint and check the
+    settings (nothing is written before that), then under the lock plan what is not cached,
+    score it (in ``workers`` processes where the source allows), assemble and write the tables
+    unless they are up to date, and build the report."""
+    echo = echo or _default_echo
+    _check_options(workers, batch_size, threshold)
+    if workers > 1 and not source.parallel:
+        raise ValueError(f"workers: {source.kind}s are scored one at a time in this process; use workers=1")
+    scan_dir = Path(scan_dir) if scan_dir is not None else source.default_scan_dir()
     cache_dir = scan_dir / "cache"
-    # Read and check everything first: a bad setting or an unreadable run writes nothing.
-    hashes = _HashCache(cache_dir / "hashes.json")
-    ckpts = []
-    for p in paths:
-        c = _Ckpt(path=p, step=int(STEP_RE.match(p.name).group(1)))
-        try:
-            c.meta = read_meta(p)
-            c.step = int(c.meta.get("step", c.step))
-            c.tokens_seen = int(c.meta.get("tokens_seen", 0))
-            c.sha = hashes.get(p)
-        except (CheckpointError, OSError) as e:
-            c.error = str(e) if not isinstance(e, FileNotFoundError) else \
-                f"{p / 'model.safetensors'}: missing; a checkpoint needs config.json and model.safetensors"
-        ckpts.append(c)
+    # 1. read and check: a bad setting or an unreadable source writes nothing
+    hashes = _read_hashes(cache_dir)
+    hashes_before = json.dumps(hashes, sort_keys=True)
+    ckpts = source.read(hashes)
     good = [c for c in ckpts if c.error is None]
     if not good:
-        raise ValueError(f"{run_dir}: none of the {len(ckpts)} checkpoint(s) can be read; first: "
+        raise ValueError(f"{source.path}: none of the {len(ckpts)} {source.kind}(s) can be read; first: "
                          f"{ckpts[0].error}")
-    settings = _resolve_context_lens(settings, good[0].meta)
-    skey = settings.key()
-    ref = _pick_reference(run_dir, reference, good)
+    settings, skey = source.prepare(settings, good, echo)
+    ref = source.reference(reference, good)
+    # 2. under the lock: plan, score, assemble, write
     cache_dir.mkdir(parents=True, exist_ok=True)
     with scan_lock(scan_dir, echo):
         for f in [*scan_dir.glob(".tmp-*"), *cache_dir.glob(".tmp-*")]:  # a killed scan's partial writes
             f.unlink(missing_ok=True)  # (safe: every writer of this folder holds the lock)
-        hashes.save()
-        jobs = []
-        for c in good:
-            cf, qf = _cache_file(cache_dir, c.sha, skey), _qk_file(cache_dir, c.sha, ref.sha, settings.recurrent)
-            need_s, need_q = force or not cf.exists(), force or not qf.exists()
-            if need_s or need_q:
-                jobs.append({"path": str(c.path), "sha": c.sha, "settings": settings.to_dict(),
-                             "settings_key": skey, "cache_file": str(cf), "qk_file": str(qf),
-                             "ref_path": str(ref.path), "need_scores": need_s, "need_qk": need_q,
-                             "batch_size": batch_size, "threads": None})
-        errors = {}
+        if json.dumps(hashes, sort_keys=True) != hashes_before:
+            write_json(cache_dir / "hashes.json", hashes)
+        jobs = _plan(source, good, settings, skey, ref, cache_dir, batch_size, force)
+        errors = _run_jobs(source, jobs, workers=workers, mp_context=mp_context, progress=progress,
+                           log_progress=log_progress, echo=echo, n_total=len(ckpts))
         n_scored = sum(j["need_scores"] for j in jobs)
-        bar = tqdm(total=len(jobs), desc=f"scan {run_dir.name}", unit="ckpt", disable=not progress or not jobs,
-                   file=sys.stderr)
-        t_scan, done = time.time(), [0]
-
-        def advance(r):
-            bar.update(1)
-            done[0] += 1
-            if log_progress and not progress:
-                echo(f"scanning {done[0]}/{len(jobs)} checkpoints ({Path(r['path']).name} "
-                     f"{'skipped' if r['error'] else 'done'})  {format_duration(time.time() - t_scan)}")
-
-        if log_progress and not progress:
-            echo(f"scanning {len(jobs)} of {len(ckpts)} checkpoints ({len(ckpts) - len(jobs)} cached)"
-                 if jobs else f"scanning: all {len(ckpts)} checkpoints cached")
-        if workers > 1 and len(jobs) > 1:
-            import concurrent.futures as cf_
-            import multiprocessing as mp
-
-            threads = max(1, torch.get_num_threads() // workers)
-            for j in jobs:
-                j["threads"] = threads
-            with cf_.ProcessPoolExecutor(min(workers, len(jobs)), mp_context=mp.get_context(mp_context),
-                                         initializer=_init_worker, initargs=(threads,)) as ex:
-                for fut in cf_.as_completed([ex.submit(score_checkpoint, j) for j in jobs]):
-                    r = fut.result()
-                    if r["error"]:
-                        errors[r["path"]] = r["error"]
-                    advance(r)
-        else:
-            for j in jobs:
-                r = score_checkpoint(j)
-                if r["error"]:
-                    errors[r["path"]] = r["error"]
-                advance(r)
-        bar.close()
         for c in good:
             if str(c.path) in errors:
                 c.error = errors[str(c.path)]
         skipped = [c for c in ckpts if c.error is not None]
         for c in skipped:
             echo(f"skipped {c.path.name}: {c.error}")
+        if len(skipped) == len(ckpts):
+            raise ValueError(f"{source.path}: no {source.kind} could be scored; first: {skipped[0].error}")
         tables = _assemble(ckpts, cache_dir, skey, ref, settings, threshold)
         state = {
-            "run": str(run_dir), "settings": settings.to_dict(), "settings_key": skey,
+            "run": str(source.path), "settings": settings.to_dict(), "settings_key": skey,
             "reference": {"step": ref.step, "path": str(ref.path), "weights_sha256": ref.sha},
-            "threshold": threshold, "model": _model_info(good[0].meta["model"]),
-            "checkpoints": [[c.path.name, c.sha, c.error] for c in ckpts],
+            "threshold": threshold, "model": source.model_info(good, ref),
+            "checkpoints": [[c.path.name, c.sha, c.error] for c in ckpts], **source.extra(),
         }
         state = json.loads(json.dumps(state))  # as stored (tuples -> lists)
-        old = _read_state(scan_dir)
-        unchanged = not force and old == state and _tables_intact(scan_dir)
+        unchanged = not force and _read_state(scan_dir) == state and _tables_intact(scan_dir)
         if not unchanged:
             _write_tables(scan_dir, tables, state, settings, threshold)
         if report and (not unchanged or not (scan_dir / "report.html").exists()):
             from .report import build_report
 
-            build_report(run_dir if out is None else scan_dir)
+            # RUN/scan/ -> the run's report (with its interventions); any other folder -> its tables
+            build_report(scan_dir.parent if scan_dir == source.default_scan_dir() else scan_dir)
     df = tables["scores"]
     df.attrs["scan"] = {"n_checkpoints": len(ckpts), "n_scored": n_scored - len(errors),
                         "n_cached": len(good) - n_scored, "n_skipped": len(skipped),
                         "skipped": [{"step": c.step, "path": str(c.path), "error": c.error} for c in skipped],
                         "unchanged": unchanged, "formation": tables["run_formation"],
-                        "scan_dir": str(scan_dir)}
+                        "scan_dir": str(scan_dir), **source.extra()}
     return df
 
 
-def _pick_reference(run_dir: Path, reference, good: list[_Ckpt]) -> _Ckpt:
+def _plan(source, good, settings, skey, ref, cache_dir, batch_size, force) -> list[dict]:
+    """A job for every checkpoint whose scores or Q/K distances are not cached yet."""
+    jobs = []
+    for c in good:
+        cf, qf = _cache_file(cache_dir, c.sha, skey), _qk_file(cache_dir, c.sha, ref.sha, settings.recurrent)
+        need_s, need_q = force or not cf.exists(), force or not qf.exists()
+        if need_s or need_q:
+            jobs.append(source.job(c, settings, skey, ref, cf, qf, need_s, need_q, batch_size))
+    return jobs
+
+
+def _run_jobs(source, jobs, *, workers, mp_context, progress, log_progress, echo, n_total) -> dict:
+    """Run the jobs (serially, or in a process pool of ``workers``); {path: error} of failures."""
+    from tqdm import tqdm
+
+    errors = {}
+    bar = tqdm(total=len(jobs), desc=f"scan {source.name}", unit="ckpt", disable=not progress or not jobs,
+               file=sys.stderr)
+    t_scan, done = time.time(), [0]
+
+    def advance(r):
+        if r["error"]:
+            errors[r["path"]] = r["error"]
+        bar.update(1)
+        done[0] += 1
+        if log_progress and not progress:
+            echo(f"scanning {done[0]}/{len(jobs)} checkpoints ({Path(r['path']).name} "
+                 f"{'skipped' if r['error'] else 'done'})  {format_duration(time.time() - t_scan)}")
+
+    if log_progress and not progress:
+        echo(f"scanning {len(jobs)} of {n_total} checkpoints ({n_total - len(jobs)} cached)"
+             if jobs else f"scanning: all {n_total} checkpoints cached")
+    if workers > 1 and len(jobs) > 1:
+        import concurrent.futures as cf_
+        import multiprocessing as mp
+
+        threads = max(1, torch.get_num_threads() // workers)
+        for j in jobs:
+            j["threads"] = threads
+        with cf_.ProcessPoolExecutor(min(workers, len(jobs)), mp_context=mp.get_context(mp_context),
+                                     initializer=_init_worker, initargs=(threads,)) as ex:
+            for fut in cf_.as_completed([ex.submit(score_checkpoint, j) for j in jobs]):
+                advance(fut.result())
+    else:
+        for j in jobs:
+            advance(source.score(j))
+    bar.close()
+    return errors
+
+
+def _pick_reference(run_dir: Path, reference, good: list[Checkpoint]) -> Checkpoint:
     if reference in (None, "first"):
         errors = []
         for c in good:  # the first checkpoint whose weights load
@@ -457,7 +566,7 @@ def _pick_reference(run_dir: Path, reference, good: list[_Ckpt]) -> _Ckpt:
             raise ValueError(f"reference: no readable checkpoint at step {reference} in {run_dir}")
     else:
         p = Path(reference)
-        c = _Ckpt(path=p, step=-1)
+        c = Checkpoint(path=p, step=-1)
         c.meta = read_meta(p)
         c.step = int(c.meta.get("step", -1))
         c.sha = weights_hash(p)
