@@ -4,7 +4,8 @@
 
 Stable surface (other analysis scripts import it): ``setup_threads``, ``out_dir``,
 ``save_figure``, ``write_json``, ``jsonable``, ``train_and_scan``, ``metrics_frame``,
-``non_embedding_params``, ``apply_overrides``, ``Timer``, ``RunLog``, ``progress_every``;
+``non_embedding_params``, ``apply_overrides``, ``Timer``, ``RunLog``, ``progress_every``,
+``map_in_processes`` (the last five from ``retrieval_heads.pipeline.runs``);
 and, for the scripts that analyse one trained run (``mechanism``, ``nope``, ``probing``,
 ``gradient_influence``): ``DEFAULT_TRAIN``, ``script_log``, ``parse_common``, ``results_head``,
 ``write_results``, ``save_table``, ``save_fig``, ``machine_info``, ``train_preset``,
@@ -24,6 +25,15 @@ import os
 import sys
 import time
 from pathlib import Path
+
+# train-then-scan, progress lines and the process pool are the library's (retrieval_heads.pipeline.runs)
+from retrieval_heads.pipeline.runs import (  # noqa: F401 - re-exported for the scripts
+    RunLog,
+    map_in_processes,
+    metrics_frame,
+    progress_every,
+    train_and_scan,
+)
 
 ANALYSES_DIR = Path(__file__).resolve().parent
 _PNG = {"ok": None}  # None = not tried yet; False = kaleido failed once (skip PNG from then on)
@@ -129,34 +139,6 @@ class Timer:
         return time.time() - self.t0
 
 
-PROGRESS_LINES = 20  # a run trained without a progress bar logs about this many "step k/N" lines
-
-
-def progress_every(steps: int) -> int:
-    """Steps between two ``step k/N  loss ..  niah ..  1m12s`` lines of a run trained without a bar."""
-    return max(1, int(steps) // PROGRESS_LINES)
-
-
-class RunLog:
-    """Picklable ``log(msg)`` for process-pool workers: prints ``[prefix] msg``, flushed, so the
-    lines of runs trained at once stay apart (``[laziness w64_seed0] step 400/2000  loss 2.31 ...``)."""
-
-    def __init__(self, prefix: str):
-        self.prefix = prefix
-
-    def __call__(self, msg) -> None:
-        print(f"[{self.prefix}] {msg}", flush=True)
-
-
-def metrics_frame(run_dir):
-    """``RUN/metrics.jsonl`` as a DataFrame (one row per evaluation)."""
-    import pandas as pd
-
-    from retrieval_heads.train.loop import read_metrics
-
-    return pd.DataFrame(read_metrics(run_dir))
-
-
 def non_embedding_params(model_cfg) -> int:
     """Parameters of ``HybridLM(model_cfg)`` outside the token embedding / unembedding."""
     import retrieval_heads as rh
@@ -164,69 +146,6 @@ def non_embedding_params(model_cfg) -> int:
     model = rh.HybridLM(model_cfg)
     return int(sum(p.numel() for n, p in model.named_parameters()
                    if not (n.startswith("embed") or n.startswith("unembed") or n.startswith("lm_head"))))
-
-
-def train_and_scan(model_cfg, train_cfg, run_dir, *, scan: bool = True, scan_kw: dict | None = None,
-                   stop_when_formed: int | None = None, max_steps: int | None = None, progress: bool = False,
-                   log=print, log_every: int | None = None) -> dict:
-    """Train (or resume / reuse a finished run in ``run_dir``) and optionally scan it.
-
-    ``stop_when_formed=k`` trains in chunks of ``k`` checkpoints, scanning after each, and stops
-    once the run's first full-attention retrieval head has formed and held (copy >= threshold)
-    for ``k`` further checkpoints; the schedule (``train_cfg.steps``) is unchanged, the run is
-    just cut short (``stopped_early``). ``max_steps`` stops every run after that step (the
-    schedule is still that of ``train_cfg.steps``; a later call with a larger cap continues the
-    same run exactly). Returns ``{"run_dir", "train_s", "scan_s", "formation":
-    formation.json's "run" entry or None, "stopped_early", "metrics": DataFrame}``. A finished
-    run with the same configs is reused and the scan's cache makes a re-scan cheap. Without
-    ``progress`` bars, training logs a ``step k/N  loss ..`` line every ``log_every`` steps
-    (default ``progress_every(train_cfg.steps)``; 0 = none) and each scan ``scanning k/n
-    checkpoints`` lines, all through ``log``."""
-    from retrieval_heads.pipeline import scan as rh_scan
-    from retrieval_heads.train.loop import checkpoint_steps, train
-
-    run_dir = Path(run_dir)
-    res = {"run_dir": str(run_dir), "train_s": 0.0, "scan_s": 0.0, "formation": None, "stopped_early": False}
-    if log_every is None:
-        log_every = progress_every(train_cfg.steps)
-    lines = None if progress else log_every
-
-    def do_scan():
-        t = Timer()
-        log(f"scanning {run_dir.name}")
-        rh_scan(run_dir, progress=progress, echo=(lambda m: None) if progress else log, report=False,
-                log_progress=not progress, **(scan_kw or {}))
-        res["scan_s"] += t()
-        res["formation"] = json.loads((run_dir / "scan" / "formation.json").read_text())["run"]
-
-    if not (scan and stop_when_formed):
-        t = Timer()
-        cap = min(max_steps, train_cfg.steps) if max_steps else None
-        log(f"training {run_dir.name}: {train_cfg.steps} steps" + (f" (stop at {cap})" if cap else ""))
-        train(model_cfg, train_cfg, run_dir, resume=True, stop_at=cap, progress=progress, log=log, log_every=lines)
-        res["train_s"] = t()
-        if scan:
-            do_scan()
-    else:
-        ck = [s for s in checkpoint_steps(train_cfg) if s > 0 and (not max_steps or s <= max_steps)]
-        if max_steps and max_steps < train_cfg.steps and ck[-1] != max_steps:
-            ck.append(max_steps)
-        stops = ck[stop_when_formed - 1::stop_when_formed]
-        if not stops or stops[-1] != ck[-1]:
-            stops.append(ck[-1])
-        for stop in stops:
-            t = Timer()
-            log(f"training {run_dir.name} to step {stop} of {train_cfg.steps}")
-            train(model_cfg, train_cfg, run_dir, resume=True, stop_at=stop, progress=progress, log=log,
-                  log_every=lines)
-            res["train_s"] += t()
-            do_scan()
-            f = res["formation"]
-            if f.get("step") is not None and sum(1 for s in ck if f["step"] < s <= stop) >= stop_when_formed:
-                res["stopped_early"] = stop < train_cfg.steps
-                break
-    res["metrics"] = metrics_frame(run_dir)
-    return res
 
 
 # ------------------------------------------------------------------- single-run analysis scripts

@@ -39,6 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from analyses.common import (  # noqa: E402
     RunLog,
+    map_in_processes,
     Timer,
     apply_overrides,
     jsonable,
@@ -372,18 +373,7 @@ def main(argv=None) -> dict:
               f"long loss {row['final_long_loss']:.3f}; train {row['train_s']:.0f} s, eval {row['eval_s']:.0f} s "
               f"(total {timer():.0f} s)", flush=True)
 
-    if a.jobs > 1:
-        import multiprocessing as mp
-        from concurrent.futures import ProcessPoolExecutor
-
-        with ProcessPoolExecutor(a.jobs, mp_context=mp.get_context("spawn")) as ex:
-            for r in ex.map(one_run, jobs):
-                results.append(r)
-                log_run(r)
-    else:
-        for j in jobs:
-            results.append(one_run(j))
-            log_run(results[-1])
+    results = map_in_processes(one_run, jobs, workers=a.jobs, threads=1, what=f"{NAME} worker", on_result=log_run)
 
     runs = pd.DataFrame([r["row"] for r in results])
     for c in ("window", "niah50_tokens"):

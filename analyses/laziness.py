@@ -49,6 +49,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from analyses.common import (  # noqa: E402
     RunLog,
+    map_in_processes,
     Timer,
     apply_overrides,
     jsonable,
@@ -362,20 +363,8 @@ def main(argv=None) -> dict:
     print(f"[laziness] {mode}: {len(jobs)} runs ({', '.join(dict.fromkeys(j['label'] for j in jobs))} "
           f"x seeds {list(seeds)}), schedule {tc.steps} steps (cap {max_steps}) of {tc.batch_size}x{tc.context_len} "
           f"tokens; out {out}", flush=True)
-    results = []
-    if a.jobs > 1:
-        import multiprocessing as mp
-        from concurrent.futures import ProcessPoolExecutor
-
-        with ProcessPoolExecutor(a.jobs, mp_context=mp.get_context("spawn")) as ex:
-            for r in ex.map(one_run, jobs):
-                results.append(r)
-                _log_run(r["row"], timer)
-    else:
-        for j in jobs:
-            r = one_run(j)
-            results.append(r)
-            _log_run(r["row"], timer)
+    results = map_in_processes(one_run, jobs, workers=a.jobs, threads=1, what=f"{NAME} worker",
+                               on_result=lambda r: _log_run(r["row"], timer))
 
     runs = pd.DataFrame([r["row"] for r in results])
     for c in ("window", "formation_step", "formation_tokens", "censored_at_step", "censored_at_tokens",

@@ -15,11 +15,8 @@ from __future__ import annotations
 
 import json
 import math
-import multiprocessing as mp
 import os
 import time
-from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
-from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 
 import plotly.graph_objects as go
@@ -28,8 +25,8 @@ from plotly.subplots import make_subplots
 from . import plots
 from .labels import head_label
 from .pipeline.report import compare_runs, figure_html, html_page, load_scan, summary_display
+from .pipeline.runs import RunLog, map_in_processes, progress_every, train_and_scan
 
-PROGRESS_LINES = 20  # a run trained without a progress bar logs about this many "step k/N" lines
 
 
 def _demo_configs(preset: str, window: int, steps: int | None, seed: int):
@@ -81,78 +78,25 @@ _SCAN_SETTINGS = dict(depths=(0.1, 0.3, 0.5, 0.7, 0.9), n_per_cell=2)
 
 
 def log_every(steps: int) -> int:
-    """Steps between two progress lines of a run trained without a bar (about PROGRESS_LINES lines)."""
-    return max(1, steps // PROGRESS_LINES)
+    """Steps between two progress lines of a run trained without a bar (about 20 lines)."""
+    return progress_every(steps)
 
 
-def _train_and_scan(model_cfg, train_cfg, rd, *, progress, log, threads=None) -> float:
-    """Train one run into ``rd`` and scan its checkpoints; returns the wall time in seconds.
-    With ``threads`` set this runs in a worker process of its own (one per window). Without
-    progress bars, training logs ``step k/N  loss ..  niah ..  1m12s`` lines and the scan
-    ``scanning k/n checkpoints`` lines through ``log``."""
-    import torch
-
-    from .pipeline import scan
-    from .train.loop import train
-
-    if threads:
-        torch.set_num_threads(threads)
+def _train_and_scan(model_cfg, train_cfg, rd, *, progress, log) -> float:
+    """Train one run into ``rd`` and scan its checkpoints (with its report); returns the wall
+    time in seconds. Without progress bars, training logs ``step k/N  loss ..  niah ..  1m12s``
+    lines and the scan ``scanning k/n checkpoints`` lines through ``log``."""
     t0 = time.time()
     log(f"[demo] training {model_cfg.describe()} for {train_cfg.steps} steps -> {rd}")
-    train(model_cfg, train_cfg, rd, resume=True, progress=progress, log=log,
-          log_every=None if progress else log_every(train_cfg.steps))
-    log(f"[demo] scanning {rd}")
-    scan(rd, progress=progress, echo=log, log_progress=not progress, **_SCAN_SETTINGS)
+    train_and_scan(model_cfg, train_cfg, rd, scan_kw=_SCAN_SETTINGS, progress=progress, log=log, report=True)
     log(f"[demo] {rd.name} done in {time.time() - t0:.0f} s")
     return time.time() - t0
 
 
-class _PrefixLog:
-    """Picklable logger for worker processes: prints each line with the run's name, flushed."""
-
-    def __init__(self, prefix: str):
-        self.prefix = prefix
-
-    def __call__(self, *args, **kwargs):
-        print(f"[{self.prefix}]", *args, flush=True)
-
-
-def _worker(model_cfg, train_cfg, rd, threads) -> float:
-    return _train_and_scan(model_cfg, train_cfg, rd, progress=False, log=_PrefixLog(rd.name), threads=threads)
-
-
-def _run_parallel(configs: dict, out: Path, jobs: int, threads: int) -> dict:
-    """Train and scan every window in worker processes; the first failure (or an interrupt)
-    stops the others at once and is re-raised here."""
-    # spawn, not fork: forking a process that has run multi-threaded torch code can hang
-    ex = ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn"))
-    futs = {}
-    try:
-        futs = {ex.submit(_worker, mc, tc, out / f"window_{w}", threads): w for w, (mc, tc) in configs.items()}
-        wait(futs, return_when=FIRST_EXCEPTION)
-        for f in futs:  # re-raise the first failure, in submission order
-            if f.done() and f.exception() is not None:
-                raise f.exception()
-        return {w: f.result() for f, w in futs.items()}
-    except BrokenProcessPool:
-        _stop_workers(ex)
-        raise RuntimeError("a demo worker process died (out of memory, or run_demo(jobs != 1) was called "
-                           "at the top level of a script without `if __name__ == '__main__':`); "
-                           "retry with --jobs 1") from None
-    except BaseException:
-        _stop_workers(ex)
-        raise
-    finally:
-        ex.shutdown(wait=True, cancel_futures=True)
-
-
-def _stop_workers(ex: ProcessPoolExecutor) -> None:
-    """Cancel queued runs and terminate running workers (their runs resume from their last
-    checkpoint next time: checkpoints are written atomically)."""
-    ex.shutdown(wait=False, cancel_futures=True)
-    for p in list((getattr(ex, "_processes", None) or {}).values()):
-        if p.is_alive():
-            p.terminate()
+def _worker(job) -> float:
+    """One window in a worker process (module level: picklable)."""
+    model_cfg, train_cfg, rd = job
+    return _train_and_scan(model_cfg, train_cfg, rd, progress=False, log=RunLog(rd.name))
 
 
 def run_demo(out="runs/demo", *, windows=(16, 64), preset: str = "tiny", steps: int | None = None,
@@ -194,7 +138,9 @@ def run_demo(out="runs/demo", *, windows=(16, 64), preset: str = "tiny", steps: 
     else:
         threads = max(1, cores // jobs)
         log(f"[demo] {len(configs)} runs, {jobs} at a time, {threads} torch thread(s) each")
-        run_seconds = _run_parallel(configs, out, jobs, threads)
+        seconds = map_in_processes(_worker, [(mc, tc, out / f"window_{w}") for w, (mc, tc) in configs.items()],
+                                   workers=jobs, threads=threads, what="demo worker")
+        run_seconds = dict(zip(configs, seconds))
     tables = {name: load_scan(rd) for name, rd in run_dirs.items()}
     cmp_path, summary = compare_runs([str(p) for p in run_dirs.values()], out / "compare.html")
     body = ["<h1>retrieval-heads demo: Large-Window Laziness</h1>",

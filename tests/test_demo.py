@@ -94,13 +94,14 @@ def test_demo_worker_logs_progress_lines(tmp_path, capsys):
     """The worker of a parallel demo (no bars): prefixed step lines, then scanning lines."""
     from retrieval_heads import demo
 
-    demo._worker(MC, TC, tmp_path / "window_8", 1)
+    demo._worker((MC, TC, tmp_path / "window_8"))
     out = capsys.readouterr().out.splitlines()
     steps = [ln for ln in out if re.fullmatch(r"\[window_8\] " + LINE.format(step=r"\d", end=6), ln)]
     assert len(steps) == 6  # log_every(6) == 1
     assert out[0].startswith("[window_8] [demo] training layout=SF") and out[0].endswith("for 6 steps -> "
                                                                                          f"{tmp_path / 'window_8'}")
-    i = out.index(f"[window_8] [demo] scanning {tmp_path / 'window_8'}")
+    assert out[1] == "[window_8] training window_8: 6 steps"
+    i = out.index("[window_8] scanning window_8")
     assert out[i + 1] == "[window_8] scanning 5 of 5 checkpoints (0 cached)"
     assert [ln.split("  ")[0] for ln in out[i + 2:i + 7]] == [
         f"[window_8] scanning {k}/5 checkpoints (step_00000{s} done)" for k, s in enumerate((0, 1, 2, 3, 6), 1)]
