@@ -7,10 +7,21 @@
 """
 
 from .loss import HELDOUT_FRACTION, heldout_bytes, long_context_loss, short_context_loss, text_rows, token_losses
-from .niah import DEFAULT_DEPTHS, answer_metrics, check_length, greedy_answers, niah_accuracy, niah_grid, train_len
+from .niah import (
+    DEFAULT_DEPTHS,
+    NiahScores,
+    answer_metrics,
+    check_length,
+    greedy_answers,
+    niah_accuracy,
+    niah_grid,
+    niah_scores,
+    train_len,
+)
 
 __all__ = [
-    "niah_grid", "niah_accuracy", "answer_metrics", "greedy_answers", "check_length", "train_len", "DEFAULT_DEPTHS",
+    "niah_grid", "niah_accuracy", "niah_scores", "NiahScores",
+    "answer_metrics", "greedy_answers", "check_length", "train_len", "DEFAULT_DEPTHS",
     "long_context_loss", "short_context_loss", "token_losses", "text_rows", "heldout_bytes",
     "HELDOUT_FRACTION",
 ]

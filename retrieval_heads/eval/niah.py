@@ -8,9 +8,17 @@
 
 Lengths past the training length are allowed (that is the point of a length-extrapolation
 test); lengths past ``model.cfg.max_seq_len`` raise a ``ValueError`` that says so.
+
+Every NIAH accuracy of the package (this grid, the training loop's evaluation, the scans'
+per-cell accuracy) is ``niah_scores(predictions, samples)``: RULER's ``string_match_all`` of
+each decoded answer, then ``.accuracy`` (the mean) or ``.cells(...)`` (per length and depth).
 """
 
 from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
 
 import pandas as pd
 import torch
@@ -19,6 +27,58 @@ from tqdm.auto import tqdm
 from ..tasks import TOKENIZER, niah_batch, string_match_all
 
 DEFAULT_DEPTHS = (0.0, 0.25, 0.5, 0.75, 1.0)
+DEPTH_TOL = 1e-9  # a sample belongs to a requested depth when within this
+
+
+@dataclass(frozen=True)
+class NiahScores:
+    """RULER ``string_match_all`` of each sample's decoded answer (NaN where none was
+    decoded), with the sample's context length and needle depth."""
+
+    scores: tuple[float, ...]
+    context_lens: tuple[int, ...]
+    depths: tuple[float, ...]
+
+    def __len__(self) -> int:
+        return len(self.scores)
+
+    @property
+    def correct(self) -> list[bool]:
+        """Per sample: more than half of the gold values found (False where not decoded)."""
+        return [s > 0.5 for s in self.scores]
+
+    @property
+    def accuracy(self) -> float:
+        """Mean score of the decoded samples, summed in sample order (NaN when none)."""
+        done = [s for s in self.scores if not math.isnan(s)]
+        return sum(done) / len(done) if done else math.nan
+
+    def cells(self, context_lens=None, depths=None) -> list[dict]:
+        """``{"context_len", "depth", "accuracy", "n"}`` per (length, depth) cell, lengths outer,
+        in the given order (default: those present, sorted). A sample is in a cell when its length
+        is equal and its depth within ``DEPTH_TOL``; ``n`` counts the cell's samples, ``accuracy``
+        is the ``accuracy`` of those (NaN for an empty cell)."""
+        context_lens = sorted(set(self.context_lens)) if context_lens is None else context_lens
+        depths = sorted(set(self.depths)) if depths is None else depths
+        rows = []
+        for L in context_lens:
+            for d in depths:
+                idx = [i for i, (cl, dp) in enumerate(zip(self.context_lens, self.depths))
+                       if cl == L and abs(dp - d) < DEPTH_TOL]
+                sub = NiahScores(tuple(self.scores[i] for i in idx), (), ())
+                rows.append({"context_len": L, "depth": d, "accuracy": sub.accuracy, "n": len(idx)})
+        return rows
+
+
+def niah_scores(predictions: Sequence[str | None], samples: Sequence) -> NiahScores:
+    """Score decoded answers against their ``NeedleSample`` s (byte or HF tokenizer): RULER's
+    ``string_match_all`` (fraction of the gold values found, case-insensitive) per sample; a
+    ``None`` prediction (not decoded) scores NaN and is left out of the means."""
+    if len(predictions) != len(samples):
+        raise ValueError(f"predictions: {len(predictions)} for {len(samples)} samples")
+    scores = tuple(math.nan if p is None else string_match_all(p, s.values) for p, s in zip(predictions, samples))
+    return NiahScores(scores, tuple(int(s.context_len) for s in samples),
+                      tuple(float(getattr(s, "depth", math.nan)) for s in samples))
 
 
 def train_len(model) -> int | None:
@@ -113,10 +173,10 @@ def niah_grid(model, context_lens, depths=DEFAULT_DEPTHS, variant: str = "single
     try:
         for L, batch, new in tqdm(batches, desc="niah", disable=not progress):
             preds = greedy_answers(model, batch, new, batch_size)
-            for s, p in zip(batch.samples, preds):
-                rows.append({"variant": variant, "context_len": L, "depth": s.depth,
-                             "score": string_match_all(p, s.values), "prediction": p,
-                             "values": "|".join(s.values)})
+            scores = niah_scores(preds, batch.samples).scores
+            for s, p, score in zip(batch.samples, preds, scores):
+                rows.append({"variant": variant, "context_len": L, "depth": s.depth, "score": score,
+                             "prediction": p, "values": "|".join(s.values)})
     finally:
         model.train(was_training)
     df = pd.DataFrame(rows)

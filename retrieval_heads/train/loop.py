@@ -49,7 +49,7 @@ import torch
 from ..config import ModelConfig, TrainConfig
 from ..labels import format_duration
 from ..storage.files import write_text
-from ..tasks import TOKENIZER, niah_batch, string_match_all
+from ..tasks import TOKENIZER, niah_batch
 from ..tasks.mixture import check_mixture, eval_lm_batch, row_loss, training_batch
 from ..storage.checkpoint import (
     clean_partial_checkpoints,
@@ -208,31 +208,36 @@ def check_out_dir(out: Path, model_cfg: ModelConfig, cfg: TrainConfig, *, resume
 # ----------------------------------------------------------------------------- evaluation
 @torch.no_grad()
 def evaluate(model, cfg: TrainConfig, n: int | None = None) -> dict:
-    """NIAH accuracy (greedy decoding + string_match_all) on ``n`` prompts of
-    ``cfg.context_len`` tokens at evenly spread depths, and the LM loss on held-out text."""
+    """NIAH accuracy (greedy decoding + string_match_all, ``eval.niah_scores``) on ``n`` prompts
+    of ``cfg.context_len`` tokens at evenly spread depths, and the LM loss on held-out text."""
+    from ..eval.niah import greedy_answers, niah_scores  # here: eval imports pandas, training needs it only here
+
     n = n or cfg.eval_samples
     was_training = model.training
     model.eval()
-    dev = model.device
     batch = niah_batch(n=n, context_len=cfg.context_len, seed=10_000 + cfg.seed,
                        variant=cfg.niah_variant, haystack=cfg.niah_haystack)
     max_new = max(len(s.answer_tokens) for s in batch.samples) + 1
-    out = model.generate(batch.tokens.to(dev), max_new_tokens=max_new, stop_token=TOKENIZER.EOS)
-    preds = [TOKENIZER.decode(row.tolist()) for row in out.cpu()]
-    acc = sum(string_match_all(p, s.values) for p, s in zip(preds, batch.samples)) / n
-    # teacher-forced accuracy of every answer token (shows partial progress)
-    T = batch.tokens.shape[1]
+    acc = niah_scores(greedy_answers(model, batch, max_new, batch_size=n), batch.samples).accuracy
+    tok_acc = _answer_token_accuracy(model, batch, max_new)
+    lm = eval_lm_batch(cfg, n)
+    dev = model.device
+    logits = model(lm.tokens.to(dev))
+    lm_loss = row_loss(logits, lm.targets.to(dev), lm.weights.to(dev)).mean().item()
+    model.train(was_training)
+    return {"niah_acc": acc, "niah_token_acc": tok_acc, "lm_loss": lm_loss}
+
+
+def _answer_token_accuracy(model, batch, max_new: int) -> float:
+    """Teacher-forced accuracy of every answer token (shows partial progress; EOS not counted)."""
+    n, T = batch.tokens.shape
+    dev = model.device
     ans = torch.full((n, max_new), TOKENIZER.PAD, dtype=torch.long)
     for i, s in enumerate(batch.samples):
         ans[i, : len(s.answer_tokens)] = torch.tensor(s.answer_tokens)
     logits = model(torch.cat([batch.tokens, ans], 1).to(dev))[:, T - 1: T - 1 + max_new]  # (n, A, V)
     mask = (ans != TOKENIZER.PAD).to(dev)
-    tok_acc = ((logits.argmax(-1) == ans.to(dev)) & mask).sum().item() / mask.sum().item()
-    lm = eval_lm_batch(cfg, n)
-    logits = model(lm.tokens.to(dev))
-    lm_loss = row_loss(logits, lm.targets.to(dev), lm.weights.to(dev)).mean().item()
-    model.train(was_training)
-    return {"niah_acc": acc, "niah_token_acc": tok_acc, "lm_loss": lm_loss}
+    return ((logits.argmax(-1) == ans.to(dev)) & mask).sum().item() / mask.sum().item()
 
 
 # ----------------------------------------------------------------------------- training
