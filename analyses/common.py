@@ -173,15 +173,24 @@ def script_log(name: str):
     return log
 
 
+def add_mode_args(ap: argparse.ArgumentParser, *, quick: str, smoke: str = "seconds: micro settings for tests",
+                  preset: str | None = None) -> None:
+    """``--quick`` / ``--smoke`` (mutually exclusive; neither = the full mode, sized for a GPU)
+    and, for the scripts that train from a preset, ``--preset`` (help text ``preset``)."""
+    g = ap.add_mutually_exclusive_group()
+    g.add_argument("--quick", action="store_true", help=quick)
+    g.add_argument("--smoke", action="store_true", help=smoke)
+    if preset is not None:
+        ap.add_argument("--preset", default=None, help=preset)
+
+
 def parse_common(ap: argparse.ArgumentParser, argv, name: str):
     """Add the options every single-run script shares to ``ap`` (after the script's own):
     ``--quick`` / ``--smoke`` (mutually exclusive; neither = full mode), ``--device``, ``--seed``,
     ``--threads``, ``--note``, ``--out``; parse ``argv``; set torch's thread count (``--threads``;
     0 leaves torch's default). Returns ``(args, mode_name, out)``: mode ``smoke`` / ``quick`` /
     ``full`` and the output folder (``--out`` or ``analyses/out/<name>``), created."""
-    g = ap.add_mutually_exclusive_group()
-    g.add_argument("--quick", action="store_true", help="CPU budget (< 15 min on 2 cores)")
-    g.add_argument("--smoke", action="store_true", help="seconds: micro settings for tests")
+    add_mode_args(ap, quick="CPU budget (< 15 min on 2 cores)")
     ap.add_argument("--device", default="cpu", help="cpu or cuda (full mode is meant for a GPU)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1, help="torch threads (0 = torch's default)")

@@ -39,6 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from analyses.common import (  # noqa: E402
     RunLog,
+    add_mode_args,
     map_in_processes,
     Timer,
     apply_overrides,
@@ -330,10 +331,8 @@ def figures(runs, evals, pos, fits, out: Path, target: str, log=print):
 
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    g = ap.add_mutually_exclusive_group()
-    g.add_argument("--quick", action="store_true", help="CPU micro sizes (~4 min on 2 cores)")
-    g.add_argument("--smoke", action="store_true", help="a few steps, to test the pipeline (seconds)")
-    ap.add_argument("--preset", default=None, help="base preset of the full mode [gpu-small]")
+    add_mode_args(ap, quick="CPU micro sizes (~4 min on 2 cores)", smoke="a few steps, to test the pipeline (seconds)",
+                  preset="base preset of the full mode [gpu-small]")
     ap.add_argument("--hybrids", default=None, help="comma list of S:<window>, M, D, L (F is always added)")
     ap.add_argument("--sizes", default=None, help="comma list of d_model values (>= 3 for the fit)")
     ap.add_argument("--main-size", type=int, default=None, help="d_model at which every hybrid is trained")

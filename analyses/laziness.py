@@ -49,6 +49,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from analyses.common import (  # noqa: E402
     RunLog,
+    add_mode_args,
     map_in_processes,
     Timer,
     apply_overrides,
@@ -318,10 +319,8 @@ def figures(runs, summary, curves, ctx: int, out: Path, log=print):
 
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    g = ap.add_mutually_exclusive_group()
-    g.add_argument("--quick", action="store_true", help="CPU micro config (~7 min on 2 cores)")
-    g.add_argument("--smoke", action="store_true", help="a few steps, to test the pipeline (seconds)")
-    ap.add_argument("--preset", default=None, help="preset for the full mode [gpu-small]")
+    add_mode_args(ap, quick="CPU micro config (~7 min on 2 cores)", smoke="a few steps, to test the pipeline (seconds)",
+                  preset="preset for the full mode [gpu-small]")
     ap.add_argument("--windows", default=None, help="comma-separated SWA windows")
     ap.add_argument("--seeds", default=None, help="comma-separated seeds")
     ap.add_argument("--steps", type=int, default=None, help="length of the LR schedule")

@@ -34,7 +34,6 @@ Timings are medians over ``--repeats`` runs after ``--warmup`` runs.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
@@ -47,6 +46,9 @@ import torch
 from retrieval_heads.config import ModelConfig
 from retrieval_heads.model import kernels
 from retrieval_heads.model.attention import Attention
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_common import write_result  # noqa: E402
 
 
 def _time(fns: dict, warmup: int, repeats: int, sync=lambda: None) -> dict:
@@ -255,10 +257,8 @@ def main(argv=None) -> dict:
     if not run_kernels:
         print("\nGPU section skipped: " + ("--no-gpu" if args.no_gpu else "CUDA not available"))
 
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2))
-    print(f"\nwrote {out}")
+    print()
+    write_result(args.out, result)
     return result
 
 

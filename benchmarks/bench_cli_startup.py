@@ -14,7 +14,6 @@ on a busy 2-core machine every number here grows.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
@@ -22,6 +21,9 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_common import write_result  # noqa: E402
 
 ENTRY = "from retrieval_heads.cli import main; main()"
 CASES = {
@@ -68,10 +70,7 @@ def main(argv=None) -> dict:
            "python": sys.version.split()[0], "machine": platform.machine(), "repeats": args.repeats,
            "date": time.strftime("%Y-%m-%d %H:%M:%S")}
     if args.out:
-        out = Path(args.out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(res, indent=2))
-        print(f"wrote {out}")
+        write_result(args.out, res)
     return res
 
 

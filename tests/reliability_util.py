@@ -3,6 +3,7 @@ payload that leaves a marker file when unpickled, the CLI run in-process or as a
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -10,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import load_file, save_file
 
 import retrieval_heads as rh
 from retrieval_heads.cli import main
@@ -108,3 +110,66 @@ def assert_one_line_error(err: str, *needles: str) -> None:
 def tree(path: Path) -> dict:
     """{relative path: bytes} of every file below ``path`` (to show nothing changed)."""
     return {str(p.relative_to(path)): p.read_bytes() for p in sorted(Path(path).rglob("*")) if p.is_file()}
+
+
+def break_checkpoint(ck, how):
+    """Damage checkpoint folder ``ck`` in the named way (config, JSON, weights, tensors)."""
+    cfg, w = ck / "config.json", ck / "model.safetensors"
+    meta = json.loads(cfg.read_text())
+
+    def write_meta(**model):
+        meta["model"].update(model)
+        cfg.write_text(json.dumps(meta))
+
+    def edit_weights(fn):
+        sd = load_file(str(w))
+        fn(sd)
+        save_file(sd, str(w))
+
+    if how == "empty_folder":
+        for f in ck.iterdir():
+            f.unlink()
+    elif how == "no_config":
+        cfg.unlink()
+    elif how == "malformed_config":
+        cfg.write_text('{"model": {"layout": "SF",')
+    elif how == "config_not_utf8":
+        cfg.write_bytes(b'{"model": "\xff\xfe"}')
+    elif how == "config_not_an_object":
+        cfg.write_text("[1, 2, 3]")
+    elif how == "unknown_top_key":
+        meta["optimizer"] = "adam"
+        cfg.write_text(json.dumps(meta))
+    elif how == "unknown_model_key":
+        write_meta(n_experts=8)
+    elif how == "wrong_type":
+        write_meta(n_heads="two")
+    elif how == "zero_size":
+        write_meta(d_model=0)
+    elif how == "unknown_layout_letter":
+        write_meta(layout="SX")
+    elif how == "step_not_int":
+        meta["step"] = float("nan")
+        cfg.write_text(json.dumps(meta))
+    elif how == "tokens_negative":
+        meta["tokens_seen"] = -5
+        cfg.write_text(json.dumps(meta))
+    elif how == "no_weights":
+        w.unlink()
+    elif how == "weights_empty_file":
+        w.write_bytes(b"")
+    elif how == "truncated_weights":
+        w.write_bytes(w.read_bytes()[: w.stat().st_size // 2])
+    elif how == "shape_mismatch":
+        write_meta(d_model=32, d_mlp=64)
+    elif how == "missing_tensor":
+        edit_weights(lambda sd: sd.pop("blocks.0.attn.W_Q.weight"))
+    elif how == "extra_tensor":
+        edit_weights(lambda sd: sd.update({"blocks.9.extra": torch.zeros(2)}))
+    elif how == "int_dtype":
+        edit_weights(lambda sd: sd.update({k: sd[k].to(torch.int32) for k in list(sd)[:1]}))
+    elif how in ("nan_weights", "inf_weights"):
+        bad = float("nan") if how == "nan_weights" else float("inf")
+        edit_weights(lambda sd: sd["blocks.1.attn.W_K.weight"].view(-1).__setitem__(3, bad))  # an F layer
+    else:  # pragma: no cover
+        raise KeyError(how)

@@ -3,11 +3,12 @@ tiny checkpoint and write their tables, figures and a results.json with the docu
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pandas as pd
+
+from helpers import load_analysis
 import pytest
 
 import retrieval_heads as rh
@@ -15,11 +16,7 @@ import retrieval_heads as rh
 ANALYSES = Path(__file__).resolve().parents[1] / "analyses"
 
 
-def load(name):
-    spec = importlib.util.spec_from_file_location(f"analyses_{name}", ANALYSES / f"{name}.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+load = load_analysis
 
 
 @pytest.fixture(scope="module")

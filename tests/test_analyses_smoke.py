@@ -3,20 +3,17 @@ one seed, two windows / hybrids); only the output files and their schema are che
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pandas as pd
 
+from helpers import load_analysis
+
 ANALYSES = Path(__file__).resolve().parents[1] / "analyses"
 
 
-def _load(name):
-    spec = importlib.util.spec_from_file_location(f"analyses_{name}", ANALYSES / f"{name}.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+_load = load_analysis
 
 
 def test_laziness_smoke(tmp_path):

@@ -42,7 +42,7 @@ NOT_INSTALLED_HERE = {
     "triton": None,  # ships with the CUDA builds of torch
 }
 # Local modules of the test suite and the analyses, imported by their file name.
-LOCAL = {"retrieval_heads", "analyses", "tests", "conftest", "reliability_util", "common"}
+LOCAL = {"retrieval_heads", "analyses", "tests", "conftest", "reliability_util", "common", "bench_common", "helpers"}
 
 
 def _norm(name: str) -> str:

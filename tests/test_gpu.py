@@ -57,7 +57,7 @@ def test_chunked_recurrences_on_cuda(fn):
     assert (a - b).abs().max().item() < 1e-3
 
 
-@pytest.mark.parametrize("layout", ["SSSF", "SFDL", "MSMF"])
+@pytest.mark.parametrize("layout", ["SSSF", "SFDL", "MSMF", "SFMDL"])
 def test_model_fast_path_and_decoding_on_cuda(layout):
     torch.manual_seed(0)
     cfg = rh.ModelConfig(layout=layout, d_model=128, n_heads=4, window=32, max_seq_len=1024)

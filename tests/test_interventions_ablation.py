@@ -4,14 +4,13 @@ import pytest
 import torch
 
 import retrieval_heads as rh
+from helpers import tiny_model
 from retrieval_heads.interventions import ablate_heads, mean_head_outputs, parse_heads
 
 
 @pytest.fixture(scope="module")
 def model():
-    torch.manual_seed(0)
-    cfg = rh.ModelConfig(layout="SFDF", d_model=32, n_heads=4, window=6, max_seq_len=256)
-    return rh.HybridLM(cfg).eval()
+    return tiny_model("SFDF", n_heads=4, window=6)
 
 
 @pytest.fixture(scope="module")

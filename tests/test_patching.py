@@ -4,15 +4,14 @@ import pytest
 import torch
 
 import retrieval_heads as rh
+from helpers import tiny_model
 from retrieval_heads.interventions import activation_patching, needle_pairs
 from retrieval_heads.tasks import TOKENIZER
 
 
 @pytest.fixture(scope="module")
 def model():
-    torch.manual_seed(0)
-    cfg = rh.ModelConfig(layout="SDF", d_model=32, n_heads=2, window=8, max_seq_len=256)
-    return rh.HybridLM(cfg).eval()
+    return tiny_model("SDF", n_heads=2, window=8)
 
 
 @pytest.fixture(scope="module")

@@ -9,11 +9,10 @@ import string
 
 import pandas as pd
 import pytest
-import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from reliability_util import ABLATE_ARGS, EVAL_ARGS, PATCH_ARGS, SCAN_ARGS, assert_one_line_error, cli, make_run, tree
-from safetensors.torch import load_file, save_file
+from reliability_util import (ABLATE_ARGS, EVAL_ARGS, PATCH_ARGS, SCAN_ARGS, assert_one_line_error,
+                              break_checkpoint, cli, make_run, tree)
 from test_train import TC, write_preset
 
 import retrieval_heads as rh
@@ -49,68 +48,6 @@ NAMES = {"empty_folder": "", "no_weights": "model.safetensors", "weights_empty_f
          "missing_tensor": "model.safetensors", "extra_tensor": "model.safetensors",
          "int_dtype": "model.safetensors", "nan_weights": "model.safetensors",
          "inf_weights": "model.safetensors"}
-
-
-def break_checkpoint(ck, how):
-    cfg, w = ck / "config.json", ck / "model.safetensors"
-    meta = json.loads(cfg.read_text())
-
-    def write_meta(**model):
-        meta["model"].update(model)
-        cfg.write_text(json.dumps(meta))
-
-    def edit_weights(fn):
-        sd = load_file(str(w))
-        fn(sd)
-        save_file(sd, str(w))
-
-    if how == "empty_folder":
-        for f in ck.iterdir():
-            f.unlink()
-    elif how == "no_config":
-        cfg.unlink()
-    elif how == "malformed_config":
-        cfg.write_text('{"model": {"layout": "SF",')
-    elif how == "config_not_utf8":
-        cfg.write_bytes(b'{"model": "\xff\xfe"}')
-    elif how == "config_not_an_object":
-        cfg.write_text("[1, 2, 3]")
-    elif how == "unknown_top_key":
-        meta["optimizer"] = "adam"
-        cfg.write_text(json.dumps(meta))
-    elif how == "unknown_model_key":
-        write_meta(n_experts=8)
-    elif how == "wrong_type":
-        write_meta(n_heads="two")
-    elif how == "zero_size":
-        write_meta(d_model=0)
-    elif how == "unknown_layout_letter":
-        write_meta(layout="SX")
-    elif how == "step_not_int":
-        meta["step"] = float("nan")
-        cfg.write_text(json.dumps(meta))
-    elif how == "tokens_negative":
-        meta["tokens_seen"] = -5
-        cfg.write_text(json.dumps(meta))
-    elif how == "no_weights":
-        w.unlink()
-    elif how == "weights_empty_file":
-        w.write_bytes(b"")
-    elif how == "truncated_weights":
-        w.write_bytes(w.read_bytes()[: w.stat().st_size // 2])
-    elif how == "shape_mismatch":
-        write_meta(d_model=32, d_mlp=64)
-    elif how == "missing_tensor":
-        edit_weights(lambda sd: sd.pop("blocks.0.attn.W_Q.weight"))
-    elif how == "extra_tensor":
-        edit_weights(lambda sd: sd.update({"blocks.9.extra": torch.zeros(2)}))
-    elif how == "int_dtype":
-        edit_weights(lambda sd: sd.update({k: sd[k].to(torch.int32) for k in list(sd)[:1]}))
-    elif how in ("nan_weights", "inf_weights"):
-        bad = float("nan") if how == "nan_weights" else float("inf")
-        edit_weights(lambda sd: sd["blocks.1.attn.W_K.weight"].view(-1).__setitem__(3, bad))
-    else:  # pragma: no cover
-        raise KeyError(how)
 
 
 @pytest.fixture(scope="module")

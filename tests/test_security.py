@@ -1,10 +1,11 @@
 """Untrusted and broken checkpoints: nothing is unpickled, every problem is one clear error."""
 
-import json
 import pickle
 
 import pytest
 import torch
+
+from reliability_util import break_checkpoint
 
 import retrieval_heads as rh
 from retrieval_heads.storage.checkpoint import CheckpointError, load_checkpoint, load_train_state
@@ -47,57 +48,19 @@ def test_pickle_weight_files_are_refused(ckpt, tmp_path, name):
     assert not marker.exists()
 
 
-def _break(ckpt, how):
-    cfg = ckpt / "config.json"
-    w = ckpt / "model.safetensors"
-    if how == "empty":
-        for f in ckpt.iterdir():
-            f.unlink()
-    elif how == "no_config":
-        cfg.unlink()
-    elif how == "malformed_config":
-        cfg.write_text("{not json")
-    elif how == "unknown_key":
-        d = json.loads(cfg.read_text())
-        d["model"]["n_experts"] = 8
-        cfg.write_text(json.dumps(d))
-    elif how == "shape_mismatch":
-        d = json.loads(cfg.read_text())
-        d["model"]["d_model"] = 32
-        d["model"]["d_mlp"] = 128
-        cfg.write_text(json.dumps(d))
-    elif how == "truncated":
-        data = w.read_bytes()
-        w.write_bytes(data[: len(data) // 2])
-    elif how == "no_weights":
-        w.unlink()
-    elif how == "nan":
-        from safetensors.torch import load_file, save_file
-        sd = load_file(str(w))
-        k = next(iter(sd))
-        sd[k][0] = float("nan")
-        save_file(sd, str(w))
-    elif how == "int_dtype":
-        from safetensors.torch import load_file, save_file
-        sd = load_file(str(w))
-        k = next(iter(sd))
-        sd[k] = sd[k].to(torch.int32)
-        save_file(sd, str(w))
-
-
 @pytest.mark.parametrize("how,expect", [
-    ("empty", "empty folder"),
+    ("empty_folder", "empty folder"),
     ("no_config", "config.json: missing"),
     ("malformed_config", "malformed JSON"),
-    ("unknown_key", "unknown key"),
+    ("unknown_model_key", "unknown key"),
     ("shape_mismatch", "shape"),
-    ("truncated", "unreadable safetensors"),
+    ("truncated_weights", "unreadable safetensors"),
     ("no_weights", "model.safetensors: missing"),
-    ("nan", "NaN or Inf"),
+    ("nan_weights", "NaN or Inf"),
     ("int_dtype", "dtype"),
 ])
 def test_bad_checkpoint_gives_one_clear_error(ckpt, how, expect):
-    _break(ckpt, how)
+    break_checkpoint(ckpt, how)
     with pytest.raises(CheckpointError) as e:
         load_checkpoint(ckpt)
     msg = str(e.value)

@@ -28,11 +28,12 @@ only with ``trust_remote_code=True`` (CLI: ``--trust-remote-code``).
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
+
+from ..storage.files import read_json, read_json_or_empty
 
 STEP_IN_NAME = re.compile(r"(?:checkpoint|global[-_]?step|step|iter|ckpt)[-_]?(\d+)", re.IGNORECASE)
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "spiece.model", "tokenizer_config.json")
@@ -53,10 +54,7 @@ def read_hf_config(path) -> dict:
     if not f.exists():
         raise FileNotFoundError(f"{f}: missing; an HF checkpoint needs config.json, *.safetensors and "
                                 "tokenizer files")
-    try:
-        d = json.loads(f.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(f"{f}: malformed JSON ({e})") from None
+    d = read_json(f)
     if not isinstance(d, dict) or "model_type" not in d:
         raise ValueError(f"{f}: no 'model_type'; not a Hugging Face config")
     return d
@@ -95,11 +93,7 @@ class HFCheckpoint:
 
 
 def _trainer_state(path: Path) -> dict:
-    try:
-        d = json.loads((path / "trainer_state.json").read_text())
-        return d if isinstance(d, dict) else {}
-    except (OSError, ValueError):
-        return {}
+    return read_json_or_empty(path / "trainer_state.json")
 
 
 def _step_of(path: Path) -> int | None:

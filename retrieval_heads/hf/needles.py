@@ -37,7 +37,7 @@ import torch
 
 from ..tasks.niah import NeedleBatch, NeedleSample
 from ..tasks.pairs import NeedlePair, check_single_value, redraw_value
-from ..tasks.plan import NeedlePlan, needle_plan
+from ..tasks.plan import NeedlePlan, batch_depths, needle_plan
 
 
 class SpanError(ValueError):
@@ -200,17 +200,7 @@ def hf_needle_batch(tokenizer, *, n: int = 8, context_len: int = 512, seed: int 
 
     ``depths``: one float, a list of n floats, or None for (i + 0.5) / n. Samples whose answer
     span cannot be located are left out and listed in ``.errors``; if none is left, ValueError."""
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        raise ValueError(f"n: must be a positive integer, got {n!r}")
-    if isinstance(context_len, bool) or not isinstance(context_len, int) or context_len < 2:
-        raise ValueError(f"context_len: must be an integer >= 2, got {context_len!r}")
-    if depths is None:
-        depths = [(i + 0.5) / n for i in range(n)]
-    elif isinstance(depths, (int, float)):
-        depths = [float(depths)] * n
-    depths = list(depths)
-    if len(depths) != n:
-        raise ValueError(f"depths: got {len(depths)} depths for n={n} samples")
+    depths = batch_depths(n, context_len, depths, min_context_len=2)
     enc = _Encoder(tokenizer)
     samples, errors, texts, chars = [], [], [], []
     for i, d in enumerate(depths):

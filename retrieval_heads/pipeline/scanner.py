@@ -44,7 +44,7 @@ import torch
 from ..detect.formation import formation_table, run_formation
 from ..labels import format_duration
 from ..storage.checkpoint import STEP_RE, CheckpointError, list_checkpoints, load_checkpoint, read_meta, weights_hash
-from ..storage.files import write_json, write_parquet
+from ..storage.files import read_json_or_empty, write_json, write_parquet
 
 SCORE_VERSION = 1  # bump when the scoring rules change: invalidates every cache entry
 SCORE_METRICS = ("copy", "mass", "entropy", "entropy_norm")
@@ -423,11 +423,7 @@ def _check_options(workers, batch_size, threshold) -> None:
 
 
 def _read_hashes(cache_dir: Path) -> dict:
-    try:
-        d = json.loads((cache_dir / "hashes.json").read_text())
-        return d if isinstance(d, dict) else {}
-    except (OSError, ValueError):
-        return {}
+    return read_json_or_empty(cache_dir / "hashes.json")
 
 
 def run_scan(source: CheckpointSource, settings: ScanSettings, *, reference="first", threshold: float = 0.1,

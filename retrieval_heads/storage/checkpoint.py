@@ -27,6 +27,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_model
 
 from ..config import ModelConfig, TrainConfig
+from .files import read_json
 
 FORMAT = 1
 STEP_RE = re.compile(r"^step_(\d+)$")
@@ -108,10 +109,7 @@ def read_meta(path: str | Path) -> dict:
         if not any(path.iterdir()):
             raise CheckpointError(f"{path}: empty folder; a checkpoint needs config.json and model.safetensors")
         raise CheckpointError(f"{cfg_file}: missing; a checkpoint needs config.json and model.safetensors")
-    try:
-        meta = json.loads(cfg_file.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise CheckpointError(f"{cfg_file}: malformed JSON ({e})") from None
+    meta = read_json(cfg_file, error=CheckpointError)
     if not isinstance(meta, dict) or "model" not in meta:
         raise CheckpointError(f"{cfg_file}: no 'model' section; not a retrieval-heads checkpoint")
     known = {"format", "model", "train", "step", "tokens_seen", "data_seed", "extra"}

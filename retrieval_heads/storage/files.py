@@ -44,3 +44,22 @@ def write_parquet(path: Path, df) -> None:
 
 def write_text(path: Path, text: str) -> None:
     atomic_write(path, lambda t: Path(t).write_text(text))
+
+
+def read_json(path: Path, *, error=ValueError):
+    """Parse a JSON file; a file that is not UTF-8 JSON raises ``error`` naming it."""
+    path = Path(path)
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise error(f"{path}: malformed JSON ({e})") from None
+
+
+def read_json_or_empty(path: Path) -> dict:
+    """A JSON object from ``path``, or ``{}`` when it is missing, unreadable or not an object
+    (caches and optional side files: rebuilt, never trusted)."""
+    try:
+        d = json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return {}
+    return d if isinstance(d, dict) else {}

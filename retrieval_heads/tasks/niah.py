@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .plan import SINGULAR, VARIANTS, Variant, get_variant, needle_plan, needle_text, query_text
+from .plan import SINGULAR, VARIANTS, Variant, batch_depths, get_variant, needle_plan, needle_text, query_text
 from .tokenizer import TOKENIZER
 
 __all__ = ["VARIANTS", "SINGULAR", "Variant", "NeedleSample", "NeedleBatch", "needle_text", "query_text",
@@ -151,17 +151,7 @@ def niah_batch(*, n: int = 8, context_len: int = 512, seed: int = 0, variant: st
                depths=None, haystack: str | None = None) -> NeedleBatch:
     """``n`` needle prompts of ``context_len`` tokens. ``depths``: one float, a list of n
     floats, or None for evenly spread depths (i + 0.5) / n."""
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        raise ValueError(f"n: must be a positive integer, got {n!r}")
-    if isinstance(context_len, bool) or not isinstance(context_len, int) or context_len < 1:
-        raise ValueError(f"context_len: must be a positive integer, got {context_len!r}")
-    if depths is None:
-        depths = [(i + 0.5) / n for i in range(n)]
-    elif isinstance(depths, (int, float)):
-        depths = [float(depths)] * n
-    depths = list(depths)
-    if len(depths) != n:
-        raise ValueError(f"depths: got {len(depths)} depths for n={n} samples")
+    depths = batch_depths(n, context_len, depths)
     samples = [make_sample(context_len=context_len, depth=d, seed=seed * 100_003 + i,
                            variant=variant, haystack=haystack) for i, d in enumerate(depths)]
     tokens = torch.tensor([s.tokens for s in samples], dtype=torch.long)  # (n, T)

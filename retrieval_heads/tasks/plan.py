@@ -110,6 +110,24 @@ def get_variant(name: str) -> Variant:
 
 
 # ---- text ---------------------------------------------------------------------------------
+def batch_depths(n, context_len, depths, *, min_context_len: int = 1) -> list[float]:
+    """Check a batch's ``n`` and ``context_len`` and spread its ``depths``: one float for every
+    sample, a list of ``n`` floats, or None for evenly spread depths (i + 0.5) / n."""
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ValueError(f"n: must be a positive integer, got {n!r}")
+    if isinstance(context_len, bool) or not isinstance(context_len, int) or context_len < min_context_len:
+        need = "a positive integer" if min_context_len == 1 else f"an integer >= {min_context_len}"
+        raise ValueError(f"context_len: must be {need}, got {context_len!r}")
+    if depths is None:
+        depths = [(i + 0.5) / n for i in range(n)]
+    elif isinstance(depths, (int, float)):
+        depths = [float(depths)] * n
+    depths = list(depths)
+    if len(depths) != n:
+        raise ValueError(f"depths: got {len(depths)} depths for n={n} samples")
+    return depths
+
+
 def draw_key(rng: random.Random, kind: str) -> str:
     if kind == "uuids":
         return str(uuid.UUID(int=rng.getrandbits(128), version=4))
