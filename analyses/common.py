@@ -173,6 +173,15 @@ def script_log(name: str):
     return log
 
 
+def analysis_parser(doc: str, *, quick: str, preset: str,
+                    smoke: str = "a few steps, to test the pipeline (seconds)") -> argparse.ArgumentParser:
+    """The parser of a multi-run analysis script: its docstring's first line as description,
+    ``--quick`` / ``--smoke`` and ``--preset`` (see :func:`add_mode_args`)."""
+    ap = argparse.ArgumentParser(description=doc.split("\n")[0])
+    add_mode_args(ap, quick=quick, smoke=smoke, preset=preset)
+    return ap
+
+
 def add_mode_args(ap: argparse.ArgumentParser, *, quick: str, smoke: str = "seconds: micro settings for tests",
                   preset: str | None = None) -> None:
     """``--quick`` / ``--smoke`` (mutually exclusive; neither = the full mode, sized for a GPU)

@@ -28,7 +28,6 @@ kaleido works) and ``results.json``. Runs go to ``OUT/runs/`` and are reused whe
 
 from __future__ import annotations
 
-import argparse
 import os
 import platform
 import shlex
@@ -39,7 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from analyses.common import (  # noqa: E402
     RunLog,
-    add_mode_args,
+    analysis_parser,
     map_in_processes,
     Timer,
     apply_overrides,
@@ -330,9 +329,8 @@ def figures(runs, evals, pos, fits, out: Path, target: str, log=print):
 
 
 def main(argv=None) -> dict:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    add_mode_args(ap, quick="CPU micro sizes (~4 min on 2 cores)", smoke="a few steps, to test the pipeline (seconds)",
-                  preset="base preset of the full mode [gpu-small]")
+    ap = analysis_parser(__doc__, quick="CPU micro sizes (~4 min on 2 cores)",
+                         preset="base preset of the full mode [gpu-small]")
     ap.add_argument("--hybrids", default=None, help="comma list of S:<window>, M, D, L (F is always added)")
     ap.add_argument("--sizes", default=None, help="comma list of d_model values (>= 3 for the fit)")
     ap.add_argument("--main-size", type=int, default=None, help="d_model at which every hybrid is trained")

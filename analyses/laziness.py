@@ -49,7 +49,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from analyses.common import (  # noqa: E402
     RunLog,
-    add_mode_args,
+    analysis_parser,
     map_in_processes,
     Timer,
     apply_overrides,
@@ -318,9 +318,8 @@ def figures(runs, summary, curves, ctx: int, out: Path, log=print):
 
 
 def main(argv=None) -> dict:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    add_mode_args(ap, quick="CPU micro config (~7 min on 2 cores)", smoke="a few steps, to test the pipeline (seconds)",
-                  preset="preset for the full mode [gpu-small]")
+    ap = analysis_parser(__doc__, quick="CPU micro config (~7 min on 2 cores)",
+                         preset="preset for the full mode [gpu-small]")
     ap.add_argument("--windows", default=None, help="comma-separated SWA windows")
     ap.add_argument("--seeds", default=None, help="comma-separated seeds")
     ap.add_argument("--steps", type=int, default=None, help="length of the LR schedule")
