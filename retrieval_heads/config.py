@@ -16,10 +16,19 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-# One letter per layer kind (see docs/ARCHITECTURE.md, "Conventions").
+# One letter per layer kind (see docs/ARCHITECTURE.md, "Conventions"). The attention kinds F
+# and S belong to this module (``pos``, ``rope_base`` and ``window`` are theirs). Every other
+# letter is a recurrent mixer: its class in ``retrieval_heads/model/mixers/`` declares what it
+# is (recurrence family, Q/K weights, hooks, beta) and ``register_mixer`` registers its letter
+# here (``register_layer_kind``) when that module is imported. The built-in mixers' letters
+# are listed below as well, so that a layout parses before torch and the model package are
+# imported (``import retrieval_heads`` loads only this module); ``register_mixer`` checks that
+# each has its class. This module imports nothing from the package: the registry is filled
+# from above, never looked up from here.
 LAYER_KINDS = {
     "F": "full attention",
     "S": "sliding-window attention",
@@ -28,7 +37,74 @@ LAYER_KINDS = {
     "L": "lightning / linear attention with decay",
 }
 ATTENTION_KINDS = ("F", "S")
-RECURRENT_KINDS = ("M", "D", "L")
+BUILTIN_KINDS = tuple(LAYER_KINDS)  # cannot be unregistered
+
+
+class _RecurrentKinds(Sequence):
+    """The registered letters that are not attention kinds, as a live read-only tuple (a
+    module that did ``from config import RECURRENT_KINDS`` sees later registrations)."""
+
+    def _letters(self) -> tuple[str, ...]:
+        return tuple(k for k in LAYER_KINDS if k not in ATTENTION_KINDS)
+
+    def __getitem__(self, i):
+        return self._letters()[i]
+
+    def __len__(self) -> int:
+        return len(self._letters())
+
+    def __contains__(self, x) -> bool:
+        return isinstance(x, str) and x in LAYER_KINDS and x not in ATTENTION_KINDS
+
+    def __iter__(self):
+        return iter(self._letters())
+
+    def __eq__(self, other) -> bool:
+        if isinstance(other, (tuple, list, _RecurrentKinds)):
+            return self._letters() == tuple(other)
+        return NotImplemented
+
+    __hash__ = None
+
+    def __add__(self, other):
+        return self._letters() + tuple(other)
+
+    def __radd__(self, other):
+        return tuple(other) + self._letters()
+
+    def __repr__(self) -> str:
+        return repr(self._letters())
+
+
+RECURRENT_KINDS = _RecurrentKinds()  # ("M", "D", "L") plus any registered mixer
+
+
+def register_layer_kind(letter: str, description: str | None = None) -> None:
+    """Make ``letter`` a valid layout letter for a recurrent mixer (called by
+    ``retrieval_heads.model.mixers.register_mixer``). A letter that is already listed keeps its
+    description (``description`` must then be None or the same); a new one needs one."""
+    if not (isinstance(letter, str) and len(letter) == 1 and "A" <= letter <= "Z"):
+        raise ValueError(f"layer kind: a layout letter is one ASCII capital A-Z, got {letter!r}")
+    if letter in ATTENTION_KINDS:
+        raise ValueError(f"layer kind: {letter!r} is an attention kind ({LAYER_KINDS[letter]}); "
+                         "a mixer needs a letter of its own")
+    if letter in LAYER_KINDS:
+        if description is not None and description != LAYER_KINDS[letter]:
+            raise ValueError(f"layer kind: {letter!r} is already {LAYER_KINDS[letter]!r}; "
+                             f"pick another letter for {description!r}")
+        return
+    if not isinstance(description, str) or not description.strip():
+        raise ValueError(f"layer kind {letter!r}: give a description (one line, e.g. 'gated DeltaNet')")
+    LAYER_KINDS[letter] = description
+
+
+def unregister_layer_kind(letter: str) -> None:
+    """Remove a letter added by ``register_layer_kind`` (the built-in letters stay)."""
+    if letter in BUILTIN_KINDS:
+        raise ValueError(f"layer kind: {letter!r} is built in and cannot be unregistered")
+    LAYER_KINDS.pop(letter, None)
+
+
 POS_ENCODINGS = ("rope", "nope")
 ATTN_BACKENDS = ("auto", "eager", "sdpa", "blocked", "flex", "flash")
 # recurrent mixers (M, D, L): "auto" = flash-linear-attention's kernels for CUDA bf16/fp16

@@ -4,6 +4,9 @@
     >>> import pandas as pd, retrieval_heads as rh
     >>> scores = pd.read_parquet("runs/x/scan/scores.parquet")            # doctest: +SKIP
     >>> rh.plots.heatmap_slider(scores, "copy").write_html("copy.html")    # doctest: +SKIP
+
+Colour scales and the report's heatmaps follow the metric table
+(``retrieval_heads.detect.metrics``): a bounded metric gets its fixed range.
 """
 
 from __future__ import annotations
@@ -12,7 +15,12 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-BOUNDED = {"copy": (0.0, 1.0), "mass": (0.0, 1.0), "entropy_norm": (0.0, 1.0)}
+from .detect import metrics as _metrics
+
+
+def bounded() -> dict[str, tuple[float, float]]:
+    """{metric: (low, high)} for every bounded metric of the table (fixed colour scales)."""
+    return {n: m.range for n, m in _metrics.REGISTRY.items() if m.bounded}
 
 
 def head_label(layer: int, head: int, layer_type: str | None = None) -> str:
@@ -33,7 +41,7 @@ def heatmap_slider(scores: pd.DataFrame, metric: str = "copy", x: str = "step") 
     heads = sorted(d["head"].unique())
     ltype = d.drop_duplicates("layer").set_index("layer")["layer_type"]
     ylab = [f"L{l} ({ltype[l]})" for l in layers]
-    zmin, zmax = BOUNDED.get(metric, (None, None))
+    zmin, zmax = _metrics.colour_range(metric)
     if zmin is None:
         zmin, zmax = float(d["value"].min()), float(d["value"].max())
     tokens = d.drop_duplicates("step").set_index("step")["tokens_seen"]
@@ -56,6 +64,17 @@ def heatmap_slider(scores: pd.DataFrame, metric: str = "copy", x: str = "step") 
         sliders=[dict(active=len(steps) - 1, steps=slider_steps, currentvalue=dict(prefix="step "))],
         yaxis=dict(autorange="reversed"), height=260 + 28 * len(layers))
     return fig
+
+
+def metric_heatmaps(scores: pd.DataFrame, x: str = "step") -> list[go.Figure]:
+    """One ``heatmap_slider`` per metric of the table marked ``heatmap``: attention metrics
+    always (a "no data" figure when the table has none), weight metrics (``qk_distance``)
+    only when the table has their rows (a scan without a reference has none)."""
+    figs = []
+    for name in _metrics.heatmap_metrics():
+        if _metrics.metric(name).kind == "attention" or (scores["metric"] == name).any():
+            figs.append(heatmap_slider(scores, name, x=x))
+    return figs
 
 
 def top_heads(scores: pd.DataFrame, k: int = 6, metric: str = "copy") -> list[tuple[int, int]]:

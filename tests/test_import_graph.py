@@ -18,9 +18,9 @@ PKG = Path(__file__).resolve().parents[1] / "retrieval_heads"
 # lowest first; a part may import the parts of lower layers
 LAYERS = [
     {"_version", "config", "labels"},
-    {"model", "tasks", "plots"},
+    {"model", "tasks"},
     {"storage", "detect", "eval"},
-    {"interventions", "hf", "train"},
+    {"interventions", "hf", "train", "plots"},  # plots reads the metric table (detect.metrics)
     {"pipeline"},
     {"demo", "notebook"},
     {"cli"},

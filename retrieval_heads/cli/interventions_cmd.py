@@ -15,6 +15,7 @@ from pathlib import Path
 
 import click
 
+from ..detect.metrics import retrieval_metrics
 from .options import FLOAT_LIST, INT_LIST, POSITIVE
 
 
@@ -136,7 +137,7 @@ def eval_cmd(ckpt, context_lens, depths, variant, n, seed, loss_len, loss_rows, 
 @click.option("--scores", "scores_path", default=None,
               help="Scan table (RUN or scores.parquet) [default: RUN/scan/scores.parquet if it has this step, "
                    "else scored now].")
-@click.option("--metric", default="mass", show_default=True, type=click.Choice(["copy", "mass"]),
+@click.option("--metric", default="mass", show_default=True, type=click.Choice(list(retrieval_metrics())),
               help="Retrieval score used to rank heads.")
 @click.option("--method", default="zero", show_default=True, type=click.Choice(["zero", "mean"]))
 @click.option("--context-lens", default=None, type=INT_LIST,

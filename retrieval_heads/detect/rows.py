@@ -6,8 +6,8 @@ with this small interface (``HybridRows`` implements it for ``HybridLM``; an ada
 Hugging Face models only has to provide the same members)::
 
     n_layers, n_heads          ints
-    layer_types                str, one letter per layer ("F", "S", "M", "D", "L"; any other
-                               letter = not scorable)
+    layer_types                str, one letter per layer (``config.LAYER_KINDS``: F, S, M, D, L
+                               and any registered mixer; any other letter = not scorable)
     windows                    list[int | None]: keys a query of each layer sees (incl. itself)
     eos                        stop token id (or None)
     decode(ids) -> str         token ids -> text (for the correctness check)
@@ -37,10 +37,14 @@ from dataclasses import dataclass, field
 
 import torch
 
+from ..config import ATTENTION_KINDS, RECURRENT_KINDS
 from ..model import kernels
+from ..model.mixers import EFFECTIVE_ATTENTION_HOOKS
 
-RECURRENT_TYPES = ("M", "D", "L")
-ATTENTION_TYPES = ("F", "S")
+# the layout letters scored as attention / through effective attention: config's tables
+# (RECURRENT_KINDS is live: a mixer registered later is included)
+RECURRENT_TYPES = RECURRENT_KINDS
+ATTENTION_TYPES = ATTENTION_KINDS
 
 
 @dataclass
@@ -105,12 +109,13 @@ class HybridRows:
         return self._decode(ids)
 
     def scorable_layers(self, recurrent: bool = False) -> list[int]:
-        kinds = ATTENTION_TYPES + (RECURRENT_TYPES if recurrent else ())
-        return [l for l, c in enumerate(self.layer_types) if c in kinds]
+        return [l for l, c in enumerate(self.layer_types)
+                if c in ATTENTION_TYPES or (recurrent and c in RECURRENT_TYPES)]
 
     # --- recurrent capture -------------------------------------------------------------
     def _recurrent_hooks(self, store: dict) -> list:
-        """Hooks that append hook_q/k/decay/beta of every recurrent layer to ``store``."""
+        """Hooks that append what ``effective_attention`` reads (hook_q/k/decay, and hook_beta
+        for a mixer that declares ``uses_beta``) of every recurrent layer to ``store``."""
         hooks = []
         for l in self.scorable_layers(True):
             if self.layer_types[l] not in RECURRENT_TYPES:
@@ -119,7 +124,7 @@ class HybridRows:
             if mixer.window is not None:
                 raise ValueError(f"layer {l}: effective attention is undefined under a receptive-field "
                                  "window; remove mixer.window before scoring recurrent layers")
-            names = ["q", "k", "decay"] + (["beta"] if mixer.uses_beta else [])
+            names = list(EFFECTIVE_ATTENTION_HOOKS) + (["beta"] if mixer.uses_beta else [])
             for n in names:
                 def fn(x, hook, l=l, n=n):
                     store.setdefault(l, {}).setdefault(n, []).append(x.detach())

@@ -21,6 +21,10 @@ Rules (per sample; then averaged over samples):
 - ``entropy``: -sum p log p of that query row; ``entropy_norm`` = entropy / log(n) with n the
   number of keys the query sees (0 when n = 1).
 
+The metrics themselves (names, ranges, which are row functions) are the table in
+``retrieval_heads.detect.metrics``; a metric registered there is computed and averaged here
+without further changes.
+
 A sample whose answer span cannot be located (out of range, empty, beyond the query, or not
 holding its gold value) is *invalid*: it is excluded from every average and counted in
 ``n_invalid`` (with a warning; ``strict=True`` raises instead). It never counts as zeros.
@@ -36,8 +40,21 @@ import pandas as pd
 import torch
 
 from ..tasks import string_match_all
+from .metrics import (
+    REGISTRY,
+    RowContext,
+    attention_metrics,
+    entropy,  # noqa: F401 (re-exported: the pure scoring functions live in metrics.py)
+    retrieval_metrics,
+    row_metrics,
+    span_mass,  # noqa: F401
+    visible_keys,
+)
+from .metrics import metric as metric_spec
 from .rows import as_row_source
 
+# the built-in entries of the metric table (``metrics.retrieval_metrics()`` /
+# ``metrics.attention_metrics()`` include registered ones)
 METHODS = ("copy", "mass")
 METRICS = ("copy", "mass", "entropy", "entropy_norm")
 
@@ -82,20 +99,6 @@ def copy_step(argmax: torch.Tensor, generated: torch.Tensor, prompt: torch.Tenso
     tok = prompt.gather(1, pos)  # (B, H) prompt token at the argmax
     w = weights.gather(1, pos)  # (B, H)
     return torch.where(inside & (tok == generated[:, None]), w, torch.zeros_like(w))
-
-
-def span_mass(rows: torch.Tensor, spans_mask: torch.Tensor) -> torch.Tensor:
-    """rows (B, H, T) probabilities; spans_mask (B, T) bool -> (B, H) mass on the spans."""
-    return (rows * spans_mask[:, None, :].to(rows.dtype)).sum(-1)
-
-
-def entropy(rows: torch.Tensor) -> torch.Tensor:
-    """(..., T) probability rows -> (...) entropy in nats (0 log 0 = 0)."""
-    return -torch.special.xlogy(rows, rows).sum(-1)
-
-
-def visible_keys(query_pos: int, window: int | None) -> int:
-    return query_pos + 1 if window is None else min(window, query_pos + 1)
 
 
 # --- the result object --------------------------------------------------------------------
@@ -156,26 +159,29 @@ class HeadScores:
 
     @property
     def copy(self) -> torch.Tensor:
-        if "copy" not in self.per_sample:
-            raise ValueError("copy scores were not computed; pass methods=('copy', ...)")
-        return self._mean("copy", self.counted)
+        return self.scores("copy")
 
     @property
     def mass(self) -> torch.Tensor:
-        return self._mean("mass", self.valid)
+        return self.scores("mass")
 
     @property
     def entropy(self) -> torch.Tensor:
-        return self._mean("entropy", self.valid)
+        return self.scores("entropy")
 
     @property
     def entropy_norm(self) -> torch.Tensor:
-        return self._mean("entropy_norm", self.valid)
+        return self.scores("entropy_norm")
 
     def scores(self, metric: str = "copy") -> torch.Tensor:
-        if metric not in METRICS:
-            raise ValueError(f"metric: {metric!r}; use one of {METRICS}")
-        return getattr(self, metric)
+        """[n_layers, n_heads] mean of an attention metric of the table (``metrics``) over
+        its samples: the counted ones for copy, the valid ones otherwise."""
+        names = attention_metrics()
+        if metric not in names:
+            raise ValueError(f"metric: {metric!r}; use one of {names}")
+        if metric not in self.per_sample:
+            raise ValueError(f"{metric} scores were not computed; pass methods=({metric!r}, ...)")
+        return self._mean(metric, self.counted if metric_spec(metric).over == "counted" else self.valid)
 
     def top_heads(self, k: int = 4, metric: str = "copy") -> list[tuple[int, int, float]]:
         s = self.scores(metric)
@@ -187,11 +193,11 @@ class HeadScores:
     def to_frame(self) -> pd.DataFrame:
         """Tidy table: layer, head, layer_type, metric, value, n (samples averaged)."""
         rows = []
-        metrics = [m for m in METRICS if m in self.per_sample]
+        metrics = [m for m in attention_metrics() if m in self.per_sample]
         H = self.per_sample[metrics[0]].shape[2]
         for m in metrics:
             s = self.scores(m)
-            n = self.n_counted if m == "copy" else int(self.valid.sum())
+            n = self.n_counted if metric_spec(m).over == "counted" else int(self.valid.sum())
             for l in self.scored_layers:
                 for h in range(H):
                     rows.append((l, h, self.layer_types[l], m, float(s[l, h]), n))
@@ -226,38 +232,41 @@ class HeadScores:
 
 # --- the detector -------------------------------------------------------------------------
 def _row_metrics(out: dict, rows: dict, b0: int, spans_mask, qpos: list[int], windows) -> None:
-    """Fill mass/entropy (n, L, H) entries of samples b0.. from query rows {layer: (B, H, T)}."""
+    """Fill the row metrics' (n, L, H) entries (mass, entropy, ...: ``metrics.row_metrics``)
+    of samples b0.. from query rows {layer: (B, H, T)}."""
+    names = [m for m in row_metrics() if m in out]
     for l, r in rows.items():
         r = r.float().cpu()
         Tk = r.shape[-1]
         B = r.shape[0]
-        out["mass"][b0:b0 + B, l] = span_mass(r, spans_mask[:, :Tk])
-        ent = entropy(r)  # (B, H)
-        out["entropy"][b0:b0 + B, l] = ent
         n = torch.tensor([visible_keys(q, windows[l]) for q in qpos], dtype=torch.float32)
-        norm = torch.where(n[:, None] > 1, ent / n.clamp_min(2).log()[:, None], torch.zeros_like(ent))
-        out["entropy_norm"][b0:b0 + B, l] = norm
+        ctx = RowContext(spans=spans_mask[:, :Tk], visible=n)
+        for m in names:
+            out[m][b0:b0 + B, l] = REGISTRY[m].row(r, ctx)
 
 
 def score_heads(model, batch, *, methods=METHODS, recurrent: bool = False, only_correct: bool = True,
                 max_new_tokens: int | None = None, batch_size: int = 8, strict: bool = False,
                 fwd_hooks=()) -> HeadScores:
     """Score every head of ``model`` (a ``HybridLM`` or any row source, see ``detect.rows``)
-    on a ``NeedleBatch``. ``methods`` picks ``copy`` (greedy decoding) and/or ``mass``;
-    entropy comes with either. ``recurrent=True`` also scores M/D/L layers through their
+    on a ``NeedleBatch``. ``methods`` picks ``copy`` (greedy decoding) and/or ``mass`` (or
+    another retrieval metric of the table, ``metrics.retrieval_metrics``); every row metric
+    (mass, entropy, entropy_norm, ...) comes with any of them. ``recurrent=True`` also scores M/D/L layers through their
     effective attention. ``fwd_hooks`` are extra TransformerLens hooks active on every
     forward pass (e.g. an ablation). Memory is O(T) per sample."""
     methods = tuple(methods) if not isinstance(methods, str) else (methods,)
-    bad = [m for m in methods if m not in METHODS]
+    names = retrieval_metrics()
+    bad = [m for m in methods if m not in names]
     if bad or not methods:
-        raise ValueError(f"method: {bad or methods!r}; use one or both of {METHODS}")
+        raise ValueError(f"method: {bad or methods!r}; use one {'or both' if len(names) == 2 else 'or more'} "
+                         f"of {names}")
     src = as_row_source(model)
     layers = src.scorable_layers(recurrent)
     L, H = src.n_layers, src.n_heads
     tokens = batch.tokens
     n, T = tokens.shape
     windows = src.windows
-    metrics = [m for m in METRICS if m != "copy" or "copy" in methods]
+    metrics = [m for m in attention_metrics() if not REGISTRY[m].decode or m in methods]
     out = {m: torch.full((n, L, H), float("nan")) for m in metrics}
     valid = torch.ones(n, dtype=torch.bool)
     invalid = []
@@ -315,8 +324,9 @@ def score_heads(model, batch, *, methods=METHODS, recurrent: bool = False, only_
 
 def retrieval_scores(model, batch, method: str = "copy", **kw) -> torch.Tensor:
     """[n_layers, n_heads] retrieval scores (NaN for layers not scored). ``method``: ``copy``
-    (Wu et al.) or ``mass``. Keyword arguments go to ``score_heads``; use it directly for the
-    counts, entropy and per-sample values."""
-    if method not in METHODS:
-        raise ValueError(f"method: {method!r}; use 'copy' or 'mass'")
+    (Wu et al.) or ``mass`` (or another of ``metrics.retrieval_metrics()``). Keyword arguments
+    go to ``score_heads``; use it directly for the counts, entropy and per-sample values."""
+    names = retrieval_metrics()
+    if method not in names:
+        raise ValueError(f"method: {method!r}; use {' or '.join(map(repr, names))}")
     return score_heads(model, batch, methods=(method,), **kw).scores(method)

@@ -7,8 +7,8 @@ shares them). Per head::
     l2      = sqrt(||dQ||_F^2 + ||dK||_F^2)
     rel_l2  = l2 / sqrt(||Q_ref||_F^2 + ||K_ref||_F^2)
 
-Attention layers always; the recurrent D and L mixers (which have per-head ``W_Q``/``W_K``)
-when ``recurrent=True``; other layers are NaN.
+Attention layers always; recurrent mixers that declare per-head Q/K weights (their class's
+``qk_weights``: D and L, not M) when ``recurrent=True``; other layers are NaN.
 
     >>> import retrieval_heads as rh
     >>> m = rh.HybridLM(rh.ModelConfig(layout="SF", d_model=32, n_heads=2, window=8))
@@ -20,7 +20,8 @@ from __future__ import annotations
 
 import torch
 
-from ..config import ModelConfig
+from ..config import ATTENTION_KINDS, LAYER_KINDS, ModelConfig
+from ..model import token_mixer_class
 
 
 def _state(x) -> dict:
@@ -28,18 +29,23 @@ def _state(x) -> dict:
 
 
 def head_qk_slices(state: dict, cfg: ModelConfig, layer: int, recurrent: bool = False):
-    """[H, d_head, d_model] query and key row-slices of a layer, or None if it has none."""
+    """[H, d_key, d_model] query and key row-slices of a layer, or None if it has none. The
+    parameter names come from the layer class's ``qk_weights`` (under ``blocks.{l}.attn.`` or
+    ``blocks.{l}.mixer.``); key heads are read off the key weight's shape (grouped-query
+    attention: one key head per group, repeated for its query heads)."""
     kind = cfg.layout[layer]
-    if kind in ("F", "S"):
-        pre, hkv = f"blocks.{layer}.attn.", cfg.n_kv_heads
-    elif recurrent and kind in ("D", "L"):
-        pre, hkv = f"blocks.{layer}.mixer.", cfg.n_heads
-    else:
+    if kind not in LAYER_KINDS or (kind not in ATTENTION_KINDS and not recurrent):
         return None
-    H, D = cfg.n_heads, cfg.d_head
-    q = state[pre + "W_Q.weight"].detach().float().view(H, D, -1)  # (H, D, d_model)
-    k = state[pre + "W_K.weight"].detach().float().view(hkv, D, -1)  # (Hkv, D, d_model)
-    k = k.repeat_interleave(H // hkv, dim=0)  # (H, D, d_model)
+    cls = token_mixer_class(kind)
+    if cls.qk_weights is None:
+        return None
+    pre = f"blocks.{layer}.{cls.submodule}."
+    H = cfg.n_heads
+    q = state[pre + cls.qk_weights[0]].detach().float()
+    q = q.view(H, q.shape[0] // H, -1)  # (H, D, d_model)
+    k = state[pre + cls.qk_weights[1]].detach().float()
+    k = k.view(k.shape[0] // q.shape[1], q.shape[1], -1)  # (Hkv, D, d_model)
+    k = k.repeat_interleave(H // k.shape[0], dim=0)  # (H, D, d_model)
     return q, k
 
 

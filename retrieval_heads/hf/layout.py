@@ -30,7 +30,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
-from ..config import LAYER_KINDS, parse_layout
+from ..config import ATTENTION_KINDS, LAYER_KINDS, parse_layout
 
 # HF type names for `linear_attention` layers differ in meaning between families
 LINEAR_ATTENTION_KIND = {
@@ -55,7 +55,7 @@ ABSOLUTE_POS = ("gpt2", "gpt_neo", "gpt_bigcode", "opt")
 class LayerSpec:
     """One layer of an HF model in our terms."""
 
-    kind: str  # F S M D L
+    kind: str  # a layout letter (config.LAYER_KINDS): F S M D L
     hf_type: str  # the HF name it came from ("sliding_attention", "mamba", ...)
     pos: str = "-"  # "rope" | "nope" | "abs" | "-" (no attention)
     window: int | None = None  # keys a sliding query sees, itself included
@@ -66,7 +66,7 @@ class LayerSpec:
 
     @property
     def is_attention(self) -> bool:
-        return self.kind in ("F", "S")
+        return self.kind in ATTENTION_KINDS
 
     def describe(self) -> str:
         s = self.kind + (f"+{self.parallel}" if self.parallel else "")
@@ -228,7 +228,7 @@ def hf_layout(config, *, layout: str | None = None) -> HFLayout:
     layers = []
     for l, (kind, t) in enumerate(zip(letters, types)):
         parallel = "M" if t == "hybrid" else None
-        if kind not in ("F", "S"):
+        if kind not in ATTENTION_KINDS:
             layers.append(LayerSpec(kind=kind, hf_type=t))
             continue
         rope = _rope_params(cfg, t)

@@ -44,6 +44,7 @@ import torch.nn as nn
 from transformer_lens import HookedRootModule
 from transformer_lens.hook_points import HookPoint
 
+from ..config import ATTENTION_KINDS, RECURRENT_KINDS
 from ..detect.rows import DecodeRows
 from . import attention as A
 from .layout import HFLayout, hf_layout
@@ -76,10 +77,10 @@ class BlockHooks(nn.Module):
         self.kind = kind
         self.hook_resid_pre = HookPoint()  # [batch, pos, d_model]
         self.hook_resid_post = HookPoint()  # [batch, pos, d_model]
-        if kind in ("F", "S"):
+        if kind in ATTENTION_KINDS:
             self.attn = AttnHooks()
             self.hook_attn_out = HookPoint()  # [batch, pos, d_model]
-        if kind not in ("F", "S") or parallel:
+        if kind not in ATTENTION_KINDS or parallel:
             self.hook_mixer_out = HookPoint()  # [batch, pos, d_model]
         if has_mlp:
             self.hook_mlp_out = HookPoint()  # [batch, pos, d_model]
@@ -104,13 +105,13 @@ class HFConfig:
 
     @property
     def attention_layers(self) -> list[int]:
-        return [l for l, c in enumerate(self.layout) if c in ("F", "S")]
+        return [l for l, c in enumerate(self.layout) if c in ATTENTION_KINDS]
 
     def layer_kind(self, layer: int) -> str:
         return self.layout[layer]
 
     def is_attention(self, layer: int) -> bool:
-        return self.layout[layer] in ("F", "S")
+        return self.layout[layer] in ATTENTION_KINDS
 
     def describe(self) -> str:
         return f"{self.architecture}: layout={self.layout} d_model={self.d_model} heads={self.n_heads}"
@@ -361,7 +362,7 @@ class HFModel(HookedRootModule):
         return self.tokenizer.decode(ids[:cut], skip_special_tokens=True).strip()
 
     def scorable_layers(self, recurrent: bool = False) -> list[int]:
-        if recurrent and not self._warned_recurrent and any(c in "MDL" for c in self.layer_types):
+        if recurrent and not self._warned_recurrent and any(c in RECURRENT_KINDS for c in self.layer_types):
             warnings.warn("HF models: effective attention of recurrent layers is not implemented; "
                           "their scores stay NaN", stacklevel=2)
             self._warned_recurrent = True

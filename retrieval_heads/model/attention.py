@@ -39,6 +39,11 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
 
 
 class Attention(nn.Module):
+    # declarations read like a mixer's (see ``mixers/base.py``): the F and S layers
+    qk_weights = ("W_Q.weight", "W_K.weight")  # rows [n_heads (n_kv_heads) * d_head, d_model]
+    hooks = ("q", "k", "v", "rot_q", "rot_k", "attn_scores", "pattern", "z")
+    submodule = "attn"  # blocks.{l}.attn
+
     def __init__(self, cfg: ModelConfig, layer: int):
         super().__init__()
         self.cfg = cfg

@@ -1,7 +1,8 @@
 """`HybridLM`: a small hybrid language model whose every head is hookable.
 
 Pre-norm blocks: ``x + mixer(RMSNorm(x))`` then ``x + SwiGLU(RMSNorm(x))``; the mixer is an
-`Attention` (layout letters F, S) or a recurrent mixer (M, D, L). Subclasses TransformerLens's
+`Attention` (layout letters F, S) or a recurrent mixer (M, D, L, or any registered with
+``mixers.register_mixer``; ``token_mixer_class`` maps a letter to its class). Subclasses TransformerLens's
 ``HookedRootModule``, so ``run_with_cache``, ``run_with_hooks`` and ``ActivationCache`` work.
 
 Block hooks: ``blocks.{l}.hook_resid_pre``, ``hook_resid_mid``, ``hook_resid_post``,
@@ -23,9 +24,22 @@ import torch.nn.functional as F
 from transformer_lens import HookedRootModule
 from transformer_lens.hook_points import HookPoint
 
-from ..config import ModelConfig
+from ..config import ATTENTION_KINDS, LAYER_KINDS, ModelConfig
 from .attention import Attention
 from .mixers import MIXERS
+
+
+def token_mixer_class(kind: str) -> type[nn.Module]:
+    """The module class of a layout letter: ``Attention`` for F and S, else the mixer class
+    registered under it (``mixers.register_mixer``). Both carry the declarations the detector
+    reads: ``submodule`` ("attn" / "mixer"), ``qk_weights``, ``hooks``."""
+    if kind in ATTENTION_KINDS:
+        return Attention
+    if kind not in MIXERS:
+        raise ValueError(f"layer kind {kind!r}: no mixer class is registered for it "
+                         f"(registered: {', '.join(ATTENTION_KINDS + tuple(MIXERS))}; "
+                         f"layout letters: {', '.join(LAYER_KINDS)})")
+    return MIXERS[kind]
 
 
 class SwiGLU(nn.Module):
@@ -50,7 +64,7 @@ class Block(nn.Module):
             self.attn = Attention(cfg, layer)
             self.hook_attn_out = HookPoint()  # [batch, pos, d_model]
         else:
-            self.mixer = MIXERS[self.kind](cfg, layer)
+            self.mixer = token_mixer_class(self.kind)(cfg, layer)
             self.hook_mixer_out = HookPoint()  # [batch, pos, d_model]
         self.mlp = SwiGLU(cfg)
         self.hook_resid_pre = HookPoint()  # [batch, pos, d_model]

@@ -1,4 +1,4 @@
-"""Shared machinery of the recurrent mixers (`M`, `D`, `L`).
+"""Shared machinery of the recurrent mixers (`M`, `D`, `L`, ...) and their registry.
 
 Every mixer turns its input into queries, keys, values, a per-step log-decay and (for the
 delta rule) a write strength, runs a linear recurrence from ``..recurrence``, then gates,
@@ -14,20 +14,93 @@ Because the output is linear in the values with coefficients that do not depend 
 ``o_t = sum_s W[t, s] v_s`` per head: ``W`` is the mixer's *effective attention*.
 ``effective_attention`` computes rows of ``W`` for chosen query positions without ever
 building the T x T matrix (one backward pass through the chunked recurrence).
+
+A mixer class *declares* what it is, and ``@register_mixer`` files it under its letter in
+``MIXERS`` and in ``config.LAYER_KINDS``; the rest of the package reads these declarations::
+
+    letter       the layout letter (one ASCII capital, not F or S)
+    description  one line for config.LAYER_KINDS (None = the built-in letter's own)
+    family       the recurrence it runs, a key of ``FAMILIES``: "decay" (scalar-decay linear
+                 attention: M, L) or "delta" (gated delta rule: D)
+    uses_beta    whether it passes a write strength beta (None = the family's rule)
+    qk_weights   parameter names of its per-head query and key weights under
+                 ``blocks.{l}.mixer.`` (rows [n_heads * d_key, d_model]) for the Q/K distance
+                 (``detect.weights``), or None when it has none (M: B, C shared by all heads)
+    hooks        the hook points it fires (``blocks.{l}.mixer.hook_{name}``); None = q, k, v,
+                 decay, (beta,) out
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from transformer_lens.hook_points import HookPoint
 
+from ...config import ATTENTION_KINDS, BUILTIN_KINDS, register_layer_kind, unregister_layer_kind
 from .. import recurrence
 
 
+# --- recurrence families -----------------------------------------------------------------
+# The functions look ``recurrence.*`` up at call time (tests monkeypatch them).
+def _decay_chunked(q, k, v, log_a, beta, state, *, chunk, backend):
+    return recurrence.decay_linear_attention(q, k, v, log_a, state, chunk=chunk, backend=backend)
+
+
+def _decay_naive(q, k, v, log_a, beta, state):
+    return recurrence.naive_decay_linear_attention(q, k, v, log_a, state)
+
+
+def _decay_windowed(mixer, q, k, v, log_a, beta, w, start):
+    return mixer._windowed_decay(q, k, v, log_a, w, start)
+
+
+def _delta_chunked(q, k, v, log_a, beta, state, *, chunk, backend):
+    return recurrence.gated_delta_rule(q, k, v, beta, log_a, state, chunk=chunk, backend=backend)
+
+
+def _delta_naive(q, k, v, log_a, beta, state):
+    return recurrence.naive_gated_delta_rule(q, k, v, beta, log_a, state)
+
+
+def _delta_windowed(mixer, q, k, v, log_a, beta, w, start):
+    return mixer._windowed_delta(q, k, v, log_a, beta, w, start)
+
+
+@dataclass(frozen=True)
+class RecurrenceFamily:
+    """One kind of linear recurrence. Shapes: q, k, v (B, H, T, D); log_a, beta (B, H, T).
+
+    chunked(q, k, v, log_a, beta, state, *, chunk, backend) -> (o, state)   the fast form
+    naive(q, k, v, log_a, beta, state) -> (o, state)       the step-by-step reference
+    windowed(mixer, q, k, v, log_a, beta, w, start) -> o   receptive field of w tokens
+    """
+
+    name: str
+    uses_beta: bool
+    chunked: Callable
+    naive: Callable
+    windowed: Callable
+
+
+FAMILIES: dict[str, RecurrenceFamily] = {
+    "decay": RecurrenceFamily("decay", False, _decay_chunked, _decay_naive, _decay_windowed),
+    "delta": RecurrenceFamily("delta", True, _delta_chunked, _delta_naive, _delta_windowed),
+}
+
+
 class RecurrentMixer(nn.Module):
-    uses_beta = False
+    # declarations (see the module docstring); @register_mixer checks and completes them
+    letter: str = ""
+    description: str | None = None
+    family: str = "decay"
+    uses_beta: bool | None = None
+    qk_weights: tuple[str, str] | None = None
+    hooks: tuple[str, ...] | None = None
+    submodule = "mixer"  # Block attribute holding it: blocks.{l}.mixer
 
     def __init__(self, cfg, layer: int):
         super().__init__()
@@ -43,20 +116,19 @@ class RecurrentMixer(nn.Module):
         self.hook_decay = HookPoint()  # [batch, pos, head]
         self.hook_beta = HookPoint()  # [batch, pos, head]
         self.hook_out = HookPoint()  # [batch, pos, head, d_value]
+        for name in type(self).hooks or ():  # extra hook points a mixer declares
+            if not hasattr(self, f"hook_{name}"):
+                setattr(self, f"hook_{name}", HookPoint())
 
     def recur(self, q, k, v, log_a, beta=None, state=None):
         """q, k, v (B, H, T, D); log_a, beta (B, H, T) -> o (B, H, T, Dv), final state.
         ``use_naive``: the step-by-step reference; else the chunked form on ``self.backend``
-        (``cfg.recurrent_backend``: fla's kernels on CUDA when installed, else torch)."""
-        if self.uses_beta:
-            if self.use_naive:
-                return recurrence.naive_gated_delta_rule(q, k, v, beta, log_a, state)
-            return recurrence.gated_delta_rule(q, k, v, beta, log_a, state, chunk=self.chunk_size,
-                                               backend=self.backend)
+        (``cfg.recurrent_backend``: fla's kernels on CUDA when installed, else torch); the
+        functions are those of the mixer's ``family``."""
+        fam = FAMILIES[self.family]
         if self.use_naive:
-            return recurrence.naive_decay_linear_attention(q, k, v, log_a, state)
-        return recurrence.decay_linear_attention(q, k, v, log_a, state, chunk=self.chunk_size,
-                                                 backend=self.backend)
+            return fam.naive(q, k, v, log_a, beta, state)
+        return fam.chunked(q, k, v, log_a, beta, state, chunk=self.chunk_size, backend=self.backend)
 
     def run(self, q, k, v, log_a, beta, cache: dict | None) -> torch.Tensor:
         """Hook the inputs, run the recurrence (continuing ``cache``), hook and return (B, T, H, Dv)."""
@@ -110,9 +182,7 @@ class RecurrentMixer(nn.Module):
             return self.recur(q, k, v, log_a, beta)[0]
         if self.use_naive:
             return self._windowed_reference(q, k, v, log_a, beta, w, start)
-        if self.uses_beta:
-            return self._windowed_delta(q, k, v, log_a, beta, w, start)
-        return self._windowed_decay(q, k, v, log_a, w, start)
+        return FAMILIES[self.family].windowed(self, q, k, v, log_a, beta, w, start)
 
     def _windowed_reference(self, q, k, v, log_a, beta, w, start=0):
         """Reference: restart the recurrence at max(0, t - w + 1) for every t (slow)."""
@@ -120,10 +190,7 @@ class RecurrentMixer(nn.Module):
         for t in range(start, q.shape[2]):
             s = max(0, t - w + 1)
             args = [x[:, :, s:t + 1] for x in (q, k, v)]
-            if self.uses_beta:
-                o, _ = self.recur(*args, log_a[:, :, s:t + 1], beta[:, :, s:t + 1])
-            else:
-                o, _ = self.recur(*args, log_a[:, :, s:t + 1])
+            o, _ = self.recur(*args, log_a[:, :, s:t + 1], None if beta is None else beta[:, :, s:t + 1])
             outs.append(o[:, :, -1])
         return torch.stack(outs, dim=2)  # (B, H, T, Dv)
 
@@ -241,3 +308,53 @@ class RecurrentMixer(nn.Module):
                 (g,) = torch.autograd.grad(sel.sum(), v0)  # (B, H, T, n)
                 rows.append(g.transpose(-1, -2))  # (B, H, n, T)
         return torch.cat(rows, dim=2)
+
+
+# --- the registry ------------------------------------------------------------------------
+MIXERS: dict[str, type[RecurrentMixer]] = {}  # layout letter -> mixer class
+EFFECTIVE_ATTENTION_HOOKS = ("q", "k", "decay")  # what effective_attention reads (+ beta)
+
+
+def register_mixer(cls: type[RecurrentMixer]) -> type[RecurrentMixer]:
+    """Class decorator: check a mixer's declarations, fill in the defaults (``uses_beta``
+    from its family, ``hooks``) and register it under its letter in ``MIXERS`` and
+    ``config.LAYER_KINDS``. Raises ``ValueError`` on a bad or taken letter, an unknown family,
+    a ``uses_beta`` that contradicts the family, or malformed ``qk_weights`` / ``hooks``."""
+    if not (isinstance(cls, type) and issubclass(cls, RecurrentMixer)):
+        raise ValueError(f"register_mixer: {cls!r} is not a RecurrentMixer subclass")
+    letter = cls.__dict__.get("letter")
+    name = cls.__name__
+    if not (isinstance(letter, str) and len(letter) == 1 and "A" <= letter <= "Z") or letter in ATTENTION_KINDS:
+        raise ValueError(f"{name}.letter: one ASCII capital other than {', '.join(ATTENTION_KINDS)}, "
+                         f"declared on the class itself; got {letter!r}")
+    if MIXERS.get(letter, cls) is not cls:
+        raise ValueError(f"{name}.letter: {letter!r} is already registered to {MIXERS[letter].__name__}")
+    if cls.family not in FAMILIES:
+        raise ValueError(f"{name}.family: {cls.family!r}; use one of {tuple(FAMILIES)}")
+    fam = FAMILIES[cls.family]
+    declared = cls.__dict__.get("uses_beta")
+    if declared is None:
+        cls.uses_beta = fam.uses_beta
+    elif declared is not fam.uses_beta:
+        raise ValueError(f"{name}.uses_beta: {cls.uses_beta} contradicts family {fam.name!r} "
+                         f"(uses_beta={fam.uses_beta})")
+    qk = cls.qk_weights
+    if qk is not None and not (isinstance(qk, tuple) and len(qk) == 2 and all(isinstance(n, str) for n in qk)):
+        raise ValueError(f"{name}.qk_weights: a (query, key) pair of parameter names or None, got {qk!r}")
+    if cls.__dict__.get("hooks") is None:
+        cls.hooks = ("q", "k", "v", "decay") + (("beta",) if cls.uses_beta else ()) + ("out",)
+    need = EFFECTIVE_ATTENTION_HOOKS + (("beta",) if cls.uses_beta else ())
+    if not (isinstance(cls.hooks, tuple) and all(isinstance(h, str) for h in cls.hooks)) \
+            or not set(need) <= set(cls.hooks):
+        raise ValueError(f"{name}.hooks: a tuple of hook names including {need}, got {cls.hooks!r}")
+    register_layer_kind(letter, cls.description)
+    MIXERS[letter] = cls
+    return cls
+
+
+def unregister_mixer(letter: str) -> None:
+    """Remove a mixer registered with ``register_mixer`` (the built-in letters stay)."""
+    if letter in BUILTIN_KINDS:
+        raise ValueError(f"unregister_mixer: {letter!r} is built in")
+    MIXERS.pop(letter, None)
+    unregister_layer_kind(letter)

@@ -18,11 +18,15 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .base import RecurrentMixer
+from .base import RecurrentMixer, register_mixer
 
 
+@register_mixer
 class GatedDeltaNetMixer(RecurrentMixer):
+    letter = "D"
+    family = "delta"
     uses_beta = True
+    qk_weights = ("W_Q.weight", "W_K.weight")
 
     def __init__(self, cfg, layer: int):
         super().__init__(cfg, layer)

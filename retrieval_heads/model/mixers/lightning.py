@@ -16,10 +16,15 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .base import RecurrentMixer
+from .base import RecurrentMixer, register_mixer
 
 
+@register_mixer
 class LightningMixer(RecurrentMixer):
+    letter = "L"
+    family = "decay"
+    qk_weights = ("W_Q.weight", "W_K.weight")
+
     def __init__(self, cfg, layer: int):
         super().__init__(cfg, layer)
         H, D = cfg.n_heads, cfg.d_head

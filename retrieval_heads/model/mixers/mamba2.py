@@ -19,10 +19,15 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .base import RecurrentMixer
+from .base import RecurrentMixer, register_mixer
 
 
+@register_mixer
 class Mamba2Mixer(RecurrentMixer):
+    letter = "M"
+    family = "decay"
+    qk_weights = None  # B_t, C_t are shared by all heads: no per-head Q/K weights
+
     def __init__(self, cfg, layer: int):
         super().__init__(cfg, layer)
         H, P, N = cfg.n_heads, cfg.d_head, cfg.d_state

@@ -1,0 +1,200 @@
+"""The table of per-head scores ("metrics"): one ``Metric`` per name, read by the detector
+(``scores.py``), the figures (``plots.py``), the scan (``pipeline``) and the CLI.
+
+    >>> from retrieval_heads.detect import metrics
+    >>> metrics.attention_metrics(), metrics.retrieval_metrics()
+    (('copy', 'mass', 'entropy', 'entropy_norm'), ('copy', 'mass'))
+    >>> metrics.metric("entropy_norm").range, metrics.metric("qk_distance").kind
+    ((0.0, 1.0), 'weights')
+
+Two kinds:
+
+- ``attention``: per sample, from the detector's attention rows, averaged over samples by
+  ``HeadScores``. ``copy`` is computed from the greedy decode steps (``scores.copy_step``);
+  every other attention metric is a function of the query row, ``row(rows, ctx) -> (B, H)``
+  with rows (B, H, T) probabilities over keys and ``ctx`` a ``RowContext`` -- adding one is
+  one ``register_metric`` call (see CONTRIBUTING.md).
+- ``weights``: from the heads' Q/K weights against a reference checkpoint
+  (``weights.qk_distance``; ``weights_key`` names its entry).
+
+``range`` is the value range; a bounded metric (both ends finite) gets that fixed colour
+scale in heatmaps. ``higher_is_retrieval``: a high value marks a retrieval head -- the
+attention metrics that say so (``retrieval_metrics``) rank heads (``retrieval_scores``'s
+``method``, ``retrieval-heads ablate --metric``).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # torch is imported where a row is scored: the table itself loads without it
+    import torch
+
+KINDS = ("attention", "weights")
+
+
+# --- row functions (pure) ------------------------------------------------------------------
+def span_mass(rows: torch.Tensor, spans_mask: torch.Tensor) -> torch.Tensor:
+    """rows (B, H, T) probabilities; spans_mask (B, T) bool -> (B, H) mass on the spans."""
+    return (rows * spans_mask[:, None, :].to(rows.dtype)).sum(-1)
+
+
+def entropy(rows: torch.Tensor) -> torch.Tensor:
+    """(..., T) probability rows -> (...) entropy in nats (0 log 0 = 0)."""
+    import torch
+
+    return -torch.special.xlogy(rows, rows).sum(-1)
+
+
+def visible_keys(query_pos: int, window: int | None) -> int:
+    return query_pos + 1 if window is None else min(window, query_pos + 1)
+
+
+@dataclass(frozen=True)
+class RowContext:
+    """What a row metric may read besides the rows (B, H, T) of one layer.
+
+    spans    (B, T) bool: the gold answer-span positions of each sample
+    visible  (B,) float32: keys each sample's query sees (its position and the layer's window)
+    """
+
+    spans: torch.Tensor
+    visible: torch.Tensor
+
+
+def _mass(rows, ctx: RowContext):
+    return span_mass(rows, ctx.spans)
+
+
+def _entropy(rows, ctx: RowContext):
+    return entropy(rows)
+
+
+def _entropy_norm(rows, ctx: RowContext):
+    import torch
+
+    ent = entropy(rows)  # (B, H)
+    n = ctx.visible
+    return torch.where(n[:, None] > 1, ent / n.clamp_min(2).log()[:, None], torch.zeros_like(ent))
+
+
+# --- the table -----------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Metric:
+    """One per-head score (see the module docstring)."""
+
+    name: str
+    description: str
+    kind: str = "attention"  # "attention" (per sample, from rows) | "weights" (Q/K weights)
+    range: tuple = (None, None)  # (low, high); None = open
+    higher_is_retrieval: bool = True
+    row: Callable | None = None  # attention: (rows (B, H, T), RowContext) -> (B, H); None = copy's decode rule
+    over: str = "valid"  # samples averaged: "valid", or "counted" (valid and answered correctly)
+    weights_key: str | None = None  # weights: the entry of ``weights.qk_distance``'s result
+    heatmap: bool = True  # the scan report draws its layer x head heatmap
+
+    @property
+    def bounded(self) -> bool:
+        lo, hi = self.range
+        return lo is not None and hi is not None and math.isfinite(lo) and math.isfinite(hi)
+
+    @property
+    def decode(self) -> bool:
+        """Computed from greedy decoding (copy), not from the prompt's query row."""
+        return self.kind == "attention" and self.row is None
+
+
+REGISTRY: dict[str, Metric] = {}
+BUILTIN = ("copy", "mass", "entropy", "entropy_norm", "qk_distance", "qk_l2")
+
+
+def register_metric(m: Metric) -> Metric:
+    """Add a metric to ``REGISTRY`` (``ValueError`` if the name is taken or a field is off)."""
+    if not isinstance(m, Metric):
+        raise ValueError(f"register_metric: expected a Metric, got {type(m).__name__}")
+    if not (isinstance(m.name, str) and m.name.isidentifier()):
+        raise ValueError(f"metric name: a Python identifier (it is a column value and a method name), got {m.name!r}")
+    if m.name in REGISTRY and REGISTRY[m.name] != m:
+        raise ValueError(f"metric {m.name!r} is already registered")
+    if m.kind not in KINDS:
+        raise ValueError(f"metric {m.name}: kind {m.kind!r}; use one of {KINDS}")
+    if m.over not in ("valid", "counted"):
+        raise ValueError(f"metric {m.name}: over {m.over!r}; use 'valid' or 'counted'")
+    if not (isinstance(m.range, tuple) and len(m.range) == 2):
+        raise ValueError(f"metric {m.name}: range is a (low, high) pair (None = open), got {m.range!r}")
+    if m.kind == "attention" and m.row is None and m.name != "copy":
+        raise ValueError(f"metric {m.name}: an attention metric needs row=(rows, ctx) -> (B, H); only "
+                         "copy is computed from the decode steps")
+    if m.kind == "weights" and not m.weights_key:
+        raise ValueError(f"metric {m.name}: a weights metric needs weights_key (an entry of qk_distance)")
+    REGISTRY[m.name] = m
+    return m
+
+
+def unregister_metric(name: str) -> None:
+    """Remove a metric added by ``register_metric`` (the built-in ones stay)."""
+    if name in BUILTIN:
+        raise ValueError(f"unregister_metric: {name!r} is built in")
+    REGISTRY.pop(name, None)
+
+
+def metric(name: str) -> Metric:
+    """The registered ``Metric`` called ``name`` (``ValueError`` naming the choices if none)."""
+    try:
+        return REGISTRY[name]
+    except (KeyError, TypeError):
+        raise ValueError(f"metric: {name!r}; use one of {tuple(REGISTRY)}") from None
+
+
+def attention_metrics() -> tuple[str, ...]:
+    """Per-sample metrics from attention rows, in table order (``HeadScores.scores`` takes these)."""
+    return tuple(n for n, m in REGISTRY.items() if m.kind == "attention")
+
+
+def weight_metrics() -> tuple[str, ...]:
+    """Metrics of the Q/K weights against a reference checkpoint."""
+    return tuple(n for n, m in REGISTRY.items() if m.kind == "weights")
+
+
+def retrieval_metrics() -> tuple[str, ...]:
+    """Attention metrics that rank heads (higher = retrieval): ``score_heads``'s methods."""
+    return tuple(n for n, m in REGISTRY.items() if m.kind == "attention" and m.higher_is_retrieval)
+
+
+def row_metrics() -> tuple[str, ...]:
+    """Attention metrics computed from the query row (every attention metric but copy)."""
+    return tuple(n for n, m in REGISTRY.items() if m.kind == "attention" and m.row is not None)
+
+
+def heatmap_metrics() -> tuple[str, ...]:
+    """Metrics the scan report draws a heatmap of."""
+    return tuple(n for n, m in REGISTRY.items() if m.heatmap)
+
+
+def colour_range(name: str) -> tuple[float | None, float | None]:
+    """Fixed colour scale of a bounded metric; (None, None) = scale to the data (also for an
+    unregistered name)."""
+    m = REGISTRY.get(name)
+    return m.range if m is not None and m.bounded else (None, None)
+
+
+for _m in (
+    Metric("copy", "Wu et al.'s copy score: share of the answer tokens the head's decode-step argmax "
+                   "copies from the gold span (samples answered correctly)",
+           range=(0.0, 1.0), over="counted"),
+    Metric("mass", "attention probability on the gold answer span at the query position",
+           range=(0.0, 1.0), row=_mass),
+    Metric("entropy", "entropy (nats) of the query's attention row", range=(0.0, None),
+           higher_is_retrieval=False, row=_entropy, heatmap=False),
+    Metric("entropy_norm", "entropy / log(number of keys the query sees)", range=(0.0, 1.0),
+           higher_is_retrieval=False, row=_entropy_norm),
+    Metric("qk_distance", "relative L2 distance of the head's W_Q/W_K rows to the reference checkpoint",
+           kind="weights", range=(0.0, None), higher_is_retrieval=False, weights_key="rel_l2"),
+    Metric("qk_l2", "L2 distance of the head's W_Q/W_K rows to the reference checkpoint",
+           kind="weights", range=(0.0, None), higher_is_retrieval=False, weights_key="l2", heatmap=False),
+):
+    register_metric(_m)
+del _m
