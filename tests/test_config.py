@@ -15,7 +15,19 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import retrieval_heads as rh
-from retrieval_heads.config import ModelConfig, TrainConfig, parse_layout, parse_pos
+from retrieval_heads.config import (
+    ATTENTION_KINDS,
+    LAYER_KINDS,
+    RECURRENT_KINDS,
+    ModelConfig,
+    TrainConfig,
+    parse_layout,
+    parse_pos,
+    register_layer_kind,
+    unregister_layer_kind,
+)
+
+KINDS = "".join(LAYER_KINDS)  # "FSMDL": every layout letter (a registered mixer's too)
 
 BAD = [
     pytest.param(dict(layout="SSF", n_layers=4), "layout", id="layout-length-vs-n_layers"),
@@ -120,8 +132,8 @@ _scalar = st.one_of(
 _junk = st.recursive(_scalar, lambda inner: st.one_of(
     st.lists(inner, max_size=3), st.dictionaries(st.one_of(st.text(max_size=3), st.integers()), inner, max_size=3)),
     max_leaves=6)
-_layout_text = st.text(alphabet="FSMDLfsmdl XſßİŞ\t\u00a0", max_size=8)
-_pos_text = st.text(alphabet="FSMDLfs=,nopeNOPErRiſ \u212a", max_size=16)
+_layout_text = st.text(alphabet=KINDS + KINDS.lower() + " XſßİŞ\t\u00a0", max_size=8)
+_pos_text = st.text(alphabet=KINDS + "fs=,nopeNOPErRiſ \u212a", max_size=16)
 _plausible = {
     "layout": _layout_text,
     "n_layers": st.one_of(st.none(), st.integers(-1, 9)),
@@ -158,7 +170,7 @@ def config_dicts(draw):
 
 
 def _check_valid(cfg: ModelConfig):
-    assert len(cfg.layout) == cfg.n_layers and set(cfg.layout) <= set("FSMDL")
+    assert len(cfg.layout) == cfg.n_layers and set(cfg.layout) <= set(KINDS)
     assert cfg.d_model % cfg.n_heads == 0 and cfg.n_heads % cfg.n_kv_heads == 0
     assert set(cfg.pos) == {"F", "S"} and set(cfg.pos.values()) <= {"rope", "nope"}
     assert all(math.isfinite(b) and b > 0 for b in cfg.rope_base.values())
@@ -188,7 +200,7 @@ def test_fuzz_parse_layout_only_raises_value_error(layout):
     except ValueError as e:
         assert str(e).startswith("layout")
         return
-    assert out and set(out) <= set("FSMDL")
+    assert out and set(out) <= set(KINDS)
     # nothing but whitespace removal and ASCII upper-casing happened
     assert out == "".join(layout.split()).upper() and len(out) == len("".join(layout.split()))
 
@@ -206,7 +218,7 @@ def test_fuzz_parse_pos_only_raises_value_error(spec):
 
 @settings(max_examples=80, deadline=None, derandomize=True)
 @given(st.fixed_dictionaries({
-    "layout": st.text(alphabet="FSMDL", min_size=1, max_size=4),
+    "layout": st.text(alphabet=KINDS, min_size=1, max_size=4),
     "pos": st.dictionaries(st.sampled_from(["F", "S"]), st.sampled_from(["rope", "nope"])),
     "d_model": st.sampled_from([8, 12, 16, 18, 24, 30, 32]),
     "n_heads": st.sampled_from([1, 2, 3, 4, 6]),
@@ -225,3 +237,40 @@ def test_fuzz_every_accepted_config_builds_and_runs(d):
     toks = torch.randint(0, 17, (1, 6), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         assert model(toks).shape == (1, 6, 17)
+
+
+# ----------------------------------------------------------------------------- layer kinds
+def test_layer_kinds_parse_without_the_model_package():
+    """config is the bottom layer: the built-in letters validate before torch is imported."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from retrieval_heads.config import ModelConfig, RECURRENT_KINDS; "
+            "assert ModelConfig(layout='SFMDL').layout == 'SFMDL'; assert tuple(RECURRENT_KINDS) == ('M', 'D', 'L'); "
+            "assert 'torch' not in sys.modules and 'retrieval_heads.model' not in sys.modules")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+def test_register_layer_kind_is_live_and_checked():
+    assert ATTENTION_KINDS == ("F", "S") and RECURRENT_KINDS == ("M", "D", "L")
+    assert ("F", "S") + RECURRENT_KINDS == ("F", "S", "M", "D", "L") and "F" not in RECURRENT_KINDS
+    register_layer_kind("M")  # a listed letter, no description: nothing changes
+    register_layer_kind("M", LAYER_KINDS["M"])
+    for bad in ("F", "m", "MM", "", 3):
+        with pytest.raises(ValueError, match="layer kind"):
+            register_layer_kind(bad, "x")
+    with pytest.raises(ValueError, match="already"):
+        register_layer_kind("D", "something else")
+    with pytest.raises(ValueError, match="description"):
+        register_layer_kind("Z")
+    with pytest.raises(ValueError, match="built in"):
+        unregister_layer_kind("L")
+    register_layer_kind("Z", "a test kind")
+    try:
+        assert "Z" in RECURRENT_KINDS and RECURRENT_KINDS[-1] == "Z" and len(RECURRENT_KINDS) == 4
+        assert ModelConfig(layout="SZF", d_model=32, n_heads=2).layout == "SZF"
+    finally:
+        unregister_layer_kind("Z")
+    assert "Z" not in RECURRENT_KINDS and "Z" not in LAYER_KINDS
+    with pytest.raises(ValueError, match="unknown letter"):
+        ModelConfig(layout="SZF")

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 import retrieval_heads as rh
+from retrieval_heads.config import RECURRENT_KINDS
 from retrieval_heads.detect import greedy_decode_rows, prefill_rows, qk_distance, score_heads
 from retrieval_heads.detect.reference import eager_decode_rows, eager_rows
 from retrieval_heads.tasks import TOKENIZER, NeedleBatch, NeedleSample
@@ -151,9 +152,9 @@ LAYOUTS = {
     "S": dict(layout="SS", window=16),
     "S-gqa": dict(layout="SF", window=16, n_heads=4, n_kv_heads=2),
     "F-rope": dict(layout="SF", window=32, pos={"F": "rope", "S": "rope"}),
-    "M": dict(layout="MF"),
+    # every registered mixer, next to a full-attention layer (D next to a sliding one)
+    **{k: dict(layout=k + "F") for k in RECURRENT_KINDS},
     "D": dict(layout="DS", window=16),
-    "L": dict(layout="LF"),
 }
 
 
@@ -222,7 +223,7 @@ def wu_copy_reference(batch, generated, alive, step_rows):
 @pytest.mark.parametrize("kind", list(LAYOUTS))
 def test_fast_rows_and_scores_equal_eager(kind):
     m = random_model(LAYOUTS[kind])
-    rec = kind[0] in "MDL"
+    rec = kind[0] in RECURRENT_KINDS
     b = wide_span_batch()
     T = b.tokens.shape[1]
     # prefill rows at several query positions

@@ -16,9 +16,11 @@ from nnsight import NNsight
 from transformer_lens import ActivationCache, HookedRootModule
 
 import retrieval_heads as rh
+from retrieval_heads.config import ATTENTION_KINDS, RECURRENT_KINDS
+from retrieval_heads.model import token_mixer_class
 
-LAYOUT = "SFMDLS"
-ATTN_LAYERS = [0, 1, 5]
+LAYOUT = "SF" + "".join(RECURRENT_KINDS) + "S"  # "SFMDLS": every registered mixer
+ATTN_LAYERS = [l for l, c in enumerate(LAYOUT) if c in ATTENTION_KINDS]  # [0, 1, 5]
 T = 18
 
 
@@ -42,15 +44,26 @@ def test_is_a_hooked_root_module_with_tl_hook_names(model):
     for l, kind in enumerate(LAYOUT):
         for h in ("hook_resid_pre", "hook_resid_mid", "hook_resid_post", "hook_mlp_out"):
             assert f"blocks.{l}.{h}" in names
-        if kind in "FS":
+        declared = token_mixer_class(kind).hooks
+        if kind in ATTENTION_KINDS:
             assert f"blocks.{l}.hook_attn_out" in names
-            for h in ("q", "k", "v", "rot_q", "rot_k", "attn_scores", "pattern", "z"):
+            assert set(declared) >= {"q", "k", "v", "rot_q", "rot_k", "attn_scores", "pattern", "z"}
+            for h in declared:
                 assert f"blocks.{l}.attn.hook_{h}" in names
         else:
             assert f"blocks.{l}.hook_mixer_out" in names
             assert not any(n.startswith(f"blocks.{l}.attn.") for n in names)
-            for h in ("q", "k", "v", "decay", "out"):
+            assert set(declared) >= {"q", "k", "v", "decay", "out"}
+            for h in declared:
                 assert f"blocks.{l}.mixer.hook_{h}" in names
+
+
+def test_recurrent_mixers_fire_exactly_their_declared_hooks(model, tokens):
+    _, cache = model.run_with_cache(tokens)
+    for l, kind in enumerate(LAYOUT):
+        if kind in RECURRENT_KINDS:
+            fired = {n.split(".hook_", 1)[1] for n in cache if n.startswith(f"blocks.{l}.mixer.")}
+            assert fired == set(token_mixer_class(kind).hooks), kind
 
 
 def test_names_filter_on_pattern_selects_exactly_attention_layers(model, tokens):

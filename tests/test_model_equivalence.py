@@ -7,7 +7,8 @@
    (gradients reach O(100) here, so a fixed atol would only measure float32 rounding);
    in float64 the same comparison holds to ``1e-10``.
 2. Decoding: full-sequence logits equal step-by-step decoding with a ``DecodeCache``
-   (``model(t[:, i:i+1], cache=c)``), for every layer kind (F, S, M, D, L), a mixed
+   (``model(t[:, i:i+1], cache=c)``), for every layer kind (F, S, M, D, L: one layout per
+   letter of ``config.LAYER_KINDS``, so a newly registered mixer is covered), a mixed
    layout, prefill + decode, chunked prefill, and grouped-query attention.
    Tolerance: ``atol=2e-5, rtol=1e-4``.
 """
@@ -18,6 +19,8 @@ import pytest
 import torch
 
 import retrieval_heads as rh
+import retrieval_heads.model  # noqa: F401 (imports, hence registers, every mixer)
+from retrieval_heads.config import LAYER_KINDS, RECURRENT_KINDS
 
 DECODE_TOL = dict(atol=2e-5, rtol=1e-4)
 VOCAB = 64
@@ -64,10 +67,8 @@ def _logits_and_grads(model, toks):
     return logits.detach(), grads
 
 
-LAYOUTS = [
-    pytest.param("F", id="F"), pytest.param("S", id="S"), pytest.param("M", id="M"),
-    pytest.param("D", id="D"), pytest.param("L", id="L"), pytest.param("SFMDL", id="SFMDL"),
-]
+MIXED = "SF" + "".join(RECURRENT_KINDS)  # "SFMDL": every kind in one model
+LAYOUTS = [pytest.param(k, id=k) for k in LAYER_KINDS] + [pytest.param(MIXED, id=MIXED)]
 
 
 @pytest.mark.parametrize("dtype,rtol", [pytest.param(torch.float32, 1e-4, id="float32"),
@@ -132,7 +133,7 @@ def test_prefill_then_decode_equals_full_sequence(layout, prefill):
     torch.testing.assert_close(torch.cat(outs, 1), model(toks), **DECODE_TOL)
 
 
-@pytest.mark.parametrize("layout", [pytest.param("SFMDL", id="SFMDL")])
+@pytest.mark.parametrize("layout", [pytest.param(MIXED, id=MIXED)])
 @torch.no_grad()
 def test_chunked_prefill_equals_full_sequence(layout):
     """Several multi-token calls on one cache (the eager path with cached keys)."""
@@ -167,7 +168,7 @@ def test_grouped_query_attention(layout, n_kv_heads):
 
 @torch.no_grad()
 def test_generate_matches_argmax_of_full_forward():
-    model = _model("SFMDL", window=4)
+    model = _model(MIXED, window=4)
     toks = _tokens(B=2, T=9)
     new = model.generate(toks, max_new_tokens=5)
     seq = toks

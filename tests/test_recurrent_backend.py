@@ -14,7 +14,8 @@ import pytest
 import torch
 
 import retrieval_heads as rh
-from retrieval_heads.model import recurrence
+from retrieval_heads.config import RECURRENT_KINDS
+from retrieval_heads.model import MIXERS, recurrence
 
 MSG = recurrence.FLA_MISSING_MESSAGE
 
@@ -111,7 +112,7 @@ def test_cpu_tensors_never_touch_fla(backend, fake_fla, fresh_log_flag, monkeypa
             assert torch.equal(o, ref)
         o, _ = recurrence.gated_delta_rule(q, k, v, beta, log_a, backend=backend)
         assert torch.equal(o, recurrence.chunk_gated_delta_rule(q, k, v, beta, log_a)[0])
-        cfg = rh.ModelConfig(layout="SMDL", d_model=64, n_heads=4, window=8, max_seq_len=64,
+        cfg = rh.ModelConfig(layout="S" + "".join(RECURRENT_KINDS), d_model=64, n_heads=4, window=8, max_seq_len=64,
                              recurrent_backend=backend)
         rh.HybridLM(cfg)(torch.randint(0, 256, (1, 24)))
     assert fake_fla == [] and asked == []  # never imported, never called
@@ -152,16 +153,19 @@ def test_dispatch_rules_when_fla_is_present(monkeypatch, fresh_log_flag, caplog)
 
 
 def test_mixers_route_through_the_backend(monkeypatch):
-    """M and L go through decay_linear_attention, D through gated_delta_rule, with cfg's backend."""
+    """M and L go through decay_linear_attention, D through gated_delta_rule (each mixer
+    through its declared family's function), with cfg's backend."""
     seen = []
     real_d, real_g = recurrence.decay_linear_attention, recurrence.gated_delta_rule
     monkeypatch.setattr(recurrence, "decay_linear_attention",
                         lambda *a, backend, **kw: seen.append(("decay", backend)) or real_d(*a, backend=backend, **kw))
     monkeypatch.setattr(recurrence, "gated_delta_rule",
                         lambda *a, backend, **kw: seen.append(("delta", backend)) or real_g(*a, backend=backend, **kw))
-    cfg = rh.ModelConfig(layout="MDL", d_model=32, n_heads=2, max_seq_len=64, recurrent_backend="torch")
+    layout = "".join(c for c in RECURRENT_KINDS if MIXERS[c].family in ("decay", "delta"))  # "MDL"
+    cfg = rh.ModelConfig(layout=layout, d_model=32, n_heads=2, max_seq_len=64, recurrent_backend="torch")
     rh.HybridLM(cfg)(torch.randint(0, 256, (1, 10)))
-    assert seen == [("decay", "torch"), ("delta", "torch"), ("decay", "torch")]
+    assert seen == [(MIXERS[c].family, "torch") for c in layout]
+    assert seen[:3] == [("decay", "torch"), ("delta", "torch"), ("decay", "torch")]
 
 
 def test_training_on_an_affected_fla_setup_uses_torch_with_one_log_line(monkeypatch, fresh_log_flag, caplog):
