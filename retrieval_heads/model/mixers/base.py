@@ -319,7 +319,8 @@ def register_mixer(cls: type[RecurrentMixer]) -> type[RecurrentMixer]:
     """Class decorator: check a mixer's declarations, fill in the defaults (``uses_beta``
     from its family, ``hooks``) and register it under its letter in ``MIXERS`` and
     ``config.LAYER_KINDS``. Raises ``ValueError`` on a bad or taken letter, an unknown family,
-    a ``uses_beta`` that contradicts the family, or malformed ``qk_weights`` / ``hooks``."""
+    a ``uses_beta`` that contradicts the family, or malformed ``qk_weights`` / ``hooks``. The
+    same class defined again (a reloaded module) replaces the old one."""
     if not (isinstance(cls, type) and issubclass(cls, RecurrentMixer)):
         raise ValueError(f"register_mixer: {cls!r} is not a RecurrentMixer subclass")
     letter = cls.__dict__.get("letter")
@@ -327,7 +328,8 @@ def register_mixer(cls: type[RecurrentMixer]) -> type[RecurrentMixer]:
     if not (isinstance(letter, str) and len(letter) == 1 and "A" <= letter <= "Z") or letter in ATTENTION_KINDS:
         raise ValueError(f"{name}.letter: one ASCII capital other than {', '.join(ATTENTION_KINDS)}, "
                          f"declared on the class itself; got {letter!r}")
-    if MIXERS.get(letter, cls) is not cls:
+    old = MIXERS.get(letter, cls)
+    if old is not cls and (old.__module__, old.__qualname__) != (cls.__module__, cls.__qualname__):
         raise ValueError(f"{name}.letter: {letter!r} is already registered to {MIXERS[letter].__name__}")
     if cls.family not in FAMILIES:
         raise ValueError(f"{name}.family: {cls.family!r}; use one of {tuple(FAMILIES)}")
