@@ -11,6 +11,7 @@ them.
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -250,3 +251,27 @@ def test_toy_metric_is_scored_ranked_and_drawn(toy_metric):
     assert [f.layout.title.text.split()[0].rstrip(":") for f in figs] == ["copy", "mass", "entropy_norm", "peak"]
     assert not figs[0].data  # no copy rows (mass-only scores): a "no data" figure, as before
     assert figs[-1].data[-1].zmax == 1.0 and not math.isnan(float(figs[-1].data[-1].z[0][0]))
+
+
+def test_registered_metric_reaches_the_scan_tables_with_its_own_cache(tmp_path):
+    """A scan scores a registered metric into its tables; the cache of a scan without it is not
+    reused for it (its scores would be missing), and is used again once it is unregistered."""
+    import shutil
+
+    import pandas as pd
+
+    run = shutil.copytree(Path(__file__).parent / "fixtures" / "micro_run", tmp_path / "run")
+    kw = dict(context_lens=(144,), depths=(0.5,), n_per_cell=1, progress=False, report=False)
+    assert "peak" not in set(rh.scan(run, **kw)["metric"])
+    metrics.register_metric(metrics.Metric("peak", "largest attention probability of the query row",
+                                           range=(0.0, 1.0), row=lambda rows, ctx: rows.amax(-1)))
+    try:
+        df = rh.scan(run, **kw)
+        assert df.attrs["scan"]["n_scored"] == 6 and df.attrs["scan"]["n_cached"] == 0
+        peak = df[df.metric == "peak"]
+        assert len(peak) == 6 * 2 * 2 and peak.value.between(0, 1).all()  # 6 checkpoints x F+S layers x 2 heads
+        assert "peak" in set(pd.read_parquet(run / "scan" / "scores.parquet")["metric"])
+    finally:
+        metrics.unregister_metric("peak")
+    again = rh.scan(run, **kw)
+    assert again.attrs["scan"]["n_cached"] == 6 and "peak" not in set(again["metric"])

@@ -26,6 +26,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
+from ..detect.metrics import attention_metrics
 from ..hf.loader import find_tokenizer_dir, list_hf_checkpoints, load_hf, load_tokenizer, read_hf_config
 from ..hf.needles import hf_needle_batch
 from ..storage.files import write_json
@@ -110,7 +111,7 @@ def _score(model, settings: S.ScanSettings, batches, sha: str, key: str, batch_s
         "version": S.SCORE_VERSION, "weights_sha256": sha, "settings_key": key,
         "settings": settings.to_dict(), "layout": model.layer_types, "n_heads": model.n_heads,
         "layers": res.scored_layers,
-        "metrics": {m: S._nan_to_none(res.scores(m).tolist()) for m in S.SCORE_METRICS},
+        "metrics": {m: S._nan_to_none(res.scores(m).tolist()) for m in attention_metrics()},
         "counts": {"n_samples": res.n_samples + n_err, "n_invalid": res.n_invalid, "n_needle_errors": n_err,
                    "n_correct": res.n_correct, "n_counted": res.n_counted},
         "invalid": [list(x) for x in res.invalid], "niah": niah,
@@ -191,8 +192,7 @@ class HFSeries(S.CheckpointSource):
                 if self.ref_qk is None:
                     self.ref_qk = read_qk_weights(Path(job["ref_path"]), model)
                 qk = hf_qk_distance(model, self.ref_qk)
-                write_json(Path(job["qk_file"]), {"l2": S._nan_to_none(qk["l2"].tolist()),
-                                                  "rel_l2": S._nan_to_none(qk["rel_l2"].tolist())})
+                write_json(Path(job["qk_file"]), {k: S._nan_to_none(v.tolist()) for k, v in qk.items()})
             return {"path": job["path"], "error": None}
         except (OSError, ValueError, RuntimeError) as e:
             return {"path": job["path"], "error": f"{type(e).__name__}: {e}"}

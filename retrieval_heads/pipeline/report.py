@@ -155,11 +155,7 @@ def build_report(run_dir, out=None) -> Path:
     figs = []
     if len(scores):
         figs += [plots.best_head_and_niah(scores, niah), plots.formation_curves(scores, threshold=meta["threshold"]),
-                 plots.formation_curves(scores, metric="mass", threshold=None),
-                 plots.heatmap_slider(scores, "copy"), plots.heatmap_slider(scores, "mass"),
-                 plots.heatmap_slider(scores, "entropy_norm")]
-        if (scores["metric"] == "qk_distance").any():
-            figs.append(plots.heatmap_slider(scores, "qk_distance"))
+                 plots.formation_curves(scores, metric="mass", threshold=None), *plots.metric_heatmaps(scores)]
     body += [figure_html(f, i == 0) for i, f in enumerate(figs)]
     formed = form.sort_values(["formed", "formation_step"], ascending=[False, True]).head(20)
     body.append("<h2>Formation per head (top 20)</h2>" + formed.to_html(index=False, na_rep="-"))

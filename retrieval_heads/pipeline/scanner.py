@@ -7,8 +7,9 @@ needle set. Results go under ``RUN/scan/`` (or ``out=DIR``: into ``DIR``, with t
 the lock; the run folder is then only read)::
 
     scores.parquet      step, tokens_seen, layer, head, layer_type, metric, value
-                        metric: copy, mass, entropy, entropy_norm, qk_distance (relative L2 of
-                        the head's W_Q/W_K slices to the reference checkpoint), qk_l2
+                        metric: every metric of retrieval_heads.detect.metrics (copy, mass,
+                        entropy, entropy_norm, qk_distance: relative L2 of the head's W_Q/W_K
+                        slices to the reference checkpoint, qk_l2, and any registered one)
     niah.parquet        step, tokens_seen, context_len, depth, accuracy, n
     checkpoints.parquet step, tokens_seen, path, weights_sha256, status, error, counts
     formation.parquet   per head: the step after which its copy score stays >= threshold
@@ -42,12 +43,13 @@ import pandas as pd
 import torch
 
 from ..detect.formation import formation_table, run_formation
+from ..detect.metrics import attention_metrics, metric, weight_metrics
 from ..labels import format_duration
 from ..storage.checkpoint import STEP_RE, CheckpointError, list_checkpoints, load_checkpoint, read_meta, weights_hash
 from ..storage.files import read_json_or_empty, write_json, write_parquet
 
 SCORE_VERSION = 1  # bump when the scoring rules change: invalidates every cache entry
-SCORE_METRICS = ("copy", "mass", "entropy", "entropy_norm")
+_BUILTIN_ATTENTION = ("copy", "mass", "entropy", "entropy_norm")  # cache keys of scans before the registry
 SCORES_COLUMNS = ["step", "tokens_seen", "layer", "head", "layer_type", "metric", "value"]
 NIAH_COLUMNS = ["step", "tokens_seen", "context_len", "depth", "accuracy", "n"]
 
@@ -94,6 +96,8 @@ class ScanSettings:
     def key(self) -> str:
         """sha256 of the settings and the scoring version (keys the cache)."""
         d = dict(self.to_dict(), version=SCORE_VERSION)
+        if attention_metrics() != _BUILTIN_ATTENTION:  # a registered metric: its own cache entries
+            d["metrics"] = list(attention_metrics())
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()
 
     def batches(self):
@@ -180,7 +184,7 @@ def score_checkpoint(job: dict) -> dict:
             "version": SCORE_VERSION, "weights_sha256": job["sha"], "settings_key": job["settings_key"],
             "settings": job["settings"], "layout": cfg.layout, "n_heads": cfg.n_heads,
             "layers": res.scored_layers,
-            "metrics": {m: _nan_to_none(res.scores(m).tolist()) for m in SCORE_METRICS},
+            "metrics": {m: _nan_to_none(res.scores(m).tolist()) for m in attention_metrics()},
             "counts": {"n_samples": res.n_samples, "n_invalid": res.n_invalid, "n_correct": res.n_correct,
                        "n_counted": res.n_counted},
             "invalid": [list(x) for x in res.invalid], "niah": niah,
@@ -189,8 +193,7 @@ def score_checkpoint(job: dict) -> dict:
     if job["need_qk"]:
         ref = load_file(str(Path(job["ref_path"]) / "model.safetensors"))
         qk = qk_distance(model, ref, cfg=cfg, recurrent=settings.recurrent)
-        write_json(Path(job["qk_file"]), {"l2": _nan_to_none(qk["l2"].tolist()),
-                                          "rel_l2": _nan_to_none(qk["rel_l2"].tolist())})
+        write_json(Path(job["qk_file"]), {k: _nan_to_none(v.tolist()) for k, v in qk.items()})
     return {"path": str(path), "error": None}
 
 
@@ -598,11 +601,11 @@ def _assemble(ckpts, cache_dir: Path, skey: str, ref: _Ckpt, settings: ScanSetti
         d = json.loads(_cache_file(cache_dir, c.sha, skey).read_text())
         qk = json.loads(_qk_file(cache_dir, c.sha, ref.sha, settings.recurrent).read_text())
         layout = d["layout"]
-        mats = {m: _none_to_nan(d["metrics"][m]) for m in SCORE_METRICS}
-        mats["qk_distance"], mats["qk_l2"] = _none_to_nan(qk["rel_l2"]), _none_to_nan(qk["l2"])
+        mats = {m: _none_to_nan(d["metrics"][m]) for m in attention_metrics()}
+        mats.update({m: _none_to_nan(qk[metric(m).weights_key]) for m in weight_metrics()})
         for m, mat in mats.items():
             for l in d["layers"]:
-                if m.startswith("qk") and all(math.isnan(v) for v in mat[l]):
+                if metric(m).kind == "weights" and all(math.isnan(v) for v in mat[l]):
                     continue  # no Q/K weights (e.g. a Mamba layer)
                 for h, v in enumerate(mat[l]):
                     score_rows.append((c.step, c.tokens_seen, l, h, layout[l], m, float(v)))
