@@ -42,6 +42,7 @@ import math
 import os
 import shutil
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -320,146 +321,247 @@ def train(model_cfg: ModelConfig, cfg: TrainConfig, out: str | Path, *, resume: 
             torch.distributed.destroy_process_group()  # else gloo may abort the process at exit
 
 
-def _train(model_cfg, cfg, out, mode, rank, world, device, stop_at, progress, log, log_every=None) -> dict:
-    from torch.nn.parallel import DistributedDataParallel as DDP
+@dataclass
+class TrainerState:
+    """What one ``train`` call updates as it goes (each rank its own; rank 0's is saved).
 
+    ``loss_sum``/``loss_n`` (per-step mean training loss) and ``niah_sum``/``niah_n`` (needle-row
+    loss, summed over rows) are the sums since the last evaluation; checkpoints carry them as
+    ``running``, so a resumed run logs the same ``train_loss``. ``line_sum``/``line_n``: the
+    training loss since the last progress line."""
+
+    step: int = 0
+    tokens_seen: int = 0
+    start: int = 0  # the step this call began at
+    loss_sum: float = 0.0
+    loss_n: int = 0
+    niah_sum: float = 0.0
+    niah_n: float = 0
+    train_time: float = 0.0  # seconds spent in training steps (no evaluation, no checkpoints)
+    line_sum: float = 0.0
+    line_n: int = 0
+    last_metrics: dict = field(default_factory=dict)  # the latest evaluation's metrics row
+
+    @property
+    def running(self) -> list:
+        """``[loss_sum, loss_n, niah_sum, niah_n]``, as ``train_state.pt`` stores them."""
+        return [self.loss_sum, self.loss_n, self.niah_sum, self.niah_n]
+
+    @running.setter
+    def running(self, sums) -> None:
+        self.loss_sum, self.loss_n, self.niah_sum, self.niah_n = sums
+
+    def record_step(self, loss: float, niah_sum: float, niah_n: float, tokens: int, dt: float) -> None:
+        """Count one optimizer step of mean loss ``loss`` over ``tokens`` tokens in ``dt`` seconds."""
+        self.niah_sum, self.niah_n = self.niah_sum + niah_sum, self.niah_n + niah_n
+        self.step += 1
+        self.tokens_seen += tokens
+        self.train_time += dt
+        self.loss_sum, self.loss_n = self.loss_sum + loss, self.loss_n + 1
+
+    def tokens_per_s(self, tok_per_step: int) -> float | None:
+        return (self.step - self.start) * tok_per_step / self.train_time if self.train_time else None
+
+
+@dataclass
+class _Run:
+    """What stays fixed during one ``train`` call: configs, folder, processes, model, optimizer."""
+
+    model_cfg: ModelConfig
+    cfg: TrainConfig
+    out: Path
+    rank: int
+    world: int
+    device: torch.device
+    model: torch.nn.Module
+    opt: torch.optim.Optimizer
+    end: int  # the step this call stops after
+    net: torch.nn.Module = None  # the model, DDP-wrapped under torchrun
+    fwd: object = None  # net, compiled when cfg.compile
+    autocast: object = None
+    ckpt_at: set = field(init=False)
+    eval_at: set = field(init=False)
+
+    def __post_init__(self):
+        self.ckpt_at, self.eval_at = set(checkpoint_steps(self.cfg)), set(eval_steps(self.cfg))
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def micro_rows(self) -> int:
+        return self.cfg.batch_size // (self.world * self.cfg.grad_accum)
+
+    @property
+    def tok_per_step(self) -> int:
+        return self.cfg.batch_size * self.cfg.context_len
+
+
+def _train(model_cfg, cfg, out, mode, rank, world, device, stop_at, progress, log, log_every=None) -> dict:
+    t_call = time.time()
+    torch.manual_seed(cfg.seed)
     from ..model import HybridLM
 
-    is_main = rank == 0
-    t_call = time.time()
-
-    # ---- model, optimizer, state
-    torch.manual_seed(cfg.seed)
     model = HybridLM(model_cfg).to(device)
-    opt = _optimizer(model, cfg)
-    start, tokens_seen = 0, 0
-    running = [0.0, 0, 0.0, 0]  # train-loss sums since the last evaluation (saved for resume)
-    if mode == "resume":
-        ckpts = [p for p in list_checkpoints(out) if (p / "train_state.pt").exists()]
-        if ckpts:
-            last = ckpts[-1]
-            state = load_train_state(last)
-            model.load_state_dict(load_checkpoint(last).state_dict())
-            opt.load_state_dict(state["optimizer"])
-            torch.set_rng_state(state["rng"]["torch"])
-            if "cuda" in state["rng"] and torch.cuda.is_available():
-                torch.cuda.set_rng_state_all(state["rng"]["cuda"])
-            start, tokens_seen = int(state["step"]), int(state["tokens_seen"])
-            running = state.get("running", running)
-            if is_main:
-                log(f"resuming {out} from step {start}")
-        else:
-            mode = "new"
+    run = _Run(model_cfg, cfg, out, rank, world, device, model, _optimizer(model, cfg),
+               end=cfg.steps if stop_at is None else stop_at)
+    state, mode = _restore(run, mode, log)
     _barrier(world)
-    if is_main:
-        if mode == "overwrite":
-            shutil.rmtree(out)
-        out.mkdir(parents=True, exist_ok=True)
-        clean_partial_checkpoints(out)  # what a killed save left
-        write_text(out / RUN_FILE, json.dumps({"model": model_cfg.to_dict(), "train": cfg.to_dict()},
-                                                 indent=2, sort_keys=True))
-        _truncate_metrics(out, start if mode == "resume" else -1)  # a fresh start re-evaluates step 0
+    if run.is_main:
+        _prepare_folder(run, mode, state.start)
     _barrier(world)
-    net = DDP(model, device_ids=[device.index] if device.type == "cuda" else None) if world > 1 else model
-    fwd = torch.compile(net) if cfg.compile else net
-    autocast = (torch.autocast("cuda", dtype=torch.bfloat16)
-                if device.type == "cuda" and cfg.dtype in ("auto", "bfloat16") else contextlib.nullcontext())
+    _wrap(run)
+    if state.start == 0 and mode != "resume":  # resumed from step 0: its evaluation and checkpoint exist
+        _maybe_evaluate(run, state)
+        if 0 in run.ckpt_at:
+            _save(run, state)
+    _loop(run, state, _progress_bar(run, state, progress), log, log_every, t_call)
+    _barrier(world)
+    return {"out": str(out), "step": state.step, "tokens_seen": state.tokens_seen, "wall_s": state.train_time,
+            "tokens_per_s": state.tokens_per_s(run.tok_per_step), "final": state.last_metrics, "model": model}
 
-    ckpt_at, eval_at = set(checkpoint_steps(cfg)), set(eval_steps(cfg))
-    end = cfg.steps if stop_at is None else stop_at
-    mb = cfg.batch_size // (world * cfg.grad_accum)
-    tok_per_step = cfg.batch_size * cfg.context_len
-    last_metrics: dict = {}
-    loss_sum, loss_n, niah_sum, niah_n = running
-    train_time = 0.0
 
-    def checkpoint(step):
-        if is_main:
-            state = {"optimizer": opt.state_dict(), "step": step, "tokens_seen": tokens_seen,
-                     "rng": _rng_state(), "world_size": world,
-                     "running": [loss_sum, loss_n, niah_sum, niah_n]}
-            save_checkpoint(out, step, model, train_cfg=cfg, tokens_seen=tokens_seen, data_seed=cfg.seed,
-                            train_state=state)
+def _restore(run: _Run, mode: str, log) -> tuple[TrainerState, str]:
+    """The state to start from, and the mode: on 'resume', the newest checkpoint holding
+    ``train_state.pt`` is loaded into the model, optimizer and RNG (none: a 'new' run)."""
+    state = TrainerState()
+    ckpts = [p for p in list_checkpoints(run.out) if (p / "train_state.pt").exists()] if mode == "resume" else []
+    if not ckpts:
+        return state, "new" if mode == "resume" else mode
+    last = ckpts[-1]
+    saved = load_train_state(last)
+    run.model.load_state_dict(load_checkpoint(last).state_dict())
+    run.opt.load_state_dict(saved["optimizer"])
+    torch.set_rng_state(saved["rng"]["torch"])
+    if "cuda" in saved["rng"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(saved["rng"]["cuda"])
+    state.start = state.step = int(saved["step"])
+    state.tokens_seen = int(saved["tokens_seen"])
+    state.running = saved.get("running", state.running)
+    if run.is_main:
+        log(f"resuming {run.out} from step {state.start}")
+    return state, mode
 
-    def maybe_eval(step):
-        nonlocal loss_sum, loss_n, niah_sum, niah_n, last_metrics
-        if is_main and step in eval_at:
-            m = evaluate(model, cfg)
-            last_metrics = {"step": step, "tokens_seen": tokens_seen, "lr": lr_at(cfg, max(step - 1, 0)),
-                            "train_loss": loss_sum / loss_n if loss_n else None,
-                            "train_niah_loss": niah_sum / niah_n if niah_n else None, **m,
-                            "tokens_per_s": (step - start) * tok_per_step / train_time if train_time else None,
-                            "time_s": round(train_time, 3)}
-            _write_metrics(out, last_metrics)
-            loss_sum, loss_n, niah_sum, niah_n = 0.0, 0, 0.0, 0
 
-    if start == 0 and mode != "resume":  # resumed from step 0: its evaluation and checkpoint exist
-        maybe_eval(0)
-        if 0 in ckpt_at:
-            checkpoint(0)
-    bar = None
-    if is_main and progress:
-        from tqdm.auto import tqdm
-        bar = tqdm(total=end, initial=start, desc=f"train {out.name}", unit="step", dynamic_ncols=True)
-    lines = is_main and bar is None and bool(log_every) and log_every > 0
-    line_loss = [0.0, 0]  # training loss since the last progress line
-    model.train()
-    step = start
+def _prepare_folder(run: _Run, mode: str, start: int) -> None:
+    """Rank 0: make ``out`` hold this run (emptied on 'overwrite'), drop what a killed save left
+    and the metrics rows past the resume point (all of them on a fresh start)."""
+    if mode == "overwrite":
+        shutil.rmtree(run.out)
+    run.out.mkdir(parents=True, exist_ok=True)
+    clean_partial_checkpoints(run.out)
+    write_text(run.out / RUN_FILE, json.dumps({"model": run.model_cfg.to_dict(), "train": run.cfg.to_dict()},
+                                              indent=2, sort_keys=True))
+    _truncate_metrics(run.out, start if mode == "resume" else -1)  # a fresh start re-evaluates step 0
+
+
+def _wrap(run: _Run) -> None:
+    """DDP under torchrun, ``torch.compile`` when asked, bf16 autocast on CUDA."""
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    dev = run.device
+    run.net = DDP(run.model, device_ids=[dev.index] if dev.type == "cuda" else None) if run.world > 1 else run.model
+    run.fwd = torch.compile(run.net) if run.cfg.compile else run.net
+    run.autocast = (torch.autocast("cuda", dtype=torch.bfloat16)
+                    if dev.type == "cuda" and run.cfg.dtype in ("auto", "bfloat16") else contextlib.nullcontext())
+
+
+def _save(run: _Run, state: TrainerState) -> None:
+    """Rank 0: checkpoint the current step with everything an exact resume needs."""
+    if run.is_main:
+        train_state = {"optimizer": run.opt.state_dict(), "step": state.step, "tokens_seen": state.tokens_seen,
+                       "rng": _rng_state(), "world_size": run.world, "running": state.running}
+        save_checkpoint(run.out, state.step, run.model, train_cfg=run.cfg, tokens_seen=state.tokens_seen,
+                        data_seed=run.cfg.seed, train_state=train_state)
+
+
+def _maybe_evaluate(run: _Run, state: TrainerState) -> None:
+    """Rank 0, at an evaluation step: evaluate, append the metrics row, restart the loss sums."""
+    if not (run.is_main and state.step in run.eval_at):
+        return
+    step, m = state.step, evaluate(run.model, run.cfg)
+    state.last_metrics = {"step": step, "tokens_seen": state.tokens_seen, "lr": lr_at(run.cfg, max(step - 1, 0)),
+                          "train_loss": state.loss_sum / state.loss_n if state.loss_n else None,
+                          "train_niah_loss": state.niah_sum / state.niah_n if state.niah_n else None, **m,
+                          "tokens_per_s": state.tokens_per_s(run.tok_per_step),
+                          "time_s": round(state.train_time, 3)}
+    _write_metrics(run.out, state.last_metrics)
+    state.running = [0.0, 0, 0.0, 0]
+
+
+def _progress_bar(run: _Run, state: TrainerState, progress: bool):
+    if not (run.is_main and progress):
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=run.end, initial=state.start, desc=f"train {run.out.name}", unit="step", dynamic_ncols=True)
+
+
+def _loop(run: _Run, state: TrainerState, bar, log, log_every: int | None, t_call: float) -> None:
+    """Train from ``state.step`` to ``run.end``: step, evaluate, checkpoint, report. Ctrl-C in a
+    single process saves the step reached (when past the start) before re-raising."""
+    lines = run.is_main and bar is None and bool(log_every) and log_every > 0
+    run.model.train()
     try:
-        while step < end:
+        while state.step < run.end:
             t0 = time.perf_counter()
-            lr = lr_at(cfg, step)
-            for g in opt.param_groups:
-                g["lr"] = lr
-            step_loss = torch.zeros(3, device=device)  # sum of row losses, of needle-row losses, needle rows
-            for micro in range(cfg.grad_accum):
-                chunk = micro * world + rank
-                b = training_batch(cfg, step, rows=range(chunk * mb, (chunk + 1) * mb))
-                sync = (world == 1 or micro == cfg.grad_accum - 1)
-                with (contextlib.nullcontext() if sync else net.no_sync()):
-                    with autocast:
-                        logits = fwd(b.tokens.to(device))  # (mb, T, vocab)
-                    losses = row_loss(logits, b.targets.to(device), b.weights.to(device))  # (mb,)
-                    (losses.sum() * world / cfg.batch_size).backward()
-                nd = b.is_needle.to(device)
-                step_loss += torch.stack([losses.detach().sum(), losses.detach()[nd].sum(), nd.sum()])
-            if cfg.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-            if world > 1:
-                torch.distributed.all_reduce(step_loss)
-            loss = step_loss[0].item() / cfg.batch_size
-            niah_sum, niah_n = niah_sum + step_loss[1].item(), niah_n + step_loss[2].item()
-            step += 1
-            tokens_seen += tok_per_step
+            loss, niah_sum, niah_n = _train_step(run, state.step)
             dt = time.perf_counter() - t0
-            train_time += dt
-            loss_sum, loss_n = loss_sum + loss, loss_n + 1
+            state.record_step(loss, niah_sum, niah_n, run.tok_per_step, dt)
             if bar is not None:
                 bar.update(1)
-                bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{tok_per_step / dt:,.0f}", refresh=False)
-            maybe_eval(step)
-            if step in ckpt_at or step == end:
-                checkpoint(step)
+                bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{run.tok_per_step / dt:,.0f}", refresh=False)
+            _maybe_evaluate(run, state)
+            if state.step in run.ckpt_at or state.step == run.end:
+                _save(run, state)
             if lines:
-                line_loss = [line_loss[0] + loss, line_loss[1] + 1]
-                if step % log_every == 0 or step == end:
-                    log(progress_line(step, end, line_loss[0] / line_loss[1], last_metrics.get("niah_acc"),
-                                      time.time() - t_call))
-                    line_loss = [0.0, 0]
+                _progress_line(run, state, loss, log, log_every, t_call)
     except KeyboardInterrupt:
-        if world == 1 and step > start:
-            checkpoint(step)
-            log(f"interrupted: saved step {step} in {out}; continue with --resume")
+        if run.world == 1 and state.step > state.start:
+            _save(run, state)
+            log(f"interrupted: saved step {state.step} in {run.out}; continue with --resume")
         raise
     finally:
         if bar is not None:
             bar.close()
-    _barrier(world)
-    return {"out": str(out), "step": step, "tokens_seen": tokens_seen, "wall_s": train_time,
-            "tokens_per_s": (step - start) * tok_per_step / train_time if train_time else None,
-            "final": last_metrics, "model": model}
+
+
+def _train_step(run: _Run, step: int) -> tuple[float, float, float]:
+    """One optimizer step (``step`` -> ``step + 1``) over the global batch, split into this rank's
+    micro-batches. Returns (mean row loss, sum of needle-row losses, needle rows), all ranks'."""
+    cfg, world, mb = run.cfg, run.world, run.micro_rows
+    lr = lr_at(cfg, step)
+    for g in run.opt.param_groups:
+        g["lr"] = lr
+    step_loss = torch.zeros(3, device=run.device)  # sum of row losses, of needle-row losses, needle rows
+    for micro in range(cfg.grad_accum):
+        chunk = micro * world + run.rank
+        b = training_batch(cfg, step, rows=range(chunk * mb, (chunk + 1) * mb))
+        sync = (world == 1 or micro == cfg.grad_accum - 1)
+        with (contextlib.nullcontext() if sync else run.net.no_sync()):
+            with run.autocast:
+                logits = run.fwd(b.tokens.to(run.device))  # (mb, T, vocab)
+            losses = row_loss(logits, b.targets.to(run.device), b.weights.to(run.device))  # (mb,)
+            (losses.sum() * world / cfg.batch_size).backward()
+        nd = b.is_needle.to(run.device)
+        step_loss += torch.stack([losses.detach().sum(), losses.detach()[nd].sum(), nd.sum()])
+    if cfg.grad_clip > 0:
+        torch.nn.utils.clip_grad_norm_(run.model.parameters(), cfg.grad_clip)
+    run.opt.step()
+    run.opt.zero_grad(set_to_none=True)
+    if world > 1:
+        torch.distributed.all_reduce(step_loss)
+    return step_loss[0].item() / cfg.batch_size, step_loss[1].item(), step_loss[2].item()
+
+
+def _progress_line(run: _Run, state: TrainerState, loss: float, log, log_every: int, t_call: float) -> None:
+    """Add the step's loss to the line's sums; every ``log_every`` steps and at the end, log the line."""
+    state.line_sum, state.line_n = state.line_sum + loss, state.line_n + 1
+    if state.step % log_every == 0 or state.step == run.end:
+        log(progress_line(state.step, run.end, state.line_sum / state.line_n, state.last_metrics.get("niah_acc"),
+                          time.time() - t_call))
+        state.line_sum, state.line_n = 0.0, 0
 
 
 def read_metrics(run: str | Path) -> list[dict]:
