@@ -113,3 +113,22 @@ def test_niah_grid_uses_it(oracle):
     assert df["score"].tolist() == [(i % 4) / 4 for i in range(8)] + [0.0, 0.25]
     grid = niah_grid(oracle, [400], [0.0, 1.0], **kw)
     assert grid["accuracy"].tolist() == [1.5 / 5, 1.75 / 5]
+
+
+def test_cells_from_the_detectors_predictions_equal_the_scans_formula():
+    """What pipeline.scanner.score_checkpoint / hf_scanner._score compute from ``score_heads``."""
+    from retrieval_heads.detect.scores import HeadScores, score_heads
+
+    torch.manual_seed(0)
+    model = HybridLM(MC).eval()
+    batches = [niah_batch(n=4, context_len=L, seed=L, variant="single_1", depths=[0.0, 0.0, 1.0, 1.0])
+               for L in (128, 160)]
+    res = HeadScores.merge([score_heads(model, b, max_new_tokens=4, batch_size=2) for b in batches])
+    r = niah_scores(res.predictions, [s for b in batches for s in b.samples])
+    assert r.scores == tuple(res.match.tolist()) and r.context_lens == tuple(res.context_lens)
+    cl, dp = torch.tensor(res.context_lens), torch.tensor(res.depths)
+    for c in r.cells([128, 160, 192], [0.0, 1.0]):
+        sel = (cl == c["context_len"]) & ((dp - c["depth"]).abs() < 1e-9)
+        assert c["n"] == int(sel.sum())
+        old = float(res.match[sel].mean())
+        assert c["accuracy"] == old or (math.isnan(old) and math.isnan(c["accuracy"]))
