@@ -156,3 +156,24 @@ def test_tiny_preset_learns_niah(tmp_path):
     assert rows[1]["niah_acc"] == 0.0  # retrieval forms during training, not at the start
     final = rh.load_checkpoint(rh.list_checkpoints(tmp_path / "tiny")[-1])
     assert rh.train.evaluate(final, tc, n=64)["niah_acc"] >= 0.9
+
+
+def test_train_state_file_and_trainer_state(tmp_path):
+    """train_state.pt holds exactly what an exact resume needs; ``running`` are the loss sums
+    since the last evaluation (a checkpoint between evaluations carries them over)."""
+    from retrieval_heads.train.loop import TrainerState, read_metrics
+
+    tc = TC.replace(steps=4, eval_every=2, save_every=2, save_log_spaced=False)
+    train(MC, tc, tmp_path / "r", progress=False, stop_at=3, log=lambda *a: None)
+    st = rh.train.load_train_state(tmp_path / "r" / "step_000003")
+    assert list(st) == ["optimizer", "step", "tokens_seen", "rng", "world_size", "running"]
+    assert (st["step"], st["tokens_seen"], st["world_size"]) == (3, 3 * 4 * 140, 1)
+    loss_sum, loss_n, niah_sum, niah_n = st["running"]  # step 3 only: step 2 was evaluated
+    assert loss_n == 1 and loss_sum > 0 and niah_n == 2 and niah_sum > 0
+    rows = read_metrics(tmp_path / "r")
+    assert [r["step"] for r in rows] == [0, 2]
+    s = TrainerState()
+    s.running = st["running"]
+    s.record_step(1.5, 2.0, 2.0, tokens=10, dt=0.5)
+    assert s.running == [loss_sum + 1.5, 2, niah_sum + 2.0, niah_n + 2.0]
+    assert (s.step, s.tokens_seen, s.train_time, s.tokens_per_s(10)) == (1, 10, 0.5, 20.0)
