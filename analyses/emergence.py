@@ -65,12 +65,12 @@ QUICK = dict(
     hybrids=("S:8", "S:32", "M", "D", "L"), sizes=(16, 32, 48), main_size=32, d_head=8,
     fit=("F", "S:8"), eval=dict(n=8, buckets=4), niah=dict(n=2),
 )
+# the smoke mode: QUICK shrunk to seconds (what differs from QUICK only)
 SMOKE = dict(
-    model=dict(layout="SF", d_model=16, n_heads=2, d_mlp=32, window=8, pos={"F": "nope", "S": "rope"},
-               max_seq_len=192),
-    train=dict(steps=3, batch_size=2, context_len=144, lr=5e-3, warmup_steps=1, niah_fraction=0.5,
-               induction_fraction=0.0, niah_variant="single_1", haystack="essay", eval_every=1,
-               eval_samples=1, save_every=1, save_log_spaced=False),
+    model={**QUICK["model"], "layout": "SF", "d_model": 16, "n_heads": 2, "d_mlp": 32, "max_seq_len": 192},
+    train={**QUICK["train"], "steps": 3, "batch_size": 2, "warmup_steps": 1, "niah_fraction": 0.5,
+           "induction_fraction": 0.0, "eval_every": 1, "eval_samples": 1, "save_every": 1,
+           "save_log_spaced": False},
     hybrids=("S:8", "M"), sizes=(8, 16, 24), main_size=16, d_head=8,
     fit=("F",), eval=dict(n=1, buckets=2), niah=dict(n=1),
 )

@@ -157,21 +157,12 @@ class HeadScores:
             return torch.full((L, H), float("nan"))
         return x[use].mean(0)
 
-    @property
-    def copy(self) -> torch.Tensor:
-        return self.scores("copy")
-
-    @property
-    def mass(self) -> torch.Tensor:
-        return self.scores("mass")
-
-    @property
-    def entropy(self) -> torch.Tensor:
-        return self.scores("entropy")
-
-    @property
-    def entropy_norm(self) -> torch.Tensor:
-        return self.scores("entropy_norm")
+    def __getattr__(self, name: str) -> torch.Tensor:
+        """``res.copy``, ``res.mass``, ... : ``res.scores(name)`` for every attention metric of
+        the table (``retrieval_heads.detect.metrics``), registered ones included."""
+        if not name.startswith("_") and name in attention_metrics():
+            return self.scores(name)
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
     def scores(self, metric: str = "copy") -> torch.Tensor:
         """[n_layers, n_heads] mean of an attention metric of the table (``metrics``) over

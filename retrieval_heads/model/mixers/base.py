@@ -120,6 +120,16 @@ class RecurrentMixer(nn.Module):
             if not hasattr(self, f"hook_{name}"):
                 setattr(self, f"hook_{name}", HookPoint())
 
+
+    def add_qkv(self, cfg) -> tuple[int, int]:
+        """Per-head query, key and value projections ``W_Q``, ``W_K``, ``W_V`` (d_model ->
+        heads x d_head, no bias), created in that order; returns ``(heads, d_head)``."""
+        H, D = cfg.n_heads, cfg.d_head
+        self.H, self.Dh = H, D
+        self.W_Q = nn.Linear(cfg.d_model, H * D, bias=False)
+        self.W_K = nn.Linear(cfg.d_model, H * D, bias=False)
+        self.W_V = nn.Linear(cfg.d_model, H * D, bias=False)
+        return H, D
     def recur(self, q, k, v, log_a, beta=None, state=None):
         """q, k, v (B, H, T, D); log_a, beta (B, H, T) -> o (B, H, T, Dv), final state.
         ``use_naive``: the step-by-step reference; else the chunked form on ``self.backend``

@@ -30,11 +30,7 @@ class GatedDeltaNetMixer(RecurrentMixer):
 
     def __init__(self, cfg, layer: int):
         super().__init__(cfg, layer)
-        H, D = cfg.n_heads, cfg.d_head
-        self.H, self.Dh = H, D
-        self.W_Q = nn.Linear(cfg.d_model, H * D, bias=False)
-        self.W_K = nn.Linear(cfg.d_model, H * D, bias=False)
-        self.W_V = nn.Linear(cfg.d_model, H * D, bias=False)
+        H, D = self.add_qkv(cfg)
         self.W_beta = nn.Linear(cfg.d_model, H, bias=False)
         self.W_a = nn.Linear(cfg.d_model, H, bias=False)
         self.W_gate = nn.Linear(cfg.d_model, H * D, bias=False)

@@ -27,11 +27,7 @@ class LightningMixer(RecurrentMixer):
 
     def __init__(self, cfg, layer: int):
         super().__init__(cfg, layer)
-        H, D = cfg.n_heads, cfg.d_head
-        self.H, self.Dh = H, D
-        self.W_Q = nn.Linear(cfg.d_model, H * D, bias=False)
-        self.W_K = nn.Linear(cfg.d_model, H * D, bias=False)
-        self.W_V = nn.Linear(cfg.d_model, H * D, bias=False)
+        H, D = self.add_qkv(cfg)
         self.W_gate = nn.Linear(cfg.d_model, H * D, bias=False)
         slopes = 2.0 ** (-8.0 * torch.arange(1, H + 1) / H)  # ALiBi-style slopes
         self.register_buffer("log_decay", -slopes, persistent=False)  # (H,)
