@@ -20,7 +20,6 @@ import dataclasses
 import gc
 import hashlib
 import json
-import math
 from pathlib import Path
 
 import pandas as pd
@@ -98,14 +97,7 @@ def _score(model, settings: S.ScanSettings, batches, sha: str, key: str, batch_s
     parts = [score_heads(model, b, recurrent=settings.recurrent, only_correct=settings.only_correct,
                          max_new_tokens=settings.max_new_tokens, batch_size=batch_size) for b in batches]
     res = HeadScores.merge(parts)
-    niah = []
-    cl, dp = torch.tensor(res.context_lens), torch.tensor(res.depths)
-    for L in settings.context_lens:
-        for d in settings.depths:
-            sel = (cl == L) & ((dp - d).abs() < 1e-9)
-            m = res.match[sel]
-            niah.append({"context_len": L, "depth": d, "accuracy": float(m.mean()) if len(m) else math.nan,
-                         "n": int(sel.sum())})
+    niah = S.niah_cells(res, batches, settings)
     n_err = sum(len(b.errors) for b in batches)
     write_json(cache_file, {
         "version": S.SCORE_VERSION, "weights_sha256": sha, "settings_key": key,

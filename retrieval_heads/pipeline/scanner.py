@@ -168,18 +168,11 @@ def score_checkpoint(job: dict) -> dict:
     settings = ScanSettings(**job["settings"])
     cfg = model.cfg
     if job["need_scores"]:
-        parts = [score_heads(model, b, recurrent=settings.recurrent, only_correct=settings.only_correct,
-                             max_new_tokens=settings.max_new_tokens, batch_size=job["batch_size"])
-                 for b in settings.batches()]
-        res = HeadScores.merge(parts)
-        niah = []
-        cl = torch.tensor(res.context_lens)
-        dp = torch.tensor(res.depths)
-        for L in settings.context_lens:
-            for d in settings.depths:
-                sel = (cl == L) & ((dp - d).abs() < 1e-9)
-                m = res.match[sel]
-                niah.append({"context_len": L, "depth": d, "accuracy": float(m.mean()), "n": int(sel.sum())})
+        batches = settings.batches()
+        res = HeadScores.merge([score_heads(model, b, recurrent=settings.recurrent, only_correct=settings.only_correct,
+                                            max_new_tokens=settings.max_new_tokens, batch_size=job["batch_size"])
+                                for b in batches])
+        niah = niah_cells(res, batches, settings)
         payload = {
             "version": SCORE_VERSION, "weights_sha256": job["sha"], "settings_key": job["settings_key"],
             "settings": job["settings"], "layout": cfg.layout, "n_heads": cfg.n_heads,
@@ -195,6 +188,15 @@ def score_checkpoint(job: dict) -> dict:
         qk = qk_distance(model, ref, cfg=cfg, recurrent=settings.recurrent)
         write_json(Path(job["qk_file"]), {k: _nan_to_none(v.tolist()) for k, v in qk.items()})
     return {"path": str(path), "error": None}
+
+
+def niah_cells(res, batches, settings: ScanSettings) -> list[dict]:
+    """NIAH accuracy per (context length, depth) of a scan, from the detector's decoded answers
+    (``eval.niah_scores``: the one NIAH accuracy of training, evaluation and scans)."""
+    from ..eval.niah import niah_scores
+
+    samples = [s for b in batches for s in b.samples]
+    return niah_scores(res.predictions, samples).cells(settings.context_lens, settings.depths)
 
 
 def _init_worker(threads: int):
