@@ -64,6 +64,19 @@ def test_cli_errors_are_one_line(run_dir, tmp_path, capsys):
     assert code == 2 and err.startswith("error:")
 
 
+def test_ablate_refuses_a_missing_scores_path_and_an_impossible_top_k(run_dir, tmp_path, capsys):
+    """Issue 17, item 5: a --scores path that does not exist was silently ignored (re-scored,
+    exit 0), and --top-k 1000 skipped every condition yet exited 0."""
+    args = ["--context-lens", "128", "--depths", "0.5", "--n", "1", "--n-random", "1", "--no-progress"]
+    code, out, err = _run(["ablate", str(run_dir), "--scores", str(tmp_path / "missing.parquet"), *args], capsys)
+    assert code == 2 and out == ""
+    assert err.strip() == f"error: --scores: {tmp_path / 'missing.parquet'}: no such scan table or run folder"
+    code, out, err = _run(["ablate", str(run_dir), "--top-k", "1000", *args], capsys)
+    assert code == 2 and "NIAH accuracy" not in out
+    assert err.strip().splitlines()[-1] == ("error: --top-k: 1000 heads asked for, but the model has 6 attention "
+                                            "heads (3 attention layers x 2)")
+
+
 def test_ablation_under_run_interventions_appears_in_the_run_report(tmp_path, capsys):
     torch.manual_seed(1)
     cfg = rh.ModelConfig(layout="SSF", d_model=32, n_heads=2, window=16, max_seq_len=320)

@@ -159,7 +159,13 @@ def ablate(ckpt, k, scores_path, metric, method, context_lens, depths, variant, 
     from ..tasks import niah_batch
 
     _check_out(out)
+    if scores_path and not Path(scores_path).exists():
+        raise FileNotFoundError(f"--scores: {scores_path}: no such scan table or run folder")
     ck, model = _load(ckpt)
+    n_attn = len(model.cfg.attention_layers) * model.cfg.n_heads
+    if k > n_attn:
+        raise ValueError(f"--top-k: {k} heads asked for, but the model has {n_attn} attention heads "
+                         f"({len(model.cfg.attention_layers)} attention layers x {model.cfg.n_heads})")
     lens = context_lens or (_default_len(model),)
     scores = None
     scan = Path(scores_path) if scores_path else ck.parent / "scan" / "scores.parquet"
@@ -183,6 +189,10 @@ def ablate(ckpt, k, scores_path, metric, method, context_lens, depths, variant, 
     df = ablation_experiment(model, k=k, scores=scores, method=method, context_lens=lens,
                              depths=depths, n=n, variant=variant, seed=seed, n_random=n_random,
                              progress=not no_progress)
+    ablated = [c for c in df["condition"].unique() if c != "none"]
+    if not ablated:  # every condition was skipped: nothing was ablated
+        raise ValueError(f"--top-k {k}: no condition could be formed ("
+                         + "; ".join(f"{c}: {why}" for c, why in df.attrs["skipped"].items()) + ")")
     summ = summarize(df)
     click.echo(f"NIAH accuracy with {k} heads ablated ({method}; lengths {', '.join(map(str, lens))}):")
     click.echo(summ.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
