@@ -161,11 +161,21 @@ def parse_pos(spec: str | dict | None) -> dict[str, str]:
     return out
 
 
-def _check_int(name: str, value: Any, minimum: int = 1) -> None:
+MAX_INT = 2**31 - 1  # sizes, lengths and step counts above this are refused (a typo, not a plan)
+
+
+def _short(value: int) -> str:
+    text = str(value)
+    return text if len(text) <= 24 else f"{text[:12]}... ({len(text)} digits)"
+
+
+def _check_int(name: str, value: Any, minimum: int = 1, maximum: int | None = MAX_INT) -> None:
     if isinstance(value, bool) or not isinstance(value, int):
         raise ValueError(f"{name}: expected an integer, got {value!r}")
     if value < minimum:
-        raise ValueError(f"{name}: must be >= {minimum}, got {value}")
+        raise ValueError(f"{name}: must be >= {minimum}, got {_short(value)}")
+    if maximum is not None and value > maximum:
+        raise ValueError(f"{name}: must be <= {maximum:,}, got {_short(value)}")
 
 
 def _check_float(name: str, value: Any, positive: bool = True) -> None:
@@ -383,7 +393,7 @@ class TrainConfig(_JSONMixin):
                      "eval_samples", "save_every"):
             _check_int(name, getattr(self, name))
         _check_int("warmup_steps", self.warmup_steps, minimum=0)
-        _check_int("seed", self.seed, minimum=0)
+        _check_int("seed", self.seed, minimum=0, maximum=None)
         if self.seed >= 2**63:  # torch.manual_seed takes < 2**64; keep room for derived seeds
             raise ValueError(f"seed: must be < 2**63, got {self.seed}")
         _check_float("lr", self.lr)

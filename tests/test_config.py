@@ -277,3 +277,23 @@ def test_register_layer_kind_is_live_and_checked():
     assert "Z" not in RECURRENT_KINDS and "Z" not in LAYER_KINDS
     with pytest.raises(ValueError, match="unknown letter"):
         ModelConfig(layout="SZF")
+
+
+def test_absurd_sizes_and_step_counts_are_refused_with_a_short_message():
+    """Issue 17, items 3-4: "d_model": 10**400 raised an overflow TypeError, and
+    `train --steps 10**20` passed the checks and then hung building its schedule."""
+    with pytest.raises(ValueError, match=r"^d_model: must be <= 2,147,483,647, got 100000000000\.\.\. \(401 digits\)$"):
+        ModelConfig(layout="SF", d_model=10**400)
+    with pytest.raises(ValueError, match=r"^steps: must be <= 2,147,483,647, got 100000000000000000000$"):
+        TrainConfig(steps=10**20)
+    assert TrainConfig(seed=2**40).seed == 2**40  # seeds may be large (checked against 2**63 separately)
+
+
+def test_deeply_nested_json_is_one_error(tmp_path):
+    from retrieval_heads.storage.checkpoint import CheckpointError, read_meta
+
+    ck = tmp_path / "step_000000"
+    ck.mkdir()
+    (ck / "config.json").write_text("[" * 200000 + "]" * 200000)
+    with pytest.raises(CheckpointError, match="config.json: JSON nested too deep"):
+        read_meta(ck)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import click
 
-from ..config import parse_pos
+from ..config import MAX_INT, parse_pos
 from ..train.presets import list_presets
 
 
@@ -83,7 +83,7 @@ def train(preset, out, steps, layout, window, pos, context_len, seed, device, sa
     cfg = cfg.replace(**tchanges)
     need = cfg.context_len + answer_reserve(cfg.niah_variant)
     if model_cfg.max_seq_len < need:  # room to evaluate past the training length
-        mchanges["max_seq_len"] = max(4 * cfg.context_len, need)
+        mchanges["max_seq_len"] = min(MAX_INT, max(4 * cfg.context_len, need))
     model_cfg = model_cfg.replace(**mchanges) if mchanges else model_cfg
     rank = dist_env()[0]
     if rank == 0:

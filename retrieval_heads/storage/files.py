@@ -53,6 +53,8 @@ def read_json(path: Path, *, error=ValueError):
         return json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise error(f"{path}: malformed JSON ({e})") from None
+    except RecursionError:  # "[[[[...]]]]" 100000 deep
+        raise error(f"{path}: JSON nested too deep to be a configuration") from None
 
 
 def read_json_or_empty(path: Path) -> dict:
