@@ -17,10 +17,10 @@ PKG = Path(__file__).resolve().parents[1] / "retrieval_heads"
 
 # lowest first; a part may import the parts of lower layers
 LAYERS = [
-    {"_version", "config", "labels"},
+    {"_version", "config", "labels", "stats"},
     {"model", "tasks"},
     {"storage", "detect", "eval"},
-    {"interventions", "hf", "train", "plots"},  # plots reads the metric table (detect.metrics)
+    {"interventions", "hf", "train", "plots", "laziness_plots"},  # plots reads the metric table (detect.metrics)
     {"pipeline"},
     {"demo", "notebook"},
     {"cli"},
