@@ -193,3 +193,62 @@ def test_hf_scan_never_unpickles(tmp_path, capsys, keep_safetensors):
         assert "Traceback" not in err
         assert "pickle-format weights refused" in err or "no *.safetensors weights" in err, err
     assert not marker.exists()
+
+
+# ---- issue 17, items 2 and 6: no file outside the checkpoint, no special files ---------------
+def test_hf_weight_map_cannot_point_outside_the_checkpoint(tmp_path):
+    """A ``weight_map`` entry ``../../outside/w.safetensors`` was followed when the scan read the
+    reference's Q/K weights; now every name read from inside a file must stay inside its folder."""
+    import json
+
+    from retrieval_heads.hf import load_hf
+    from retrieval_heads.hf.testing import save_tiny
+    from retrieval_heads.hf.weights import read_qk_weights
+
+    ck = save_tiny("qwen3", tmp_path / "ck")
+    model = load_hf(ck)
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    for f in ck.glob("*.safetensors"):
+        shutil.copy(f, outside / "w.safetensors")
+    keys = list(read_qk_weights(ck, model).values())
+    assert keys  # the folder's own weights are read
+    names = {}
+    from safetensors import safe_open
+    with safe_open(str(next(ck.glob("*.safetensors"))), "pt") as h:
+        names = {k: "../outside/w.safetensors" for k in h.keys()}
+    (ck / "model.safetensors.index.json").write_text(json.dumps({"weight_map": names}))
+    with pytest.raises(ValueError, match=r"weight_map\[.*'\.\./outside/w\.safetensors' is not a file inside"):
+        read_qk_weights(ck, model)
+
+
+@pytest.mark.parametrize("what", ["fifo_config", "fifo_weights", "dev_zero_weights", "folder_weights"])
+def test_special_files_are_refused_not_read(tmp_path, capsys, what):
+    """A FIFO config.json or model.safetensors blocked eval; model.safetensors -> /dev/zero made
+    a scan hash forever. Only regular files are opened: one error line, exit 2, promptly."""
+    import os
+
+    run = make_run(tmp_path / "run", steps=(0,))
+    ck = run / "step_000000"
+    target = ck / ("config.json" if what == "fifo_config" else "model.safetensors")
+    target.unlink()
+    if what.startswith("fifo"):
+        os.mkfifo(target)
+    elif what == "dev_zero_weights":
+        target.symlink_to("/dev/zero")
+    else:
+        target.mkdir()
+    code, _, err = cli(["eval", ck, *EVAL_ARGS], capsys)
+    assert code == 2, err
+    assert_one_line_error(err, str(target))
+    assert "not a regular file" in err or (what == "folder_weights" and "folder" in err)
+
+
+def test_scan_skips_weights_linked_to_dev_zero(tmp_path, capsys):
+    run = make_run(tmp_path / "run", steps=(0, 2))
+    w = run / "step_000002" / "model.safetensors"
+    w.unlink()
+    w.symlink_to("/dev/zero")
+    code, out, err = cli(["scan", run, *SCAN_ARGS], capsys)
+    assert code == 1, err  # the readable checkpoint is scanned, the other skipped and named
+    assert f"skipped step_000002: {w}: a device, not a regular file; refused" in err

@@ -16,10 +16,11 @@ from its safetensors files tensor by tensor, so only the Q/K weights are loaded.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
+
+from ..storage.files import inside, read_json, regular_file
 
 
 def qk_weights(model) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
@@ -40,7 +41,10 @@ def read_qk_weights(path, model) -> dict[int, tuple[torch.Tensor, torch.Tensor]]
     path = Path(path)
     index = path / "model.safetensors.index.json"
     if index.exists():
-        where = json.loads(index.read_text())["weight_map"]
+        where = read_json(index).get("weight_map", {})
+        if not isinstance(where, dict):
+            raise ValueError(f"{index}: weight_map: expected a JSON object")
+        where = {k: str(inside(path, v, f"{index}: weight_map[{k!r}]").relative_to(path)) for k, v in where.items()}
     else:
         where = {}
         for f in sorted(path.glob("*.safetensors")):
@@ -53,7 +57,7 @@ def read_qk_weights(path, model) -> dict[int, tuple[torch.Tensor, torch.Tensor]]
             continue
         pair = []
         for k in keys:
-            with safe_open(str(path / where[k]), "pt") as h:
+            with safe_open(str(regular_file(path / where[k])), "pt") as h:
                 pair.append(h.get_tensor(k))
         out[l] = tuple(pair)
     return out

@@ -28,7 +28,7 @@ import torch
 from ..detect.metrics import attention_metrics
 from ..hf.loader import find_tokenizer_dir, list_hf_checkpoints, load_hf, load_tokenizer, read_hf_config
 from ..hf.needles import hf_needle_batch
-from ..storage.files import write_json
+from ..storage.files import regular_file, write_json
 from . import scanner as S
 
 DEFAULT_CONTEXT = 1024
@@ -46,7 +46,7 @@ def weights_sha(path: Path, memo: dict) -> str:
         hit = memo.get(key)
         if not (hit and hit[:2] == sig):
             fh = hashlib.sha256()
-            with open(f, "rb") as fp:
+            with open(regular_file(f), "rb") as fp:
                 for chunk in iter(lambda: fp.read(1 << 20), b""):
                     fh.update(chunk)
             hit = memo[key] = sig + [fh.hexdigest()]

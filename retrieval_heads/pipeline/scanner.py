@@ -286,7 +286,7 @@ class NativeRun(CheckpointSource):
                 c.step = int(c.meta.get("step", c.step))
                 c.tokens_seen = int(c.meta.get("tokens_seen", 0))
                 c.sha = memo.get(p)
-            except (CheckpointError, OSError) as e:
+            except (ValueError, OSError) as e:  # CheckpointError is a ValueError; so is a FIFO/device
                 c.error = str(e) if not isinstance(e, FileNotFoundError) else \
                     f"{p / 'model.safetensors'}: missing; a checkpoint needs config.json and model.safetensors"
             ckpts.append(c)

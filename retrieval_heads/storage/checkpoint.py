@@ -27,7 +27,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_model
 
 from ..config import ModelConfig, TrainConfig
-from .files import read_json
+from .files import read_json, regular_file
 
 FORMAT = 1
 STEP_RE = re.compile(r"^step_(\d+)$")
@@ -159,7 +159,7 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu", *, che
     if not weights.exists():
         raise CheckpointError(f"{weights}: missing; a checkpoint needs config.json and model.safetensors")
     try:
-        state = load_file(str(weights), device="cpu")
+        state = load_file(str(regular_file(weights)), device="cpu")
     except (SafetensorError, OSError, ValueError) as e:
         raise CheckpointError(f"{weights}: unreadable safetensors file ({e})") from None
     model = HybridLM(meta["model"])
@@ -235,7 +235,7 @@ def clean_partial_checkpoints(run_dir: str | Path) -> list[Path]:
 def weights_hash(path: str | Path) -> str:
     """sha256 of a checkpoint's model.safetensors (keys the scan cache)."""
     h = hashlib.sha256()
-    with open(Path(path) / "model.safetensors", "rb") as f:
+    with open(regular_file(Path(path) / "model.safetensors"), "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
