@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from .. import laziness_plots as lp
 from .. import plots
 from ..labels import head_label
 from ..storage.files import atomic_write, write_json, write_parquet
@@ -71,6 +72,8 @@ def summary_display(summary: pd.DataFrame) -> pd.DataFrame:
     for c, sep in (("formation_step", False), ("formation_tokens", True)):
         if c in d:
             d[c] = [_int_or(v, "not formed", sep) for v in d[c]]
+    if "censored_at_tokens" in d:
+        d["censored_at_tokens"] = [_int_or(v, "-", True) for v in d["censored_at_tokens"]]
     if "window" in d:
         d["window"] = [_int_or(v, "-", False) for v in d["window"]]
     return d
@@ -167,33 +170,167 @@ def build_report(run_dir, out=None) -> Path:
     return out
 
 
+MEASURE_ORDER = ("copy_tf", "copy", "mass")  # formation measures, in the compare page's order
+
+
+def _last_tokens(t: dict) -> float:
+    """The tokens seen at the run's last scanned checkpoint (checkpoints.parquet's scored rows,
+    else scores.parquet, else niah.parquet); NaN when none of them says."""
+    ck = t["checkpoints"]
+    if "tokens_seen" in ck and len(ck):
+        ok = ck[ck["status"] == "ok"] if "status" in ck else ck
+        if len(ok) and ok["tokens_seen"].notna().any():
+            return float(ok["tokens_seen"].max())
+    for name in ("scores", "niah"):
+        d = t[name]
+        if "tokens_seen" in d and len(d):
+            return float(d["tokens_seen"].max())
+    return math.nan
+
+
+def _train_seed(run_dir: Path) -> int:
+    """The run's training seed from ``RUN/run.json`` (``train.seed``); 0 when it does not say."""
+    try:
+        seed = json.loads((run_dir / "run.json").read_text())["train"]["seed"]
+        return int(seed)
+    except (OSError, ValueError, KeyError, TypeError):
+        return 0
+
+
+def _num(v) -> float:
+    try:
+        return math.nan if v is None else float(v)
+    except (TypeError, ValueError):
+        return math.nan
+
+
+def formation_rows(t: dict, label: str, window: float, seed: int) -> list[dict]:
+    """One laziness-summary row per formation measure of a scanned run (the schema of
+    :mod:`retrieval_heads.laziness_plots`): from formation.json's ``measures`` when the scan
+    wrote them, else from its copy-score ``run`` entry (formed when its ``step`` is set, else
+    censored at the run's last scanned tokens)."""
+    meta, last = t["meta"], _last_tokens(t)
+    measures = meta.get("measures")
+    if not isinstance(measures, dict) or not measures:
+        run = meta.get("run") or {}
+        measures = {meta.get("metric", "copy"): {"formed": run.get("step") is not None,
+                                                 "tokens_seen": run.get("tokens_seen")}}
+    rows = []
+    for name, m in measures.items():
+        m = m if isinstance(m, dict) else {}
+        formed = bool(m.get("formed", m.get("step") is not None))
+        budget = _num(m.get("budget_tokens"))
+        budget = last if math.isnan(budget) else budget
+        cens = _num(m.get("censored_at_tokens"))
+        rows.append({"label": label, "window": window, "seed": seed, "measure": str(name), "formed": formed,
+                     "formation_tokens": _num(m.get("tokens_seen")) if formed else math.nan,
+                     "censored_at_tokens": math.nan if formed else (last if math.isnan(cens) else cens),
+                     "budget_tokens": budget})
+    return rows
+
+
+def curve_rows(t: dict, label: str, window: float, seed: int, measures) -> pd.DataFrame:
+    """The run's laziness curves: per measure and scanned checkpoint, the best full-attention
+    head's score (scores.parquet metric of that name; NaN where the scan has none) and the
+    NIAH accuracy at that checkpoint."""
+    sc, ni = t["scores"], t["niah"]
+    acc = (ni.groupby("tokens_seen")["accuracy"].mean() if len(ni) and "accuracy" in ni
+           else pd.Series(dtype="float64"))
+    f = sc[sc["layer_type"] == "F"] if "layer_type" in sc else sc.iloc[:0]
+    parts = []
+    for meas in measures:
+        best = f[f["metric"] == meas].groupby("tokens_seen")["value"].max() if len(f) else pd.Series(dtype="float64")
+        tokens = sorted(set(best.index) | set(acc.index))
+        parts.append(pd.DataFrame({"label": label, "window": window, "seed": seed, "measure": meas,
+                                   "tokens_seen": pd.Series(tokens, dtype="float64"),
+                                   "best_f_score": best.reindex(tokens).values,
+                                   "niah_acc": acc.reindex(tokens).values}))
+    if not parts:
+        return pd.DataFrame(columns=lp.CURVE_COLUMNS)
+    return pd.concat(parts, ignore_index=True)[lp.CURVE_COLUMNS]
+
+
+def _measure_order(measures) -> list[str]:
+    ms = list(dict.fromkeys(measures))
+    return [m for m in MEASURE_ORDER if m in ms] + [m for m in ms if m not in MEASURE_ORDER]
+
+
+def laziness_sections(formation: pd.DataFrame, curves: pd.DataFrame, first_fig: bool = True,
+                      title_note: str = "", thresholds: dict | None = None) -> list[str]:
+    """HTML of the compare page's Large-Window Laziness part: per formation measure the
+    formation-vs-window figure, then the censoring-aware table, the best F-head score curves
+    per measure and the NIAH curves (plotly.js embedded with the first figure when
+    ``first_fig``)."""
+    thresholds = thresholds or {}
+    measures = _measure_order(formation["measure"]) or list(MEASURE_ORDER[1:2])
+    figs = [lp.formation_vs_window(formation, m, title_note=title_note) for m in measures]
+    body = [figure_html(f, first_fig and i == 0) for i, f in enumerate(figs)]
+    body.append("<h2>Formation per window and measure (censored runs included)</h2>"
+                "<p>formed: seeds whose first full-attention retrieval head formed / seeds run; "
+                "<i>censored at X</i>: no head formed by the run's last checkpoint (X tokens seen). "
+                "Mean and interval are over the formed seeds only (a lower bound on the true mean when "
+                "some seeds are censored).</p>")
+    body.append(lp.formation_summary_table(formation).to_html(index=False, na_rep="-"))
+    more = [lp.score_curves(curves, m, threshold=thresholds.get(m), title_note=title_note) for m in measures]
+    more.append(lp.niah_curves(curves, title_note=title_note))
+    body.append("<h2>Scores and NIAH accuracy over training</h2>")
+    body += [figure_html(f, first_fig and not figs and i == 0) for i, f in enumerate(more)]
+    return body
+
+
 def compare_runs(runs, out="compare.html") -> tuple[Path, pd.DataFrame]:
-    """One figure over several scanned runs, keyed by layout / window / pos: formation of the
-    first full-attention retrieval head vs SWA window, and NIAH accuracy vs tokens seen.
-    Writes ``out`` (HTML) and a summary table beside it (``.parquet`` and ``.json``)."""
-    rows, niah = [], {}
+    """Several scanned runs on one page, keyed by layout / window / pos / seed: tokens to the
+    first full-attention retrieval head vs SWA window for every formation measure (formed
+    seeds, censored seeds as open triangles, mean with a bootstrap interval, the
+    all-full-attention reference as a band), a censoring-aware table per window and measure,
+    and best F-head score and NIAH accuracy vs tokens seen per window
+    (:mod:`retrieval_heads.laziness_plots`). Every run is shown, formed or not.
+
+    Writes ``out`` (HTML) and the per-run summary beside it (``.parquet`` and ``.json``; its
+    formation columns are the copy-score ``run`` entry of formation.json); returns (path,
+    summary)."""
+    rows, form_rows, curves = [], [], []
+    labels: set[str] = set()
+    thresholds: dict = {}  # measure -> its formation threshold (the first run's that says)
     for r in runs:
         t = load_scan(r)
+        scan_dir = scan_dir_of(r)
+        run_dir = _run_dir_of(Path(r), scan_dir)
         m, run = t["meta"]["model"], t["meta"].get("run", {})
         label = plots.run_label(m)
-        if label in niah:
+        if label in labels:
             label = f"{label} ({Path(r).name})"
+        labels.add(label)
+        window = _num(m.get("window"))
+        seed = _train_seed(run_dir)
         a = t["niah"]
         last = a[a["step"] == a["step"].max()]["accuracy"].mean() if len(a) else math.nan
-        rows.append({"run": str(r), "label": label, "layout": m.get("layout"),
-                     "window": m.get("window") if m.get("window") is not None else math.nan,
+        formed = run.get("step") is not None
+        rows.append({"run": str(r), "label": label, "layout": m.get("layout"), "window": window, "seed": seed,
                      "pos": ",".join(f"{k}:{v}" for k, v in sorted((m.get("pos") or {}).items())),
                      "formation_step": run.get("step"), "formation_tokens": run.get("tokens_seen"),
+                     "censored_at_tokens": math.nan if formed else _last_tokens(t),
                      "final_niah_accuracy": last, "threshold": t["meta"].get("threshold")})
-        niah[label] = a
+        fr = formation_rows(t, label, window, seed)
+        for name, entry in (t["meta"].get("measures") or {t["meta"].get("metric", "copy"): {}}).items():
+            th = entry.get("threshold") if isinstance(entry, dict) else None
+            thresholds.setdefault(name, t["meta"].get("threshold") if th is None and name == "copy" else th)
+        form_rows += fr
+        curves.append(curve_rows(t, label, window, seed, [x["measure"] for x in fr]))
     summary = pd.DataFrame(rows)
-    for c in ("formation_step", "formation_tokens", "window"):
+    for c in ("formation_step", "formation_tokens", "window", "censored_at_tokens"):
         summary[c] = pd.to_numeric(summary[c], errors="coerce").astype("float64")
-    fig = plots.compare_figure(summary, niah)
+    formation = pd.DataFrame(form_rows, columns=lp.SUMMARY_COLUMNS)
+    curves_df = pd.concat(curves, ignore_index=True) if curves else pd.DataFrame()
     out = Path(out)
 
-    body = ["<h1>Retrieval-head formation across runs</h1>", figure_html(fig, True),
-            summary_display(summary).to_html(index=False, na_rep="not formed")]
+    n_cens = int((~formation["formed"].astype(bool)).sum()) if len(formation) else 0
+    body = ["<h1>Retrieval-head formation across runs (Large-Window Laziness)</h1>",
+            f"<p>{len(summary)} run(s), {summary['window'].nunique()} SWA window(s)"
+            f"{', plus the full-attention reference' if summary['window'].isna().any() else ''}; "
+            f"{n_cens} run x measure pair(s) censored (no head formed by the last checkpoint).</p>",
+            *laziness_sections(formation, curves_df, first_fig=True, thresholds=thresholds),
+            "<h2>Runs</h2>", summary_display(summary).to_html(index=False, na_rep="not formed")]
     atomic_write(out, lambda p: Path(p).write_text(html_page("compare runs", body), encoding="utf-8"))
     write_parquet(out.with_suffix(".parquet"), summary)
     write_json(out.with_suffix(".json"), [{k: (None if isinstance(v, float) and math.isnan(v) else v)
