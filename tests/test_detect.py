@@ -81,7 +81,7 @@ def test_forced_copy_head_scores_one_others_zero(needles):
     torch.testing.assert_close(res.entropy_norm[0], torch.ones(2))
     assert res.mass[0].abs().max() == 0  # the needle is far outside the S window
     df = res.to_frame()
-    assert set(df.metric) == {"copy", "mass", "entropy", "entropy_norm"}
+    assert set(df.metric) == {"copy", "mass", "entropy", "entropy_norm", "copy_tf"}
     assert df[(df.metric == "copy")].n.unique().tolist() == [3]
 
 
@@ -265,3 +265,144 @@ def test_fast_rows_and_scores_equal_eager(kind):
     assert hits > 0
     if kind in ("F", "S", "L"):
         assert res.per_sample["copy"].sum() > 0
+
+
+# --- copy_tf: teacher-forced copy over every valid sample ------------------------------------
+class PointingRows:
+    """A hand-built row source (one F layer, 3 heads) whose argmaxes are known. At a query
+    position p = q + j (teacher-forced answer position j; q the sample's query position), head 0
+    puts its argmax on the needle position holding answer token j, head 1 one position after
+    it, head 2 on it for even j and on BOS for odd j; at other positions every row is uniform.
+    Needle positions are computed here from the values' layout in the answer (", " between
+    values), independently of ``scores.answer_targets``. Records each prefill's input."""
+
+    n_layers, n_heads, layer_types, windows, eos = 1, 3, "F", [None], None
+
+    def __init__(self, batch):
+        self.batch, self.calls = batch, []
+
+    def decode(self, ids):
+        return TOKENIZER.decode(ids)
+
+    def scorable_layers(self, recurrent=False):
+        return [0]
+
+    def needle_pos(self, b: int, j: int):
+        s = self.batch.samples[b]
+        off = 0
+        for (a, e) in s.answer_spans:
+            if off <= j < off + (e - a):
+                return a + j - off
+            off += (e - a) + 2  # the value, then ", "
+        return None
+
+    def prefill_rows(self, tokens, query_pos, *, recurrent=False, fwd_hooks=()):
+        query_pos = torch.as_tensor(query_pos)
+        if query_pos.dim() == 1:
+            query_pos = query_pos[None].expand(tokens.shape[0], -1)
+        self.calls.append((tokens.clone(), query_pos.clone()))
+        B, T = tokens.shape
+        nq = query_pos.shape[1]
+        rows = torch.ones(B, 3, nq, T)
+        for b in range(B):
+            q = self.batch.samples[b].query_pos
+            for i, p in enumerate(query_pos[b].tolist()):
+                rows[b, :, i, p + 1:] = 0  # causal
+                t = self.needle_pos(b, p - q) if p >= q else None
+                if t is not None:
+                    rows[b, 0, i, t] = 50
+                    rows[b, 1, i, t + 1] = 50
+                    rows[b, 2, i, t if (p - q) % 2 == 0 else 0] = 50
+        return {0: rows / rows.sum(-1, keepdim=True)}
+
+    def decode_rows(self, *a, **k):
+        raise AssertionError("copy_tf needs no decoding")
+
+
+@pytest.mark.parametrize("variant", ["single_1", "multivalue"])
+def test_copy_tf_on_hand_built_rows(variant):
+    batch = rh.tasks.niah_batch(n=3, context_len=400, seed=2, variant=variant)
+    src = PointingRows(batch)
+    res = score_heads(src, batch, methods=("mass",))
+    n_val = [sum(e - a for a, e in s.answer_spans) for s in batch.samples]  # needle tokens per answer
+    even = torch.tensor([sum(1 for j in range(len(s.answer_tokens)) if src.needle_pos(b, j) is not None
+                             and j % 2 == 0) / n for b, (s, n) in enumerate(zip(batch.samples, n_val))])
+    torch.testing.assert_close(res.per_sample["copy_tf"][:, 0, 0], torch.ones(3))
+    torch.testing.assert_close(res.per_sample["copy_tf"][:, 0, 1], torch.zeros(3))
+    torch.testing.assert_close(res.per_sample["copy_tf"][:, 0, 2], even)
+    torch.testing.assert_close(res.copy_tf[0], torch.stack([torch.tensor(1.0), torch.tensor(0.0), even.mean()]))
+    # the teacher-forced pass: prompt + gold answer (all but its last token), rows at q .. q + n - 1
+    tok, qp = src.calls[-1]
+    T = batch.tokens.shape[1]
+    for b, s in enumerate(batch.samples):
+        n = len(s.answer_tokens)  # the last answer token is a needle token: every position scored
+        assert tok[b, :T].tolist() == s.tokens and tok[b, T:T + n - 1].tolist() == s.answer_tokens[:-1]
+        assert qp[b, :n].tolist() == list(range(T - 1, T - 1 + n))
+    if variant == "multivalue":  # separators (", ") are answer tokens with no needle position
+        assert len(batch.samples[0].answer_tokens) == n_val[0] + 2 * (len(batch.samples[0].answer_spans) - 1)
+    assert "copy_tf" in rh.detect.metrics.retrieval_metrics()
+    torch.testing.assert_close(rh.retrieval_scores(src, batch, method="copy_tf"), res.copy_tf)
+
+
+def test_copy_tf_counts_every_valid_sample_not_only_correct(needles):
+    """A model that answers nothing: copy (correct answers only) is NaN, copy_tf is a number;
+    an invalid sample is left out of copy_tf as of every other average."""
+    m = copy_model()
+    res = score_heads(m, needles, fwd_hooks=point_head(needles, shift=1))
+    assert res.n_correct == 0 and torch.isnan(res.copy).all()
+    assert not torch.isnan(res.copy_tf).any()
+    assert res.to_frame().query("metric == 'copy_tf'").n.unique().tolist() == [3]
+    import copy as _copy
+
+    batch = needles.subset([0, 1, 2])
+    batch.samples = [_copy.copy(s) for s in batch.samples]
+    batch.samples[1].answer_spans = [(-1, -1)]
+    with pytest.warns(UserWarning, match="answer span not located"):
+        res = score_heads(m, batch, methods=("mass",))
+    assert torch.isnan(res.per_sample["copy_tf"][1]).all() and not torch.isnan(res.copy_tf).any()
+
+
+@pytest.mark.parametrize("kind", ["F", "S-gqa", "F-rope", "M", "D"])
+def test_copy_tf_equals_the_rule_on_eager_rows(kind):
+    """copy_tf from the O(T) teacher-forced rows equals the rule applied to rows cut out of full
+    eager patterns of prompt + answer (every layer kind; recurrent ones through effective attention)."""
+    m = random_model(LAYOUTS[kind])
+    rec = kind[0] in RECURRENT_KINDS
+    b = wide_span_batch()
+    T = b.tokens.shape[1]
+    res = score_heads(m, b, methods=("mass",), recurrent=rec)
+    ans = torch.tensor([s.answer_tokens for s in b.samples])  # (4, 110): row[5:115]
+    n = ans.shape[1]
+    ref = eager_rows(m, torch.cat([b.tokens, ans[:, :-1]], 1), list(range(T - 1, T - 1 + n)), recurrent=rec)
+    target = torch.arange(5, 115)
+    hits = 0
+    for l, r in ref.items():
+        hit = (r.argmax(-1) == target).float()  # (B, H, n)
+        hits += int(hit.sum())
+        torch.testing.assert_close(res.per_sample["copy_tf"][:, l], hit.mean(-1), rtol=0, atol=1e-6)
+    assert hits > 0 or kind in RECURRENT_KINDS  # non-vacuous where argmaxes can land on the target
+
+
+TINY_DEEP = __import__("pathlib").Path(__file__).parent / "fixtures" / "tiny_deep" / "step_001600"
+
+
+def test_copy_tf_of_a_trained_checkpoint_tracks_copy():
+    """tests/fixtures/tiny_deep (SSSSSF, answers every needle at its training length): on 16
+    single_1 needles of 160 tokens every sample is answered correctly, so copy (greedy decode
+    rows, correct samples) and copy_tf (teacher-forced rows, all samples) read the same rows;
+    they differ only where a value repeats a digit (copy credits any span position holding the
+    produced token, copy_tf only the exact one). Measured (layer 5, heads 0..7):
+    copy    0.196 0.518 1.000 1.000 0.429 1.000 0.991 1.000
+    copy_tf 0.188 0.482 1.000 1.000 0.411 1.000 0.991 1.000
+    i.e. the 4 top F heads by copy have copy = copy_tf = 1.000, the fifth 0.991 in both, and
+    |copy - copy_tf| <= 0.036 over all 8; SWA heads (needle outside the window) are 0 in both."""
+    m = rh.load_checkpoint(TINY_DEEP)
+    batch = rh.tasks.niah_batch(n=16, context_len=160, seed=0)
+    res = score_heads(m, batch)
+    assert res.n_correct == 16
+    copy, tf = res.copy[5], res.copy_tf[5]
+    top = copy.argsort(descending=True)[:4]
+    assert (copy[top] > 0.95).all()
+    torch.testing.assert_close(tf[top], copy[top], rtol=0, atol=0.02)
+    assert (copy - tf).abs().max() <= 0.05 and (tf <= copy + 1e-6).all()
+    assert res.copy_tf[:5].abs().max() == 0 and res.copy[:5].abs().max() == 0

@@ -3,7 +3,7 @@
 
     >>> from retrieval_heads.detect import metrics
     >>> metrics.attention_metrics(), metrics.retrieval_metrics()
-    (('copy', 'mass', 'entropy', 'entropy_norm'), ('copy', 'mass'))
+    (('copy', 'mass', 'entropy', 'entropy_norm', 'copy_tf'), ('copy', 'mass', 'copy_tf'))
     >>> metrics.metric("entropy_norm").range, metrics.metric("qk_distance").kind
     ((0.0, 1.0), 'weights')
 
@@ -11,9 +11,12 @@ Two kinds:
 
 - ``attention``: per sample, from the detector's attention rows, averaged over samples by
   ``HeadScores``. ``copy`` is computed from the greedy decode steps (``scores.copy_step``);
-  every other attention metric is a function of the query row, ``row(rows, ctx) -> (B, H)``
-  with rows (B, H, T) probabilities over keys and ``ctx`` a ``RowContext`` -- adding one is
-  one ``register_metric`` call (see CONTRIBUTING.md).
+  every other attention metric is a function of attention rows, ``row(rows, ctx) -> (B, H)``:
+  ``at="query"`` (mass, entropy, ...): rows (B, H, T) probabilities over keys at the query
+  position and ``ctx`` a ``RowContext``; ``at="answer"`` (copy_tf): teacher-forced rows
+  (B, H, nq, T) at the answer positions (prompt + gold answer fed; answer position j is the
+  query that predicts answer token j) and ``ctx`` an ``AnswerContext`` -- adding one is one
+  ``register_metric`` call (see CONTRIBUTING.md).
 - ``weights``: from the heads' Q/K weights against a reference checkpoint
   (``weights.qk_distance``; ``weights_key`` names its entry).
 
@@ -65,6 +68,41 @@ class RowContext:
     visible: torch.Tensor
 
 
+@dataclass(frozen=True)
+class AnswerContext:
+    """What an answer-position metric (``at="answer"``) may read besides the teacher-forced
+    rows (B, H, nq, T) of one layer.
+
+    targets  (B, nq) long: at answer position j, the prompt position of the needle token that
+             answer token j copies (``scores.answer_targets``); -1 where answer token j is no
+             needle token (a separator such as ", ") or j is past the sample's answer
+    """
+
+    targets: torch.Tensor
+
+
+def copy_tf(rows: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Teacher-forced copy score. rows (B, H, nq, T) at the answer positions; targets (B, nq)
+    -> (B, H): the share of answer positions with a target (>= 0) at which the head's argmax key
+    is that target; NaN for a sample with no target.
+
+        >>> import torch
+        >>> rows = torch.tensor([[[[.1, .8, .1], [.7, .2, .1]]]])      # 1 sample, 1 head, 2 positions
+        >>> copy_tf(rows, torch.tensor([[1, 2]])), copy_tf(rows, torch.tensor([[1, -1]]))
+        (tensor([[0.5000]]), tensor([[1.]]))
+    """
+    import torch
+
+    has = targets >= 0  # (B, nq)
+    hit = (rows.argmax(-1) == targets[:, None, :]) & has[:, None, :]  # (B, H, nq)
+    n = has.sum(-1, keepdim=True).to(rows.dtype)  # (B, 1)
+    return torch.where(n > 0, hit.sum(-1).to(rows.dtype) / n.clamp_min(1), torch.full_like(n, float("nan")))
+
+
+def _copy_tf(rows, ctx: AnswerContext):
+    return copy_tf(rows, ctx.targets)
+
+
 def _mass(rows, ctx: RowContext):
     return span_mass(rows, ctx.spans)
 
@@ -91,7 +129,9 @@ class Metric:
     kind: str = "attention"  # "attention" (per sample, from rows) | "weights" (Q/K weights)
     range: tuple = (None, None)  # (low, high); None = open
     higher_is_retrieval: bool = True
-    row: Callable | None = None  # attention: (rows (B, H, T), RowContext) -> (B, H); None = copy's decode rule
+    row: Callable | None = None  # attention: (rows, ctx) -> (B, H) (see ``at``); None = copy's decode rule
+    at: str = "query"  # rows at "query": (B, H, T) at the query, RowContext; "answer": teacher-forced
+    #                    rows (B, H, nq, T) at the answer positions, AnswerContext
     over: str = "valid"  # samples averaged: "valid", or "counted" (valid and answered correctly)
     weights_key: str | None = None  # weights: the entry of ``weights.qk_distance``'s result
     heatmap: bool = True  # the scan report draws its layer x head heatmap
@@ -108,7 +148,8 @@ class Metric:
 
 
 REGISTRY: dict[str, Metric] = {}
-BUILTIN = ("copy", "mass", "entropy", "entropy_norm", "qk_distance", "qk_l2")
+BUILTIN = ("copy", "mass", "entropy", "entropy_norm", "copy_tf", "qk_distance", "qk_l2")
+ROWS_AT = ("query", "answer")
 
 
 def register_metric(m: Metric) -> Metric:
@@ -123,6 +164,8 @@ def register_metric(m: Metric) -> Metric:
         raise ValueError(f"metric {m.name}: kind {m.kind!r}; use one of {KINDS}")
     if m.over not in ("valid", "counted"):
         raise ValueError(f"metric {m.name}: over {m.over!r}; use 'valid' or 'counted'")
+    if m.at not in ROWS_AT:
+        raise ValueError(f"metric {m.name}: at {m.at!r}; use one of {ROWS_AT}")
     if not (isinstance(m.range, tuple) and len(m.range) == 2):
         raise ValueError(f"metric {m.name}: range is a (low, high) pair (None = open), got {m.range!r}")
     if m.kind == "attention" and m.row is None and m.name != "copy":
@@ -165,8 +208,14 @@ def retrieval_metrics() -> tuple[str, ...]:
 
 
 def row_metrics() -> tuple[str, ...]:
-    """Attention metrics computed from the query row (every attention metric but copy)."""
-    return tuple(n for n, m in REGISTRY.items() if m.kind == "attention" and m.row is not None)
+    """Attention metrics computed from the query row (``at="query"``: mass, entropy, ...)."""
+    return tuple(n for n, m in REGISTRY.items() if m.kind == "attention" and m.row is not None and m.at == "query")
+
+
+def answer_metrics() -> tuple[str, ...]:
+    """Attention metrics computed from teacher-forced rows at the answer positions
+    (``at="answer"``: copy_tf)."""
+    return tuple(n for n, m in REGISTRY.items() if m.kind == "attention" and m.row is not None and m.at == "answer")
 
 
 def heatmap_metrics() -> tuple[str, ...]:
@@ -191,6 +240,10 @@ for _m in (
            higher_is_retrieval=False, row=_entropy, heatmap=False),
     Metric("entropy_norm", "entropy / log(number of keys the query sees)", range=(0.0, 1.0),
            higher_is_retrieval=False, row=_entropy_norm),
+    Metric("copy_tf", "teacher-forced copy score: share of the answer positions (prompt + gold answer fed) "
+                      "at which the head's argmax key is the needle position of the answer token being "
+                      "produced (all valid samples, answered or not)",
+           range=(0.0, 1.0), row=_copy_tf, at="answer", heatmap=False),
     Metric("qk_distance", "relative L2 distance of the head's W_Q/W_K rows to the reference checkpoint",
            kind="weights", range=(0.0, None), higher_is_retrieval=False, weights_key="rel_l2"),
     Metric("qk_l2", "L2 distance of the head's W_Q/W_K rows to the reference checkpoint",

@@ -20,6 +20,14 @@ Rules (per sample; then averaged over samples):
   position (the last prompt token), teacher-forced (the prompt only). Averaged over valid samples.
 - ``entropy``: -sum p log p of that query row; ``entropy_norm`` = entropy / log(n) with n the
   number of keys the query sees (0 when n = 1).
+- ``copy_tf``: teacher-forced copy. The prompt (up to the query position q) and the gold
+  answer are fed in one pass (O(T) rows); answer position j is the query at q + j, which
+  predicts answer token j. Each answer token that is a needle token (``answer_targets``: the
+  gold spans in order, found in ``answer_tokens``; separators such as ", " are not) scores 1
+  when the head's argmax key is the needle position holding that token. Averaged over those
+  answer positions, then over every valid sample (answered correctly or not): it exists
+  before the model answers. A sample whose spans cannot be found in its answer tokens has
+  no such position and is left out of this average (NaN, never 0).
 
 The metrics themselves (names, ranges, which are row functions) are the table in
 ``retrieval_heads.detect.metrics``; a metric registered there is computed and averaged here
@@ -42,7 +50,9 @@ import torch
 from ..tasks import string_match_all
 from .metrics import (
     REGISTRY,
+    AnswerContext,
     RowContext,
+    answer_metrics,
     attention_metrics,
     entropy,  # noqa: F401 (re-exported: the pure scoring functions live in metrics.py)
     retrieval_metrics,
@@ -87,6 +97,37 @@ def span_weights(spans, length: int) -> torch.Tensor:
     for s, e in spans:
         w[s:e] = 1.0 / ((e - s) * len(spans))
     return w
+
+
+def answer_targets(prompt: list[int], sample) -> list[int]:
+    """Per answer token j of ``sample.answer_tokens``: the prompt position of the needle token
+    it copies, or -1 (a separator, or a span not found). The gold spans are taken in order,
+    each found as a run of its own prompt tokens in the answer after the previous one.
+
+        >>> from types import SimpleNamespace as NS
+        >>> answer_targets([9, 5, 6, 9, 7, 8, 9], NS(answer_spans=[(1, 3), (4, 6)], answer_tokens=[5, 6, 0, 7, 8]))
+        [1, 2, -1, 4, 5]
+    """
+    ans = list(sample.answer_tokens)
+    out = [-1] * len(ans)
+    off = 0
+    for s, e in sample.answer_spans:
+        span = list(prompt[s:e])
+        for o in range(off, len(ans) - len(span) + 1):
+            if span and ans[o:o + len(span)] == span:
+                out[o:o + len(span)] = range(s, e)
+                off = o + len(span)
+                break
+    return out
+
+
+def _max_len(src) -> int | None:
+    """The longest input the row source's model takes (None = unknown)."""
+    for obj in (src, getattr(src, "spec", None), getattr(getattr(src, "model", None), "cfg", None)):
+        v = getattr(obj, "max_seq_len", None)
+        if isinstance(v, int) and not isinstance(v, bool):
+            return v
+    return None
 
 
 def copy_step(argmax: torch.Tensor, generated: torch.Tensor, prompt: torch.Tensor,
@@ -155,6 +196,8 @@ class HeadScores:
         L, H = x.shape[1:]
         if not bool(use.any()):
             return torch.full((L, H), float("nan"))
+        if metric_spec(metric).at == "answer":  # a sample without answer targets is left out
+            return x[use].nanmean(0)
         return x[use].mean(0)
 
     def __getattr__(self, name: str) -> torch.Tensor:
@@ -236,13 +279,51 @@ def _row_metrics(out: dict, rows: dict, b0: int, spans_mask, qpos: list[int], wi
             out[m][b0:b0 + B, l] = REGISTRY[m].row(r, ctx)
 
 
+def _answer_metrics(out: dict, src, tokens: torch.Tensor, samples: list, b0: int, valid: torch.Tensor, *,
+                    recurrent: bool, fwd_hooks) -> None:
+    """Fill the answer metrics' (n, L, H) entries (copy_tf: ``metrics.answer_metrics``) of
+    samples b0..: one teacher-forced pass over each prompt (up to its query position q) and its
+    gold answer, rows at the answer positions q .. q + n_answer - 1."""
+    names = [m for m in answer_metrics() if m in out]
+    if not names:
+        return
+    B = len(samples)
+    limit = _max_len(src)
+    seqs, qs, tgts = [], [], []
+    for j, s in enumerate(samples):
+        q = int(s.query_pos)
+        prompt = tokens[j, :q + 1].tolist()
+        tg = answer_targets(tokens[j].tolist(), s) if valid[b0 + j] else []
+        if limit is not None:
+            tg = tg[:max(0, limit - q)]  # answer positions q + i must lie inside the model's context
+        while tg and tg[-1] < 0:  # trailing separators: no position to score
+            tg.pop()
+        seqs.append(prompt + list(s.answer_tokens[:max(len(tg) - 1, 0)]))
+        qs.append([q + i for i in range(len(tg))] or [q])
+        tgts.append(tg or [-1])
+    if all(max(t) < 0 for t in tgts):
+        return
+    Tl = max(map(len, seqs))
+    nq = max(map(len, qs))
+    inp = torch.stack([torch.tensor(x + [x[-1]] * (Tl - len(x)), dtype=torch.long) for x in seqs])  # causal: pad unread
+    qpos = torch.tensor([x + [x[-1]] * (nq - len(x)) for x in qs], dtype=torch.long)  # (B, nq)
+    targets = torch.tensor([x + [-1] * (nq - len(x)) for x in tgts], dtype=torch.long)  # (B, nq)
+    rows = src.prefill_rows(inp, qpos, recurrent=recurrent, fwd_hooks=fwd_hooks)
+    ctx = AnswerContext(targets=targets)
+    for l, r in rows.items():
+        r = r.float().cpu()
+        for m in names:
+            out[m][b0:b0 + B, l] = REGISTRY[m].row(r, ctx)
+
+
 def score_heads(model, batch, *, methods=METHODS, recurrent: bool = False, only_correct: bool = True,
                 max_new_tokens: int | None = None, batch_size: int = 8, strict: bool = False,
                 fwd_hooks=()) -> HeadScores:
     """Score every head of ``model`` (a ``HybridLM`` or any row source, see ``detect.rows``)
     on a ``NeedleBatch``. ``methods`` picks ``copy`` (greedy decoding) and/or ``mass`` (or
     another retrieval metric of the table, ``metrics.retrieval_metrics``); every row metric
-    (mass, entropy, entropy_norm, ...) comes with any of them. ``recurrent=True`` also scores M/D/L layers through their
+    (mass, entropy, entropy_norm, ...) and answer metric (copy_tf: one more teacher-forced
+    pass) comes with any of them. ``recurrent=True`` also scores M/D/L layers through their
     effective attention. ``fwd_hooks`` are extra TransformerLens hooks active on every
     forward pass (e.g. an ablation). Memory is O(T) per sample."""
     methods = tuple(methods) if not isinstance(methods, str) else (methods,)
@@ -305,6 +386,8 @@ def score_heads(model, batch, *, methods=METHODS, recurrent: bool = False, only_
         else:
             rows = src.prefill_rows(tok, torch.tensor(qpos)[:, None], recurrent=recurrent, fwd_hooks=fwd_hooks)
             _row_metrics(out, {l: r[:, :, 0] for l, r in rows.items()}, b0, spans_mask[idx], qpos, windows)
+        _answer_metrics(out, src, tok, [batch.samples[i] for i in idx], b0, valid, recurrent=recurrent,
+                        fwd_hooks=fwd_hooks)
     for m in out:
         out[m][~valid] = float("nan")
     return HeadScores(layer_types=src.layer_types, scored_layers=layers, methods=methods,
