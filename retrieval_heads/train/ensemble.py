@@ -195,7 +195,7 @@ class EnsemblePlan:
 
 def _linear(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     """x (K, N, in) @ w (K, out, in)^T -> (K, N, out): one nn.Linear per member."""
-    return torch.bmm(x, w.transpose(1, 2))
+    return torch.matmul(x, w.mT)
 
 
 def _rms(x: torch.Tensor, w: torch.Tensor, eps: float) -> torch.Tensor:
