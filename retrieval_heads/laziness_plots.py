@@ -121,10 +121,16 @@ def _stats_bootstrap(v: np.ndarray, level: float, n_boot: int, seed: int) -> tup
     return None
 
 
+def _note(title_note: str) -> str:
+    """``title_note`` as a bold red second title line ("" when empty)."""
+    return f"<br><span style='color:{CENSORED_COLOUR}'><b>{title_note}</b></span>" if title_note else ""
+
+
 def _empty(title: str, note: str = "") -> go.Figure:
     """A figure without data whose title (and centred note) says why."""
     fig = go.Figure()
     fig.update_layout(title=title, height=360, xaxis=dict(visible=False), yaxis=dict(visible=False),
+                      template="plotly_white",
                       annotations=[dict(text=note or title, xref="paper", yref="paper", x=0.5, y=0.5,
                                         showarrow=False, font=dict(size=14, color="#666"))])
     return fig
@@ -176,9 +182,9 @@ def formation_vs_window(summary: pd.DataFrame, measure: str, *, level: float = 0
     did not; the mean over the formed seeds with its ``level`` bootstrap interval; the
     all-full-attention reference (``window`` NaN) as a horizontal band (min-max over its formed
     seeds, dashed mean) or, when it never formed, a dotted line at its censoring level.
-    ``title_note`` is appended to the title (e.g. "SYNTHETIC DATA")."""
+    ``title_note`` (e.g. "SYNTHETIC DATA") is a second, bold red title line."""
     s = _check(summary, SUMMARY_COLUMNS, "formation_vs_window: summary")
-    note = f" - {title_note}" if title_note else ""
+    note = _note(title_note)
     d = s[s["measure"] == measure]
     if d.empty:
         have = ", ".join(map(str, dict.fromkeys(s["measure"]))) or "none"
@@ -190,21 +196,23 @@ def formation_vs_window(summary: pd.DataFrame, measure: str, *, level: float = 0
         return _empty(f"Formation vs SWA window ({measure}): no SWA run in the table, only the "
                       f"full-attention reference ({len(ref)} run(s)){note}")
     windows = sorted(swa["window"].unique())
-    x_lo, x_hi = windows[0] / 2 ** 0.6, windows[-1] * 2 ** 0.6
+    x_lo, x_hi = windows[0] / 2 ** 0.8, windows[-1] * 2 ** 0.6
     fig = go.Figure()
     ys: list[float] = []
 
     # the reference first, so that it lies under the runs
     ys += _reference_traces(fig, ref, x_lo, x_hi)
 
-    # one marker per seed, jittered a little along the (log) x axis so seeds do not overlap
+    # one marker per seed, just left of the window's tick (the mean and its interval sit on
+    # it), spread a little along the (log) x axis so that seeds do not hide each other
     pts = []
     for w in windows:
         g = swa[swa["window"] == w].sort_values(["seed", "label"])
         k = len(g)
+        step = min(0.1, 0.4 / max(k, 1))
         for i, r in enumerate(g.itertuples()):
             y = r.formation_tokens if r.formed else r.censored_at_tokens
-            pts.append({"x": w * 2 ** ((i - (k - 1) / 2) * 0.07), "y": float(y), "formed": r.formed,
+            pts.append({"x": w * 2 ** (-0.12 - step * (k - 1 - i)), "y": float(y), "formed": r.formed,
                         "label": str(r.label), "seed": int(r.seed), "window": int(w)})
     p = pd.DataFrame(pts)
     formed, cens = p[p["formed"]], p[~p["formed"]]
@@ -243,7 +251,7 @@ def formation_vs_window(summary: pd.DataFrame, measure: str, *, level: float = 0
             x=mm["window"], y=mm["mean"], mode="lines+markers",
             name=f"mean of formed seeds ({ci})",
             line=dict(color="black", width=1.5, dash="dot"),
-            marker=dict(symbol="diamond", size=11, color="black"),
+            marker=dict(symbol="diamond-wide", size=9, color="black"),
             error_y=dict(type="data", symmetric=False, thickness=1.5, width=8, color="black",
                          array=(mm["hi"] - mm["mean"]).fillna(0).values,
                          arrayminus=(mm["mean"] - mm["lo"]).fillna(0).values),
@@ -263,7 +271,7 @@ def formation_vs_window(summary: pd.DataFrame, measure: str, *, level: float = 0
     seeds = swa.groupby("window")["seed"].nunique()
     fig.update_layout(
         title=dict(text=f"Formation vs SWA window: first F retrieval head by '{measure}', "
-                        f"{_seed_count_text(seeds)}{note}", y=0.97),
+                        f"{_seed_count_text(seeds)}{note}", y=0.96),
         xaxis=dict(title="SWA window (log2 scale)", type="log", tickvals=windows,
                    ticktext=[window_text(w) for w in windows], range=[math.log10(x_lo), math.log10(x_hi)]),
         yaxis=dict(title="tokens seen at formation", range=[0, y_top], tickformat="~s", rangemode="tozero"),
@@ -334,7 +342,7 @@ def score_curves(curves: pd.DataFrame, measure: str, *, threshold: float | None 
     """Best full-attention head's ``measure`` score vs tokens seen: one line per window (median
     over seeds), band = min-max over seeds; a dashed line at ``threshold`` unless None."""
     c = _check(curves, CURVE_COLUMNS, "score_curves: curves")
-    note = f" - {title_note}" if title_note else ""
+    note = _note(title_note)
     d = c[(c["measure"] == measure)].dropna(subset=["best_f_score"])
     if d.empty:
         have = ", ".join(map(str, dict.fromkeys(c["measure"]))) or "none"
@@ -355,7 +363,7 @@ def score_curves(curves: pd.DataFrame, measure: str, *, threshold: float | None 
 def niah_curves(curves: pd.DataFrame, *, title_note: str = "") -> go.Figure:
     """NIAH accuracy vs tokens seen: one line per window (median over seeds), band = min-max."""
     c = _check(curves, CURVE_COLUMNS, "niah_curves: curves")
-    note = f" - {title_note}" if title_note else ""
+    note = _note(title_note)
     d = c.dropna(subset=["niah_acc"]).drop_duplicates(["label", "window", "seed", "tokens_seen"])
     if d.empty:
         return _empty(f"NIAH accuracy: no NIAH accuracy in the table{note}")

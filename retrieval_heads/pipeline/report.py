@@ -270,7 +270,7 @@ def laziness_sections(formation: pd.DataFrame, curves: pd.DataFrame, first_fig: 
                 "<i>censored at X</i>: no head formed by the run's last checkpoint (X tokens seen). "
                 "Mean and interval are over the formed seeds only (a lower bound on the true mean when "
                 "some seeds are censored).</p>")
-    body.append(lp.formation_summary_table(formation).to_html(index=False, na_rep="-"))
+    body.append(lp.formation_summary_table(formation).to_html(index=False, na_rep="-", justify="left"))
     more = [lp.score_curves(curves, m, threshold=thresholds.get(m), title_note=title_note) for m in measures]
     more.append(lp.niah_curves(curves, title_note=title_note))
     body.append("<h2>Scores and NIAH accuracy over training</h2>")
