@@ -7,9 +7,9 @@ Both come from ``tests/fixtures/make_scan_golden.py`` (see ``micro_run/README.md
 scans a copy of the run through the public API (``rh.scan`` and the CLI ``main``) only, so
 the scan code can move between modules without touching it, and compares:
 
-* scores.parquet, niah.parquet, formation.parquet, checkpoints.parquet: the same columns in the
-  same order, the same rows after a canonical sort, integers, booleans and strings exactly
-  equal, floats within ``RTOL``/``ATOL`` (NaN equal to NaN);
+* scores.parquet, niah.parquet, formation.parquet, checkpoints.parquet,
+  formation_measures.parquet: the same columns in the same order, the same rows after a
+  canonical sort, integers, booleans and strings exactly equal, floats within ``RTOL``/``ATOL`` (NaN equal to NaN);
 * formation.json key by key (same rule for floats; ``null`` equal only to ``null``).
 
 Nothing is ignored. Two values are *normalized* on both sides because they are absolute paths
@@ -48,6 +48,7 @@ KEYS = {
     "niah.parquet": ["step", "context_len", "depth"],
     "formation.parquet": ["layer", "head", "metric"],
     "checkpoints.parquet": ["step"],
+    "formation_measures.parquet": ["measure", "layer", "head"],
 }
 
 
@@ -181,3 +182,26 @@ def test_comparison_fails_on_a_changed_value(tmp_path):
     changed["run"]["step"] = 800
     with pytest.raises(AssertionError, match=r"formation.json.run.step"):
         assert_json_equal(changed, form)
+    changed = json.loads(json.dumps(form))
+    changed["measures"]["mass"]["censored_at_step"] = 800
+    with pytest.raises(AssertionError, match=r"formation.json.measures.mass.censored_at_step"):
+        assert_json_equal(changed, form)
+    fm = pd.read_parquet(GOLDEN / "formation_measures.parquet")
+    with pytest.raises(AssertionError, match="formation_measures.parquet.formed"):
+        assert_tables_equal("formation_measures.parquet", fm.assign(formed=fm.formed | (fm.index == 4)), fm)
+
+
+def test_stored_formation_measures_cover_every_measure_and_head():
+    """formation_measures.parquet: one row per (measure, head) for mass, copy_tf and copy with
+    their default thresholds; in this short run none forms, so every head is censored at the
+    last checkpoint (step 1000) and formation.json's "measures" says so, never a made-up step."""
+    fm = pd.read_parquet(GOLDEN / "formation_measures.parquet")
+    scores = pd.read_parquet(GOLDEN / "scores.parquet")
+    heads = scores[scores.metric == "copy"][["layer", "head"]].drop_duplicates()
+    assert sorted(set(fm.measure)) == ["copy", "copy_tf", "mass"] and len(fm) == 3 * len(heads)
+    assert set(scores.metric) >= {"copy_tf"}
+    assert dict(zip(fm.measure, fm.threshold)) == {"mass": 0.5, "copy_tf": 0.1, "copy": 0.1}
+    assert not fm.formed.any() and (fm.censored_at_step == 1000).all() and fm.formation_step.isna().all()
+    measures = json.loads((GOLDEN / "formation.json").read_text())["measures"]
+    assert {m: (d["formed"], d["step"], d["censored_at_step"]) for m, d in measures.items()} == \
+        {m: (False, None, 1000) for m in ("mass", "copy_tf", "copy")}

@@ -220,7 +220,7 @@ def hf_scan(path, settings: S.ScanSettings | None = None, *, reference="first", 
             batch_size: int = 4, progress: bool = True, force: bool = False, report: bool = True, echo=None,
             out=None, scan_dir=None, trust_remote_code: bool = False, tokenizer=None, device=None, dtype=None,
             layout: str | None = None, attn_implementation: str | None = None, workers: int = 1,
-            log_progress: bool = False, **setting_kw) -> pd.DataFrame:
+            log_progress: bool = False, thresholds: dict | None = None, **setting_kw) -> pd.DataFrame:
     """Scan the HF checkpoint(s) at ``path``; returns the tidy scores table (see the module
     docstring). Keywords as ``retrieval_heads.pipeline.scan`` plus the loading options of
     ``load_hf`` (``trust_remote_code``, ``tokenizer``, ``device``, ``dtype``, ``layout``) and
@@ -234,7 +234,7 @@ def hf_scan(path, settings: S.ScanSettings | None = None, *, reference="first", 
     hf_logging.disable_progress_bar()
     df = S.run_scan(source, S.make_settings(settings, setting_kw), reference=reference, threshold=threshold,
                     workers=workers, batch_size=batch_size, progress=progress, force=force, report=report,
-                    echo=echo, scan_dir=scan_dir, log_progress=log_progress)
+                    echo=echo, scan_dir=scan_dir, log_progress=log_progress, thresholds=thresholds)
     df.attrs["scan"].update(layout=source.spec.layout, describe=source.spec.describe())
     return df
 

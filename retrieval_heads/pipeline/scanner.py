@@ -13,7 +13,16 @@ the lock; the run folder is then only read)::
     niah.parquet        step, tokens_seen, context_len, depth, accuracy, n
     checkpoints.parquet step, tokens_seen, path, weights_sha256, status, error, counts
     formation.parquet   per head: the step after which its copy score stays >= threshold
-    formation.json      the same + the run's first full-attention retrieval head, settings, model
+    formation_measures.parquet
+                        per (measure, head), measures mass, copy_tf, copy with their own
+                        ``thresholds`` (default mass 0.5, copy_tf 0.1, copy 0.1): measure, layer,
+                        head, layer_type, threshold, formed, formation_step, formation_tokens,
+                        censored_at_step, censored_at_tokens (the last scanned checkpoint, for a
+                        head that has not formed), final_value, max_value
+                        (``detect.formation.formation_by_measure``)
+    formation.json      formation.parquet + the run's first full-attention retrieval head, settings,
+                        model; "measures": per measure the first full-attention head to form (or
+                        where the run is censored) and its threshold
     report.html         plotly report (``retrieval_heads.pipeline.report``)
     cache/              one JSON per (weights sha256, settings): a re-run scores only what is new
 
@@ -42,13 +51,19 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from ..detect.formation import formation_table, run_formation
+from ..detect.formation import (
+    formation_by_measure,
+    formation_table,
+    measure_thresholds,
+    run_formation,
+    run_formation_by_measure,
+)
 from ..detect.metrics import attention_metrics, metric, weight_metrics
 from ..labels import format_duration
 from ..storage.checkpoint import STEP_RE, CheckpointError, list_checkpoints, load_checkpoint, read_meta, weights_hash
 from ..storage.files import read_json_or_empty, write_json, write_parquet
 
-SCORE_VERSION = 1  # bump when the scoring rules change: invalidates every cache entry
+SCORE_VERSION = 2  # bump when the scoring rules change: invalidates every cache entry
 _BUILTIN_ATTENTION = ("copy", "mass", "entropy", "entropy_norm")  # cache keys of scans before the registry
 SCORES_COLUMNS = ["step", "tokens_seen", "layer", "head", "layer_type", "metric", "value"]
 NIAH_COLUMNS = ["step", "tokens_seen", "context_len", "depth", "accuracy", "n"]
@@ -389,7 +404,7 @@ def make_settings(settings: ScanSettings | None, setting_kw: dict) -> ScanSettin
 def scan(run_dir, settings: ScanSettings | None = None, *, reference="first", threshold: float = 0.1,
          workers: int = 1, batch_size: int = 8, progress: bool = True, force: bool = False,
          report: bool = True, echo=None, mp_context: str = "spawn", out=None, log_progress: bool = False,
-         **setting_kw) -> pd.DataFrame:
+         thresholds: dict | None = None, **setting_kw) -> pd.DataFrame:
     """Scan every checkpoint of ``run_dir``; returns the tidy scores table (also written to
     ``RUN/scan/scores.parquet``). Setting keywords (``variant``, ``context_lens``, ``depths``,
     ``n_per_cell``, ``seed``, ``haystack``, ``recurrent``, ``only_correct``, ``max_new_tokens``)
@@ -401,6 +416,9 @@ def scan(run_dir, settings: ScanSettings | None = None, *, reference="first", th
     ``log_progress`` (with ``progress=False``): ``echo`` one line per scored checkpoint,
     ``scanning 3/13 checkpoints (step_000400 done)  0m12s`` (for worker processes, where a bar
     is unreadable).
+    ``thresholds``: {measure: threshold in [0, 1]} of formation_measures.parquet, over the
+    defaults mass 0.5, copy_tf 0.1, copy 0.1 (a measure is a retrieval metric of
+    ``detect.metrics``; ``threshold`` stays the copy threshold of formation.parquet).
     ``df.attrs["scan"]`` holds counts
     (scored, cached, skipped) and the skipped checkpoints with their errors.
     A Hugging Face checkpoint, or a folder of them, goes to ``retrieval_heads.pipeline.hf_scanner.hf_scan``
@@ -412,10 +430,11 @@ def scan(run_dir, settings: ScanSettings | None = None, *, reference="first", th
 
         return hf_scan(run_dir, settings, reference=reference, threshold=threshold, batch_size=batch_size,
                        progress=progress, force=force, report=report, echo=echo, scan_dir=out, workers=workers,
-                       log_progress=log_progress, **setting_kw)
+                       log_progress=log_progress, thresholds=thresholds, **setting_kw)
     return run_scan(NativeRun(run_dir), make_settings(settings, setting_kw), reference=reference,
                     threshold=threshold, workers=workers, batch_size=batch_size, progress=progress, force=force,
-                    report=report, echo=echo, mp_context=mp_context, scan_dir=out, log_progress=log_progress)
+                    report=report, echo=echo, mp_context=mp_context, scan_dir=out, log_progress=log_progress,
+                    thresholds=thresholds)
 
 
 def _check_options(workers, batch_size, threshold) -> None:
@@ -434,13 +453,14 @@ def _read_hashes(cache_dir: Path) -> dict:
 def run_scan(source: CheckpointSource, settings: ScanSettings, *, reference="first", threshold: float = 0.1,
              workers: int = 1, batch_size: int = 8, progress: bool = True, force: bool = False,
              report: bool = True, echo=None, mp_context: str = "spawn", scan_dir=None,
-             log_progress: bool = False) -> pd.DataFrame:
+             log_progress: bool = False, thresholds: dict | None = None) -> pd.DataFrame:
     """The one scan loop, for any :class:`CheckpointSource`: read every checkpoint and check the
     settings (nothing is written before that), then under the lock plan what is not cached,
     score it (in ``workers`` processes where the source allows), assemble and write the tables
     unless they are up to date, and build the report."""
     echo = echo or _default_echo
     _check_options(workers, batch_size, threshold)
+    thresholds = measure_thresholds(thresholds)
     if workers > 1 and not source.parallel:
         raise ValueError(f"workers: {source.kind}s are scored one at a time in this process; use workers=1")
     scan_dir = Path(scan_dir) if scan_dir is not None else source.default_scan_dir()
@@ -474,17 +494,17 @@ def run_scan(source: CheckpointSource, settings: ScanSettings, *, reference="fir
             echo(f"skipped {c.path.name}: {c.error}")
         if len(skipped) == len(ckpts):
             raise ValueError(f"{source.path}: no {source.kind} could be scored; first: {skipped[0].error}")
-        tables = _assemble(ckpts, cache_dir, skey, ref, settings, threshold)
+        tables = _assemble(ckpts, cache_dir, skey, ref, settings, threshold, thresholds)
         state = {
             "run": str(source.path), "settings": settings.to_dict(), "settings_key": skey,
             "reference": {"step": ref.step, "path": str(ref.path), "weights_sha256": ref.sha},
-            "threshold": threshold, "model": source.model_info(good, ref),
+            "threshold": threshold, "thresholds": thresholds, "model": source.model_info(good, ref),
             "checkpoints": [[c.path.name, c.sha, c.error] for c in ckpts], **source.extra(),
         }
         state = json.loads(json.dumps(state))  # as stored (tuples -> lists)
         unchanged = not force and _read_state(scan_dir) == state and _tables_intact(scan_dir)
         if not unchanged:
-            _write_tables(scan_dir, tables, state, settings, threshold)
+            _write_tables(scan_dir, tables, state, settings, threshold, thresholds)
         if report and (not unchanged or not (scan_dir / "report.html").exists()):
             from .report import build_report
 
@@ -495,6 +515,7 @@ def run_scan(source: CheckpointSource, settings: ScanSettings, *, reference="fir
                         "n_cached": len(good) - n_scored, "n_skipped": len(skipped),
                         "skipped": [{"step": c.step, "path": str(c.path), "error": c.error} for c in skipped],
                         "unchanged": unchanged, "formation": tables["run_formation"],
+                        "formation_measures": tables["run_formation_measures"],
                         "scan_dir": str(scan_dir), **source.extra()}
     return df
 
@@ -593,7 +614,8 @@ def _read_state(scan_dir: Path):
         return None
 
 
-def _assemble(ckpts, cache_dir: Path, skey: str, ref: _Ckpt, settings: ScanSettings, threshold: float) -> dict:
+def _assemble(ckpts, cache_dir: Path, skey: str, ref: _Ckpt, settings: ScanSettings, threshold: float,
+              thresholds: dict | None = None) -> dict:
     score_rows, niah_rows, ck_rows = [], [], []
     for c in ckpts:
         base = {"step": c.step, "tokens_seen": c.tokens_seen, "path": str(c.path), "weights_sha256": c.sha}
@@ -622,15 +644,21 @@ def _assemble(ckpts, cache_dir: Path, skey: str, ref: _Ckpt, settings: ScanSetti
     niah = pd.DataFrame(niah_rows, columns=NIAH_COLUMNS).astype(
         {"step": "int64", "tokens_seen": "int64", "context_len": "int64", "n": "int64"})
     form = formation_table(scores, threshold=threshold, metric="copy")
+    thresholds = measure_thresholds(thresholds)
+    measures = formation_by_measure(scores, thresholds)
     return {"scores": scores, "niah": niah, "checkpoints": pd.DataFrame(ck_rows), "formation": form,
-            "run_formation": run_formation(form, "F")}
+            "run_formation": run_formation(form, "F"), "formation_measures": measures,
+            "run_formation_measures": run_formation_by_measure(measures, "F", measures=list(thresholds))}
 
 
-def _write_tables(scan_dir: Path, t: dict, state: dict, settings: ScanSettings, threshold: float) -> None:
+def _write_tables(scan_dir: Path, t: dict, state: dict, settings: ScanSettings, threshold: float,
+                  thresholds: dict | None = None) -> None:
+    thresholds = measure_thresholds(thresholds)
     write_parquet(scan_dir / "scores.parquet", t["scores"])
     write_parquet(scan_dir / "niah.parquet", t["niah"])
     write_parquet(scan_dir / "checkpoints.parquet", t["checkpoints"])
     write_parquet(scan_dir / "formation.parquet", t["formation"])
+    write_parquet(scan_dir / "formation_measures.parquet", t["formation_measures"])
     form = t["formation"]
     write_json(scan_dir / "formation.json", {
         "threshold": threshold, "metric": "copy", "model": state["model"], "settings": state["settings"],
@@ -640,5 +668,6 @@ def _write_tables(scan_dir: Path, t: dict, state: dict, settings: ScanSettings, 
         "heads": [{k: _nan_to_none(v) if isinstance(v, float) else v for k, v in r.items()}
                   for r in form.to_dict("records")],
         "skipped": [{"checkpoint": n, "error": e} for n, _, e in state["checkpoints"] if e],
+        "measures": {m: dict(r, threshold=thresholds[m]) for m, r in t["run_formation_measures"].items()},
     })
     write_json(scan_dir / "scan.json", state)  # last: marks the tables as complete
