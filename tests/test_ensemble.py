@@ -1,7 +1,7 @@
 """train_ensemble: K members in one batched step equal the same members trained alone by train().
 
 Tolerance: ``ensemble_forward`` is bit-identical to ``HybridLM.forward`` (same kernels, one
-``bmm`` per member slice), but the backward and the optimizer step are not bit-identical:
+batched matmul per member slice), but the backward and the optimizer step are not bit-identical:
 the embedding gradient is a scatter-add over a stacked table (``index`` backward instead of
 ``embedding_dense_backward``) and the clipping norms are reduced per row of a stacked tensor,
 both in another float summation order. After 20 steps of a d_model-16 model (3 members:

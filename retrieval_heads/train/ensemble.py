@@ -25,7 +25,7 @@ seed and the data mixture; evaluation and checkpoint cadence). Anything else is 
 
 **How one step serves all members.** ``ensemble_forward`` is a functional re-implementation of
 ``HybridLM.forward`` for F/S layouts over stacked parameters ``{name: [K, ...]}`` and tokens
-``[K, B, T]``: embeddings are gathered per member, every ``nn.Linear`` is one ``bmm`` over
+``[K, B, T]``: embeddings are gathered per member, every ``nn.Linear`` is one batched matmul over
 the model axis, RMSNorm/SwiGLU are elementwise. Attention goes through the same kernels as the
 single model (``kernels.fast_attention``: SDPA for full causal layers, the blocked
 sliding-window kernel for S layers): in each layer the members are split into runs of equal
