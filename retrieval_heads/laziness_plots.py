@@ -276,7 +276,8 @@ def formation_vs_window(summary: pd.DataFrame, measure: str, *, level: float = 0
                    ticktext=[window_text(w) for w in windows], range=[math.log10(x_lo), math.log10(x_hi)]),
         yaxis=dict(title="tokens seen at formation", range=[0, y_top], tickformat="~s", rangemode="tozero"),
         legend=dict(orientation="h", yanchor="top", y=-0.18, xanchor="left", x=0),
-        annotations=annotations, height=560, margin=dict(t=100, b=150), template="plotly_white")
+        annotations=annotations, height=560, margin=dict(t=100, b=150), template="plotly_white",
+        showlegend=True)  # plotly hides a one-trace legend: the censoring note must stay
     return fig
 
 
@@ -356,7 +357,7 @@ def score_curves(curves: pd.DataFrame, measure: str, *, threshold: float | None 
     fig.update_layout(title=f"Best F-head '{measure}' score vs tokens seen (median over seeds, band: min-max){note}",
                       xaxis=dict(title="tokens seen", tickformat="~s"),
                       yaxis=dict(title=f"best F-head {measure} score", range=[0, top]),
-                      legend=dict(title="SWA window"), height=460, template="plotly_white")
+                      legend=dict(title="SWA window"), height=460, template="plotly_white", showlegend=True)
     return fig
 
 
@@ -372,7 +373,7 @@ def niah_curves(curves: pd.DataFrame, *, title_note: str = "") -> go.Figure:
     fig.update_layout(title=f"NIAH accuracy vs tokens seen (median over seeds, band: min-max){note}",
                       xaxis=dict(title="tokens seen", tickformat="~s"),
                       yaxis=dict(title="NIAH accuracy", range=[0, 1.05]),
-                      legend=dict(title="SWA window"), height=460, template="plotly_white")
+                      legend=dict(title="SWA window"), height=460, template="plotly_white", showlegend=True)
     return fig
 
 

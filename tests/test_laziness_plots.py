@@ -112,6 +112,16 @@ def test_formation_vs_window_reference_that_never_formed_is_its_censoring_level(
     assert max(_all_y(fig)) <= fig.layout.yaxis.range[1]
 
 
+def test_a_figure_of_one_trace_keeps_its_legend(summary):
+    """Plotly hides the legend of a one-trace figure: all-censored runs must still say so."""
+    cens = summary[summary.label == CENSORED]
+    fig = lp.formation_vs_window(cens, "copy")
+    assert [t.name for t in fig.data] == ["censored (did not form by 8,000,000 tokens)"]
+    assert fig.layout.showlegend is True
+    one = _curves()[lambda c: c.label == "SSSF w=32 s0"]
+    assert lp.score_curves(one, "copy").layout.showlegend is True and lp.niah_curves(one).layout.showlegend is True
+
+
 def test_formation_vs_window_without_data_says_why(summary):
     fig = lp.formation_vs_window(summary, "copy_tf")
     assert not fig.data
