@@ -1,10 +1,15 @@
 """Batched ensembles: K small attention-only models trained in one process, one step for all.
 
-Tiny models on a CPU spend their time in per-operation overhead, not in arithmetic, so
-training K of them one after another (or in K processes on 2 cores) wastes most of the
-machine. ``train_ensemble`` stacks the K members' parameters along a leading *model axis*
-and runs one forward, one backward and one optimizer step per training step for all of
-them (the Large-Window Laziness sweep: windows 4..64 plus the all-F reference, 3 seeds)::
+``train_ensemble`` stacks the K members' parameters along a leading *model axis* and runs one
+forward, one backward and one optimizer step per training step for all of them (the
+Large-Window Laziness sweep: windows 4..64 plus the all-F reference, 3 seeds). It pays off
+where per-operation overhead dominates (very small models and batches). **Measured:** for a
+tiny-like model (d_model 32, context 256, batch 16) a step is *not* overhead-bound (the
+attention kernels and matmuls dominate), and the ensemble in one thread was slower than
+``train()`` run after run: 0.43x (K=6) and 0.78x (K=12) of its tokens/s, with the 2-core
+machine at load 4-6 (benchmarks/bench_ensemble.py, results/ensemble_cpu.json): use it
+for its single process and folder-per-member bookkeeping, or for smaller models, and check
+the benchmark before relying on a speed-up::
 
     from retrieval_heads.train.ensemble import train_ensemble
     mc, tc = rh.train.load_preset("tiny")
