@@ -40,6 +40,7 @@ NOT_INSTALLED_HERE = {
     "flash_attn": "flash-attn",  # the gpu extra
     "fla": "fla-core",  # the gpu extra
     "triton": None,  # ships with the CUDA builds of torch
+    "lifelines": "lifelines",  # the survival extra (stats.cox_log_window; the tests skip without it)
 }
 # Local modules of the test suite and the analyses, imported by their file name.
 LOCAL = {"retrieval_heads", "analyses", "tests", "conftest", "reliability_util", "common", "bench_common", "helpers"}
@@ -62,11 +63,11 @@ def _requirement_names(reqs) -> set[str]:
     return out
 
 
-def declared(extra: str | None = None, with_core: bool = True) -> set[str]:
+def declared(extra: str | tuple | None = None, with_core: bool = True) -> set[str]:
     proj = PYPROJECT["project"]
     names = _requirement_names(proj["dependencies"]) if with_core else set()
-    if extra:
-        names |= _requirement_names(proj["optional-dependencies"][extra])
+    for e in ((extra,) if isinstance(extra, str) else extra or ()):
+        names |= _requirement_names(proj["optional-dependencies"][e])
     return names
 
 
@@ -113,7 +114,7 @@ PARTS = {  # folder -> (glob, extra whose names it may import)
     "retrieval_heads": ("**/*.py", None),
     "analyses": ("*.py", "analyses"),
     "benchmarks": ("*.py", "test"),
-    "tests": ("**/*.py", "test"),
+    "tests": ("**/*.py", ("test", "survival")),  # lifelines' comparisons skip without the survival extra
     "notebooks": ("*.ipynb", "notebooks"),
 }
 
@@ -135,8 +136,10 @@ def _undeclared(folder: str, dist_of=None, stdlib=None) -> list[str]:
             where = f"{path.relative_to(ROOT)}:{line}"
             dists = {_norm(d) for d in dist_of.get(mod, [])}
             if not dists:
-                if folder == "retrieval_heads" and mod in NOT_INSTALLED_HERE and (
-                        NOT_INSTALLED_HERE[mod] is None or NOT_INSTALLED_HERE[mod] in declared("gpu")):
+                extras = PYPROJECT["project"]["optional-dependencies"]
+                if folder in ("retrieval_heads", "tests") and mod in NOT_INSTALLED_HERE and (
+                        NOT_INSTALLED_HERE[mod] is None
+                        or any(NOT_INSTALLED_HERE[mod] in declared(e, with_core=False) for e in extras)):
                     continue
                 problems.append(f"{where}: {mod} is not installed and not declared")
                 continue

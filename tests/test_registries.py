@@ -218,11 +218,13 @@ def toy_metric():
 
 
 def test_metric_table_of_the_builtins():
-    assert metrics.attention_metrics() == ("copy", "mass", "entropy", "entropy_norm")
-    assert metrics.retrieval_metrics() == rh.detect.METHODS == ("copy", "mass")
+    assert metrics.attention_metrics() == ("copy", "mass", "entropy", "entropy_norm", "copy_tf")
+    assert metrics.retrieval_metrics() == ("copy", "mass", "copy_tf")
+    assert rh.detect.METHODS == ("copy", "mass")
     assert metrics.weight_metrics() == ("qk_distance", "qk_l2")
     assert metrics.heatmap_metrics() == ("copy", "mass", "entropy_norm", "qk_distance")
-    assert plots.bounded() == {"copy": (0.0, 1.0), "mass": (0.0, 1.0), "entropy_norm": (0.0, 1.0)}
+    assert plots.bounded() == {"copy": (0.0, 1.0), "mass": (0.0, 1.0), "entropy_norm": (0.0, 1.0),
+                               "copy_tf": (0.0, 1.0)}
     with pytest.raises(ValueError, match="already registered"):
         metrics.register_metric(metrics.Metric("mass", "another mass", row=lambda r, c: r.sum(-1)))
     with pytest.raises(ValueError, match="row"):

@@ -252,3 +252,78 @@ def test_scan_skips_weights_linked_to_dev_zero(tmp_path, capsys):
     code, out, err = cli(["scan", run, *SCAN_ARGS], capsys)
     assert code == 1, err  # the readable checkpoint is scanned, the other skipped and named
     assert f"skipped step_000002: {w}: a device, not a regular file; refused" in err
+
+
+# ---- issue 17, item 9 -----------------------------------------------------------------------
+def test_a_newer_checkpoint_format_is_refused(tmp_path):
+    import json
+
+    from retrieval_heads.storage.checkpoint import CheckpointError, read_meta
+
+    ck = make_run(tmp_path / "run", steps=(0,)) / "step_000000"
+    meta = json.loads((ck / "config.json").read_text())
+    meta["format"] = 999
+    (ck / "config.json").write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError, match=r"format 999; this version of retrieval-heads reads format 1"):
+        read_meta(ck)
+
+
+def test_checkpoints_get_the_users_umask_permissions(tmp_path):
+    import os
+    import stat
+
+    old = os.umask(0o022)
+    try:
+        # the module reads the umask at import; save a checkpoint with the usual 022
+        import retrieval_heads.storage.checkpoint as ck_mod
+
+        saved = ck_mod._UMASK
+        ck_mod._UMASK = 0o022
+        try:
+            ck = make_run(tmp_path / "run", steps=(0,)) / "step_000000"
+        finally:
+            ck_mod._UMASK = saved
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(ck.stat().st_mode) == 0o755  # was 0700 from mkdtemp whatever the umask
+    assert stat.S_IMODE((ck / "model.safetensors").stat().st_mode) == 0o644
+
+
+def test_pickled_train_state_refusal_keeps_torchs_whole_advice(tmp_path):
+    from retrieval_heads.storage.checkpoint import CheckpointError, load_train_state
+
+    ck = make_run(tmp_path / "run", steps=(0,)) / "step_000000"
+    marker = tmp_path / "PWNED"
+    torch.save({"optimizer": Payload(marker)}, ck / "train_state.pt")
+    with pytest.raises(CheckpointError) as e:
+        load_train_state(ck)
+    msg = str(e.value)
+    assert "\n" not in msg and "not plain tensors" in msg
+    assert "trust the source" in msg  # torch's advice, cut off at 200 characters before
+    assert not marker.exists()
+
+
+def test_resume_removes_the_leftovers_of_killed_run_json_and_metrics_writes(tmp_path):
+    from retrieval_heads.storage.checkpoint import clean_partial_checkpoints
+
+    run = make_run(tmp_path / "run", steps=(0,))
+    for name in (".tmp-run.json-abc123", ".tmp-metrics.jsonl-x9"):
+        (run / name).write_text("{half")
+    removed = clean_partial_checkpoints(run)
+    assert sorted(p.name for p in removed) == [".tmp-metrics.jsonl-x9", ".tmp-run.json-abc123"]
+    assert not list(run.glob(".tmp-*"))
+
+
+def test_two_trainings_into_one_folder_the_second_is_refused(tmp_path, capsys):
+    from retrieval_heads.storage.files import exclusive_lock
+    from retrieval_heads.train.loop import LOCK_FILE
+
+    preset = write_preset(tmp_path / "p.json", tc=TC.replace(steps=2, save_every=2, eval_every=2))
+    out = tmp_path / "run"
+    with exclusive_lock(out / LOCK_FILE, "held by the test"):  # as another process would hold it
+        code, _, err = cli(["train", "--preset", preset, "--out", out, "--no-progress"], capsys)
+    assert code == 2
+    assert_one_line_error(err, f"out: another training process is writing {out}")
+    assert not rh.list_checkpoints(out)
+    code, _, err = cli(["train", "--preset", preset, "--out", out, "--no-progress"], capsys)
+    assert code == 0, err  # the lock went with its holder

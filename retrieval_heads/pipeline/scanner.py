@@ -599,7 +599,8 @@ def _pick_reference(run_dir: Path, reference, good: list[Checkpoint]) -> Checkpo
 def _tables_intact(scan_dir: Path) -> bool:
     """Every table exists and parses (a damaged one is rewritten, not trusted)."""
     try:
-        for f in ("scores.parquet", "niah.parquet", "formation.parquet", "checkpoints.parquet"):
+        for f in ("scores.parquet", "niah.parquet", "formation.parquet", "checkpoints.parquet",
+                  "formation_measures.parquet"):
             pd.read_parquet(scan_dir / f, columns=[])
         json.loads((scan_dir / "formation.json").read_text())
         return True

@@ -30,6 +30,8 @@ from ..config import ModelConfig, TrainConfig
 from .files import read_json, regular_file
 
 FORMAT = 1
+_UMASK = os.umask(0)
+os.umask(_UMASK)
 STEP_RE = re.compile(r"^step_(\d+)$")
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
 
@@ -85,6 +87,8 @@ def save_checkpoint(run_dir: str | Path, step: int, model, *, train_cfg: TrainCo
         for f in tmp.iterdir():
             with open(f, "rb") as fh:
                 os.fsync(fh.fileno())
+            os.chmod(f, 0o666 & ~_UMASK)  # mkdtemp's folder is 0700: give the user's usual permissions
+        os.chmod(tmp, 0o777 & ~_UMASK)
         if final.exists():  # re-saving a step (e.g. after a resume): swap atomically
             old = Path(tempfile.mkdtemp(prefix=f".old_step_{step:06d}_", dir=run_dir))
             os.rename(final, old / "ckpt")
@@ -121,6 +125,10 @@ def read_meta(path: str | Path) -> dict:
         meta["train"] = None if meta.get("train") is None else TrainConfig.from_dict(meta["train"])
     except (ValueError, TypeError) as e:
         raise CheckpointError(f"{cfg_file}: {e}") from None
+    fmt = meta.get("format", FORMAT)
+    if isinstance(fmt, bool) or not isinstance(fmt, int) or not 1 <= fmt <= FORMAT:
+        raise CheckpointError(f"{cfg_file}: format {fmt!r}; this version of retrieval-heads reads format "
+                              f"{FORMAT} (a newer library wrote it? upgrade retrieval-heads)")
     meta.setdefault("step", 0)
     meta.setdefault("tokens_seen", 0)
     for k in ("step", "tokens_seen"):
@@ -199,7 +207,9 @@ def load_train_state(path: str | Path) -> dict | None:
     try:
         return torch.load(f, map_location="cpu", weights_only=True)
     except Exception as e:  # an unpickling error means a payload that is not plain data
-        raise CheckpointError(f"{f}: refused ({type(e).__name__}: {str(e).splitlines()[0][:200]})") from None
+        why = " ".join(line.strip() for line in str(e).splitlines() if line.strip())
+        raise CheckpointError(f"{f}: refused, it is not plain tensors and numbers "
+                              f"({type(e).__name__}: {why})") from None
 
 
 def list_checkpoints(run_dir: str | Path) -> list[Path]:
@@ -216,9 +226,10 @@ def list_checkpoints(run_dir: str | Path) -> list[Path]:
 
 
 def clean_partial_checkpoints(run_dir: str | Path) -> list[Path]:
-    """Remove what killed saves left in a run (hidden ``.tmp_step_*`` folders), after putting
-    back a checkpoint whose re-save died between its two renames (``.old_step_*``). Call it
-    only from the one process that writes the run. Returns the folders removed."""
+    """Remove what killed saves left in a run (hidden ``.tmp_step_*`` folders and ``.tmp-*``
+    files of run.json / metrics.jsonl writes), after putting back a checkpoint whose re-save
+    died between its two renames (``.old_step_*``). Call it only from the one process that
+    writes the run. Returns what was removed."""
     run_dir = Path(run_dir)
     removed = []
     for p in sorted(run_dir.glob(".old_step_*")):
@@ -228,6 +239,10 @@ def clean_partial_checkpoints(run_dir: str | Path) -> list[Path]:
     for p in sorted([*run_dir.glob(".tmp_step_*"), *run_dir.glob(".old_step_*")]):
         if p.is_dir():
             shutil.rmtree(p, ignore_errors=True)
+            removed.append(p)
+    for p in sorted(run_dir.glob(".tmp-*")):  # a killed atomic write of run.json or metrics.jsonl
+        if p.is_file():
+            p.unlink(missing_ok=True)
             removed.append(p)
     return removed
 

@@ -94,3 +94,26 @@ def inside(root: Path, name: str, what: str) -> Path:
     if p.is_absolute() or ".." in p.parts or not p.parts:
         raise ValueError(f"{what}: {name!r} is not a file inside {root}; refused")
     return Path(root) / p
+
+
+@contextlib.contextmanager
+def exclusive_lock(path: Path, busy: str):
+    """Hold an exclusive lock on file ``path`` for the ``with`` block, or raise ``ValueError(busy)``
+    at once when another process holds it (a no-op where fcntl is missing). The lock goes with the
+    process: a killed holder never leaves it stuck."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover (Windows)
+        yield
+        return
+    with open(path, "a+") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise ValueError(busy) from None
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)

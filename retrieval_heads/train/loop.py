@@ -49,7 +49,7 @@ import torch
 
 from ..config import ModelConfig, TrainConfig
 from ..labels import format_duration
-from ..storage.files import write_text
+from ..storage.files import exclusive_lock, write_text
 from ..tasks import TOKENIZER, niah_batch
 from ..tasks.mixture import check_mixture, eval_lm_batch, row_loss, training_batch
 from ..storage.checkpoint import (
@@ -181,7 +181,7 @@ def check_out_dir(out: Path, model_cfg: ModelConfig, cfg: TrainConfig, *, resume
         raise ValueError("--resume and --overwrite contradict each other; pick one")
     if out.exists() and not out.is_dir():
         raise ValueError(f"out: {out} exists and is not a folder")
-    if not out.exists() or all(p.name.startswith(".tmp_") for p in out.iterdir()):
+    if not out.exists() or all(p.name.startswith((".tmp_", ".tmp-")) or p.name == LOCK_FILE for p in out.iterdir()):
         return "new"  # empty, or only what a process killed before its first write left
     if not _looks_like_run(out):
         raise ValueError(f"out: {out} is not empty and holds no retrieval-heads run; "
@@ -284,6 +284,9 @@ def progress_line(step: int, end: int, loss: float | None, niah: float | None, e
     return f"step {step}/{end}  loss {loss_s}  niah {niah_s}  {format_duration(elapsed)}"
 
 
+LOCK_FILE = ".train.lock"  # held by the process training into a run folder
+
+
 def train(model_cfg: ModelConfig, cfg: TrainConfig, out: str | Path, *, resume: bool = False,
           overwrite: bool = False, stop_at: int | None = None, progress: bool = True,
           log=print, log_every: int | None = None) -> dict:
@@ -314,8 +317,11 @@ def train(model_cfg: ModelConfig, cfg: TrainConfig, out: str | Path, *, resume: 
     own_group = world > 1 and not torch.distributed.is_initialized()
     if own_group:
         torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    busy = (f"out: another training process is writing {out} (it holds {out / LOCK_FILE}); wait for it "
+            "to finish, or train into another folder")
     try:
-        return _train(model_cfg, cfg, out, mode, rank, world, device, stop_at, progress, log, log_every)
+        with exclusive_lock(out / LOCK_FILE, busy) if rank == 0 else contextlib.nullcontext():
+            return _train(model_cfg, cfg, out, mode, rank, world, device, stop_at, progress, log, log_every)
     finally:
         if own_group and torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()  # else gloo may abort the process at exit
