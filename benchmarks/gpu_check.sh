@@ -12,8 +12,8 @@
 # B=4, 8 heads of 64; target >= 8x); train (SSSF vs FFFF tokens/s at T=8192, d_model 512,
 # 8 heads, w=128; target >= 2x); mfu (gpu-base preset, eager; target >= 25% of the card's
 # dense bf16 peak, 989 TFLOP/s for H100 SXM and H200); pytest -m gpu in two steps
-# (pytest_kernels: tests/test_gpu_kernels.py, with the fla tests; pytest_model:
-# tests/test_gpu.py and test_detect_gpu.py); mfu_compile (the same with torch.compile);
+# (pytest_kernels: tests/model/test_gpu_kernels.py, with the fla tests; pytest_model:
+# tests/model/test_gpu.py and test_detect_gpu.py); mfu_compile (the same with torch.compile);
 # recurrent (torch chunked vs flash-linear-attention kernels; information only).
 # A failing step does not stop the later ones; steps that the time budget leaves no room
 # for are reported as ERROR. Exit status: 0 when every target passed, 1 otherwise (CPU
@@ -75,8 +75,8 @@ add_step() {  # name, limit, command; --only keeps the listed steps (and the pre
 plan() {
   local W=$1 B="$PY benchmarks/bench_attention.py" T="$PY benchmarks/bench_train.py"
   local PYTEST="$PY -m pytest -m gpu -v -rs --durations=8 -p no:cacheprovider"
-  local PT_KERNELS="$PYTEST tests/test_gpu_kernels.py --junitxml=$W/pytest_kernels.xml"
-  local PT_MODEL="$PYTEST tests/test_gpu.py tests/test_detect_gpu.py --junitxml=$W/pytest_model.xml"
+  local PT_KERNELS="$PYTEST tests/model/test_gpu_kernels.py --junitxml=$W/pytest_kernels.xml"
+  local PT_MODEL="$PYTEST tests/model/test_gpu.py tests/detect/test_detect_gpu.py --junitxml=$W/pytest_model.xml"
   add_step preflight 60 "$PY benchmarks/gpu_check_summary.py --env $W/env.json"
   if [ "$SMOKE" = 1 ]; then
     local K="--kernel-device cpu --kernel-T 256 --kernel-batch 1 --kernel-heads 2 --kernel-dhead 16 --kernel-window 16"

@@ -20,7 +20,7 @@ import click
 from .._version import __version__
 
 # subcommand name -> ("module:function", one-line help shown by `retrieval-heads --help`).
-# tests/test_cli_startup.py checks that each line equals the command's own short help.
+# tests/cli/test_cli_startup.py checks that each line equals the command's own short help.
 COMMANDS = {
     "train": ("retrieval_heads.cli.train_cmd:train",
               "Train a small hybrid LM on LM text + needle tasks, with checkpoints for scanning."),

@@ -8,7 +8,7 @@
 
 This package sits above the scoring (:mod:`retrieval_heads.detect`), the models, the HF
 adapter and checkpoint storage, and below the demo and the command line; nothing under it
-imports it (``tests/test_import_graph.py``).
+imports it (``tests/project/test_import_graph.py``).
 
 Modules: ``scanner`` (the scan of a native run: settings, cache, lock, tables), ``hf_scanner``
 (the same for HF checkpoints), ``report`` (report.html, compare pages, table loading).

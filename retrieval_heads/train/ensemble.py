@@ -48,7 +48,7 @@ gradient). Gradient clipping is **per member** (each member's global norm over i
 parameters, the formula of ``clip_grad_norm_``), and AdamW on the stacked tensors is
 elementwise with one shared step count and learning rate (the members share the schedule),
 so it is member k's AdamW. The trajectories agree with ``train()`` up to float summation
-order (the embedding gradient's scatter-add, the norms of the clipping): tests/test_ensemble.py
+order (the embedding gradient's scatter-add, the norms of the clipping): tests/train/test_ensemble.py
 measures the difference.
 
 **Run folders.** Every member writes the normal layout of ``train()``: ``RUN/run.json``,

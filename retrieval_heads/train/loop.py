@@ -15,7 +15,7 @@ of one optimizer step. It is split into ``world_size × grad_accum`` micro-batch
 1 process with ``grad_accum=2`` and 1 process with ``grad_accum=1`` see the same rows and
 follow the same trajectory: 2 CPU processes are bit-identical to 1 process with
 ``grad_accum=2`` (same rows per forward, same thread count), and equal to ``grad_accum=1`` up
-to float summation order (tested in tests/test_train.py). The progress bar, evaluation,
+to float summation order (tested in tests/train/test_train.py). The progress bar, evaluation,
 metrics and checkpoints are rank 0's.
 
 Resume: the data of a step is a pure function of (config, step) and each checkpoint carries

@@ -1,6 +1,6 @@
 """Determinism on CPU: the same seed gives the same weights, needles, scores and tables, bit
 for bit. Across processes and str-hash seeds too: the subprocess runs of
-tests/test_reliability_interrupts.py use PYTHONHASHSEED=12345 and must equal in-process runs.
+tests/reliability/test_reliability_interrupts.py use PYTHONHASHSEED=12345 and must equal in-process runs.
 See docs/RELIABILITY.md ("Determinism") for what does and does not hold on GPUs."""
 
 import shutil
@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 import torch
 from reliability_util import make_run
-from test_train import MC, TC
+from helpers import MC, TC
 
 import retrieval_heads as rh
 from retrieval_heads.train import read_metrics, train

@@ -262,7 +262,7 @@ def test_registered_metric_reaches_the_scan_tables_with_its_own_cache(tmp_path):
 
     import pandas as pd
 
-    run = shutil.copytree(Path(__file__).parent / "fixtures" / "micro_run", tmp_path / "run")
+    run = shutil.copytree(Path(__file__).parents[1] / "fixtures" / "micro_run", tmp_path / "run")
     kw = dict(context_lens=(144,), depths=(0.5,), n_per_cell=1, progress=False, report=False)
     assert "peak" not in set(rh.scan(run, **kw)["metric"])
     metrics.register_metric(metrics.Metric("peak", "largest attention probability of the query row",

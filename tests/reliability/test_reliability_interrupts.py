@@ -17,7 +17,7 @@ import pytest
 import torch
 from reliability_util import ENV, SCAN_ARGS, cli, forked_cli, make_run, running, wait_code
 from safetensors.torch import load_file
-from test_train import MC, TC, write_preset
+from helpers import MC, TC, write_preset
 
 import retrieval_heads as rh
 from retrieval_heads.train import read_metrics, train

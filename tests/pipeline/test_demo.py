@@ -7,7 +7,7 @@ import json
 import re
 from pathlib import Path
 
-from test_train import MC, TC
+from helpers import MC, TC
 
 from retrieval_heads.cli import main
 
@@ -110,7 +110,7 @@ def test_demo_worker_logs_progress_lines(tmp_path, capsys):
 
 
 def test_analyses_train_and_scan_logs_progress_lines(tmp_path):
-    path = Path(__file__).resolve().parents[1] / "analyses" / "common.py"
+    path = Path(__file__).resolve().parents[2] / "analyses" / "common.py"
     spec = importlib.util.spec_from_file_location("analyses_common_progress", path)
     common = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(common)

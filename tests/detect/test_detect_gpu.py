@@ -1,6 +1,6 @@
 """Detector on CUDA: O(T) rows with the GPU fast paths (FlexAttention / flash for the prefill)
 equal eager patterns, and CUDA scores equal CPU scores. Marked `gpu`; run on a GPU machine
-with `pytest -m gpu tests/test_detect_gpu.py`."""
+with `pytest -m gpu tests/detect/test_detect_gpu.py`."""
 
 import pytest
 import torch

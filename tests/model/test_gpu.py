@@ -1,5 +1,5 @@
 """CUDA fast paths against their references. Marked `gpu`: skipped without a CUDA GPU
-(CI never has one); run on a GPU machine with `pytest -m gpu tests/test_gpu.py`."""
+(CI never has one); run on a GPU machine with `pytest -m gpu tests/model/test_gpu.py`."""
 
 import pytest
 import torch

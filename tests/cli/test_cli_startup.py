@@ -18,7 +18,7 @@ import retrieval_heads
 from retrieval_heads import cli as cli_mod
 from retrieval_heads.cli import COMMANDS, main
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 FIXTURE = ROOT / "tests" / "fixtures" / "tiny_deep"
 
 # Run the entry point in a fresh interpreter and report which heavy modules it imported.

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 DOC = ROOT / "docs" / "ARCHITECTURE.md"
 OLD_NOTE = "DESIGN" + ".md"  # spelled in two parts so that this file does not mention it
 PATH_CHARS = re.compile(r"^[A-Za-z0-9_./-]+$")

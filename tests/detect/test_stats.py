@@ -21,7 +21,7 @@ from retrieval_heads import stats
 from retrieval_heads.stats import (bootstrap_ci, chi2_sf_1df, cox_log_window, kaplan_meier, km_median,
                                    logrank_trend, spearman)
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 WINDOWS = [64, 128, 256, 512, 1024]
 
 

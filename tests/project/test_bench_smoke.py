@@ -6,7 +6,7 @@ import importlib.util
 import json
 from pathlib import Path
 
-BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_attention.py"
+BENCH = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_attention.py"
 
 
 def test_bench_attention_quick_writes_json(tmp_path, capsys):
@@ -30,7 +30,7 @@ import sys  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 CHECK = ROOT / "benchmarks" / "gpu_check.sh"
 
 

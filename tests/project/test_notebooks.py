@@ -27,7 +27,7 @@ nbformat = pytest.importorskip("nbformat")
 nbclient = pytest.importorskip("nbclient")
 pytest.importorskip("ipykernel")
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 NOTEBOOKS = ROOT / "notebooks"
 FIXTURE = "tests/fixtures/tiny_deep"  # relative to ROOT: SSSSSF, 8 heads, trained (answers every needle)
 PLOTLY = "application/vnd.plotly.v1+json"

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-PKG = Path(__file__).resolve().parents[1] / "retrieval_heads"
+PKG = Path(__file__).resolve().parents[2] / "retrieval_heads"
 
 # lowest first; a part may import the parts of lower layers
 LAYERS = [

@@ -11,13 +11,9 @@ import torch
 from safetensors.torch import load_file
 
 import retrieval_heads as rh
+from helpers import MC, TC, write_preset  # noqa: F401 - also used by other test files
 from retrieval_heads.train import checkpoint_steps, list_presets, load_preset, lr_at, read_metrics, train
 
-MC = rh.ModelConfig(layout="SF", d_model=16, n_heads=2, d_mlp=32, window=8, max_seq_len=512,
-                    pos={"F": "nope", "S": "rope"})
-TC = rh.TrainConfig(steps=6, batch_size=4, context_len=140, lr=3e-3, warmup_steps=2, eval_every=3,
-                    eval_samples=2, save_every=3, niah_fraction=0.5, induction_fraction=0.25,
-                    haystack="essay", device="cpu", seed=1)
 
 
 def weights(path):
@@ -99,9 +95,6 @@ def test_grad_accum_follows_the_same_trajectory(tmp_path):
     assert not (tmp_path / "d").exists()
 
 
-def write_preset(path, mc=MC, tc=TC):
-    path.write_text(json.dumps({"description": "test", "model": mc.to_dict(), "train": tc.to_dict()}))
-    return str(path)
 
 
 def test_torchrun_two_processes_match_one(tmp_path):

@@ -10,7 +10,7 @@ import pandas as pd
 
 from helpers import load_analysis
 
-ANALYSES = Path(__file__).resolve().parents[1] / "analyses"
+ANALYSES = Path(__file__).resolve().parents[2] / "analyses"
 
 
 _load = load_analysis

@@ -13,7 +13,7 @@ import pytest
 
 import retrieval_heads as rh
 
-ANALYSES = Path(__file__).resolve().parents[1] / "analyses"
+ANALYSES = Path(__file__).resolve().parents[2] / "analyses"
 
 
 load = load_analysis

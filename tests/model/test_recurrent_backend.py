@@ -2,7 +2,7 @@
 tensors, a missing fla on CUDA falls back to the torch chunked form with one log line per
 process, and the fla adapters' layout/state translation is right (checked against a
 stand-in that follows fla's documented conventions: (B, T, H, D) inputs, state (B, H, K, V)).
-The real fla kernels are compared with the torch forms in tests/test_gpu_kernels.py."""
+The real fla kernels are compared with the torch forms in tests/model/test_gpu_kernels.py."""
 
 from __future__ import annotations
 

@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from reliability_util import (ABLATE_ARGS, EVAL_ARGS, PATCH_ARGS, SCAN_ARGS, assert_one_line_error,
                               break_checkpoint, cli, make_run, tree)
-from test_train import TC, write_preset
+from helpers import TC, write_preset
 
 import retrieval_heads as rh
 from retrieval_heads.storage.checkpoint import CheckpointError

@@ -3,7 +3,7 @@
 import json
 
 import pytest
-from test_train import TC, write_preset
+from helpers import TC, write_preset
 
 import retrieval_heads as rh
 from retrieval_heads.cli import main

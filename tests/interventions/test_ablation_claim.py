@@ -11,7 +11,7 @@ import pytest
 import retrieval_heads as rh
 from retrieval_heads.interventions import ablation_experiment, heads_of_kind, retrieval_head_scores, summarize
 
-FIXTURE = Path(__file__).resolve().parent / "fixtures" / "tiny_deep" / "step_001600"
+FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "tiny_deep" / "step_001600"
 DEPTHS = (0.1, 0.3, 0.5, 0.7, 0.9)
 
 

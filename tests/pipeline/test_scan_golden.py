@@ -35,7 +35,7 @@ import pytest
 import retrieval_heads as rh
 from retrieval_heads.cli import main
 
-FIXTURES = Path(__file__).parent / "fixtures"
+FIXTURES = Path(__file__).parents[1] / "fixtures"
 RUN = FIXTURES / "micro_run"
 GOLDEN = FIXTURES / "scan_golden"
 SETTINGS = json.loads((GOLDEN / "settings.json").read_text())["scan"]

@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 import torch
 from reliability_util import EVAL_ARGS, SCAN_ARGS, Payload, assert_one_line_error, cli, make_run, tree
-from test_train import TC, write_preset
+from helpers import TC, write_preset
 
 import retrieval_heads as rh
 

@@ -170,7 +170,7 @@ def test_measure_thresholds_over_the_defaults():
 
 @pytest.fixture
 def run(tmp_path):
-    return shutil.copytree(Path(__file__).parent / "fixtures" / "micro_run", tmp_path / "run")
+    return shutil.copytree(Path(__file__).parents[1] / "fixtures" / "micro_run", tmp_path / "run")
 
 
 def test_scan_writes_formation_measures(run):

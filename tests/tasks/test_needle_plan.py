@@ -3,7 +3,7 @@ positions), the training mixture's needle rows, the clean/corrupted pairs and th
 are exactly what they were when the scan tables of existing runs were made.
 
 Each case is fingerprinted (a hash of everything a sample holds) and its answer spans are
-written out; ``python tests/test_needle_plan.py`` prints the current values. A change here
+written out; ``python tests/tasks/test_needle_plan.py`` prints the current values. A change here
 means existing scan tables no longer match freshly generated prompts: only on purpose.
 """
 
@@ -111,7 +111,7 @@ def tables():
 
 
 # --------------------------------------------------------------------- the pinned values
-# made by `python tests/test_needle_plan.py` with the generators of commit 5fe2d60
+# made by `python tests/tasks/test_needle_plan.py` with the generators of commit 5fe2d60
 PINNED_TABLES = {'answer_reserve': {'multikey_1': 8,
                     'multikey_2': 8,
                     'multikey_3': 37,

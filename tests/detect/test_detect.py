@@ -383,7 +383,7 @@ def test_copy_tf_equals_the_rule_on_eager_rows(kind):
     assert hits > 0 or kind in RECURRENT_KINDS  # non-vacuous where argmaxes can land on the target
 
 
-TINY_DEEP = __import__("pathlib").Path(__file__).parent / "fixtures" / "tiny_deep" / "step_001600"
+TINY_DEEP = __import__("pathlib").Path(__file__).parents[1] / "fixtures" / "tiny_deep" / "step_001600"
 
 
 def test_copy_tf_of_a_trained_checkpoint_tracks_copy():
