@@ -1,7 +1,8 @@
 """retrieval_heads.stats: Kaplan-Meier, the log-rank trend test, the Cox fit, bootstrap, Spearman.
 
-Checked by hand on small examples, against lifelines and scipy (the ``analyses`` extra, which
-the test extra pulls) and against direct formulas (a numpy Cox partial likelihood, the maximum
+Checked by hand on small examples, against scipy (the ``analyses`` extra, which the test extra
+pulls), against lifelines where it is installed (the ``survival`` extra; skipped without it) and
+against direct formulas (a numpy Cox partial likelihood, the maximum
 of the trend statistic over scores = lifelines' k-group log-rank statistic).
 """
 
@@ -281,7 +282,7 @@ def test_cox_coefficient_negative_when_larger_windows_form_later(seed):
 
 def test_cox_without_lifelines_says_what_to_install(monkeypatch):
     monkeypatch.setitem(sys.modules, "lifelines", None)  # import lifelines -> ImportError
-    with pytest.raises(ImportError, match=r"retrieval-heads\[analyses\]"):
+    with pytest.raises(ImportError, match=r"retrieval-heads\[survival\]"):
         cox_log_window([1, 2, 3], [1, 1, 1], [64, 128, 256])
 
 
@@ -369,7 +370,7 @@ def test_works_without_lifelines_and_scipy():
         "lo, hi = s.bootstrap_ci([1.0, 2.0, 3.0], n=100); assert lo <= 2 <= hi\n"
         "rho, p = s.spearman([1, 2, 3, 4], [1, 3, 2, 4]); assert abs(rho - 0.8) < 1e-12 and 0 < p < 1\n"
         "try:\n    s.cox_log_window([1, 2], [1, 1], [64, 128])\nexcept ImportError as e:\n"
-        "    assert 'analyses' in str(e)\nelse:\n    raise AssertionError('no ImportError')\n"
+        "    assert 'survival' in str(e)\nelse:\n    raise AssertionError('no ImportError')\n"
         "assert 'scipy.stats' not in sys.modules\n"
         "print('ok')\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
