@@ -154,6 +154,12 @@ def break_checkpoint(ck, how):
     elif how == "tokens_negative":
         meta["tokens_seen"] = -5
         cfg.write_text(json.dumps(meta))
+    elif how == "step_huge":  # issue 17: an OverflowError after scoring
+        meta["step"] = 10**30
+        cfg.write_text(json.dumps(meta))
+    elif how == "tokens_huge":
+        meta["tokens_seen"] = 10**25
+        cfg.write_text(json.dumps(meta))
     elif how == "no_weights":
         w.unlink()
     elif how == "weights_empty_file":

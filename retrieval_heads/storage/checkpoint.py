@@ -131,10 +131,11 @@ def read_meta(path: str | Path) -> dict:
                               f"{FORMAT} (a newer library wrote it? upgrade retrieval-heads)")
     meta.setdefault("step", 0)
     meta.setdefault("tokens_seen", 0)
-    for k in ("step", "tokens_seen"):
+    for k, top in (("step", 2**31 - 1), ("tokens_seen", 2**63 - 1)):  # what the tables' int64 columns hold
         v = meta[k]
-        if isinstance(v, bool) or not isinstance(v, int) or v < 0:
-            raise CheckpointError(f"{cfg_file}: {k}: expected a non-negative integer, got {v!r}")
+        if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v <= top:
+            shown = repr(v) if len(repr(v)) <= 24 else f"{repr(v)[:12]}... ({len(repr(v))} characters)"
+            raise CheckpointError(f"{cfg_file}: {k}: expected an integer in [0, {top}], got {shown}")
     if meta.get("data_seed") is not None and (isinstance(meta["data_seed"], bool)
                                               or not isinstance(meta["data_seed"], int)):
         raise CheckpointError(f"{cfg_file}: data_seed: expected an integer or null, got {meta['data_seed']!r}")
