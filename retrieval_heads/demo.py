@@ -162,5 +162,32 @@ def run_demo(out="runs/demo", *, windows=(16, 64), preset: str = "tiny", steps: 
               "runs": [{k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in r.items()}
                        for r in summary.to_dict("records")]}
     (out / "demo.json").write_text(json.dumps(result, indent=2, default=str))
-    log(f"[demo] wall time {result['wall_s']:.0f} s")
+    for line in formation_lines(run_dirs):
+        log(line)
+    log(f"[demo] wall time {result['wall_s']:.0f} s; compare page: {cmp_path}")
     return report
+
+
+def formation_lines(run_dirs: dict) -> list[str]:
+    """The formation table the demo ends with: per measure, the tokens seen when each run's first
+    full-attention retrieval head formed, or ``censored at X`` (not formed by its last checkpoint)."""
+    runs = {name: json.loads((Path(rd) / "scan" / "formation.json").read_text()).get("measures", {})
+            for name, rd in run_dirs.items()}
+    order = ("mass", "copy_tf", "copy")  # the ones that exist before the model answers first
+    measures = sorted(dict.fromkeys(m for r in runs.values() for m in r),
+                      key=lambda m: (order.index(m) if m in order else len(order), m))
+    width = max([len(n) for n in runs] + [22]) + 2
+    lines = ["[demo] formation of the first full-attention retrieval head (tokens seen; censored = not formed "
+             "by the run's last checkpoint):", "  " + f"{'measure (threshold)':<22}" + "".join(
+                 f"{n:>{width}}" for n in runs)]
+    for m in measures:
+        cells = []
+        for r in runs.values():
+            f = r.get(m, {})
+            cells.append(f"{f['tokens_seen']:,}" if f.get("formed") else
+                         f"censored at {f['censored_at_tokens']:,}" if f.get("censored_at_tokens") is not None
+                         else "-")
+        thr = next((r[m].get("threshold") for r in runs.values() if m in r), None)
+        lines.append("  " + f"{m + (f' ({thr:g})' if thr is not None else ''):<22}"
+                     + "".join(f"{c:>{width}}" for c in cells))
+    return lines

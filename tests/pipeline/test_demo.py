@@ -27,6 +27,12 @@ def test_demo_writes_one_report_with_both_runs(tmp_path, capfd):
         assert re.search(rf"^\[window_{w}\] scanning 4/4 checkpoints \(step_000003 done\)  \d+s$", printed, re.M)
     report = out / "report.html"
     assert f"report: {report}" in printed
+    table = printed[printed.index("[demo] formation of the first full-attention retrieval head"):]
+    rows = table.splitlines()[1:5]
+    assert rows[0].split() == ["measure", "(threshold)", "window", "8", "window", "64"]
+    assert [r.split()[0] for r in rows[1:]] == ["mass", "copy_tf", "copy"]  # every measure, formed or censored
+    assert all(re.search(r"(\d[\d,]*|censored at [\d,]+)$", r) for r in rows[1:]), rows
+    assert f"compare page: {out / 'compare.html'}" in printed
     html = report.read_text()
     for w in (8, 64):
         assert (out / f"window_{w}" / "scan" / "scores.parquet").exists()
