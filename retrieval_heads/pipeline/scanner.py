@@ -43,7 +43,9 @@ import dataclasses
 import hashlib
 import json
 import math
+import os
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -197,10 +199,12 @@ def score_checkpoint(job: dict) -> dict:
                        "n_counted": res.n_counted},
             "invalid": [list(x) for x in res.invalid], "niah": niah,
         }
+        _exit_if_orphaned()  # the scan's lock died with it: write nothing
         write_json(Path(job["cache_file"]), payload)
     if job["need_qk"]:
         ref = load_file(str(Path(job["ref_path"]) / "model.safetensors"))
         qk = qk_distance(model, ref, cfg=cfg, recurrent=settings.recurrent)
+        _exit_if_orphaned()
         write_json(Path(job["qk_file"]), {k: _nan_to_none(v.tolist()) for k, v in qk.items()})
     return {"path": str(path), "error": None}
 
@@ -214,8 +218,47 @@ def niah_cells(res, batches, settings: ScanSettings) -> list[dict]:
     return niah_scores(res.predictions, samples).cells(settings.context_lens, settings.depths)
 
 
-def _init_worker(threads: int):
+_PARENT: tuple | None = None  # (parent pid, scan pid) of a worker process; None in the scan itself
+
+
+def _orphaned() -> bool:
+    """In a worker: whether the scan process that started it has died (the worker was then
+    re-parented, or the scan pid is gone). Its lock died with it."""
+    if _PARENT is None:
+        return False
+    ppid, scan_pid = _PARENT
+    if os.getppid() != ppid:
+        return True
+    if scan_pid != ppid:  # e.g. a forkserver in between
+        try:
+            os.kill(scan_pid, 0)
+        except ProcessLookupError:
+            return True
+        except OSError:
+            pass
+    return False
+
+
+def _exit_if_orphaned() -> None:
+    if _orphaned():
+        os._exit(1)
+
+
+def _watch_parent(interval: float = 0.1) -> None:
+    while True:
+        time.sleep(interval)
+        _exit_if_orphaned()
+
+
+def _init_worker(threads: int, scan_pid: int | None = None):
+    """Worker start-up: threads, and a watchdog that ends the worker (``os._exit``) within
+    ``0.1 s`` of the scan's death (kill -9 included: no worker scores on without the lock)."""
+    global _PARENT
     torch.set_num_threads(threads)
+    if scan_pid is not None:
+        _PARENT = (os.getppid(), scan_pid)
+        _exit_if_orphaned()  # the scan died while this worker started
+        threading.Thread(target=_watch_parent, name="scan-parent-watchdog", daemon=True).start()
 
 
 # --- checkpoint sources --------------------------------------------------------------------
@@ -309,6 +352,7 @@ class NativeRun(CheckpointSource):
 
     def prepare(self, settings, good, echo):
         settings = _resolve_context_lens(settings, good[0].meta)
+        settings.batches()  # a needle set that cannot be built (too short a context) fails here, writing nothing
         return settings, settings.key()
 
     def reference(self, reference, good):
@@ -333,8 +377,9 @@ class _HashCache:
         key = str(f.resolve())
         sig = [st.st_size, st.st_mtime_ns]
         hit = self.d.get(key)
-        if hit and hit[:2] == sig:
-            return hit[2]
+        if isinstance(hit, list) and len(hit) == 3 and hit[:2] == sig and isinstance(hit[2], str) \
+                and len(hit[2]) == 64 and all(ch in "0123456789abcdef" for ch in hit[2]):
+            return hit[2]  # a damaged entry (wrong type or shape) is recomputed, never trusted
         sha = weights_hash(ckpt)
         self.d[key] = sig + [sha]
         return sha
@@ -349,6 +394,9 @@ def _default_echo(msg: str) -> None:
 def _resolve_context_lens(settings: ScanSettings, meta: dict) -> ScanSettings:
     cfg = meta["model"]
     max_new = settings.max_new_tokens or 64
+    if max_new >= cfg.max_seq_len:
+        raise ValueError(f"max_new_tokens: {max_new} decoded tokens leave no room for a prompt in the model's "
+                         f"max_seq_len={cfg.max_seq_len}; use --max-new-tokens below {cfg.max_seq_len}")
     if settings.context_lens is None:
         train = meta.get("train")
         L = train.context_len if train is not None else 512
@@ -482,7 +530,7 @@ def run_scan(source: CheckpointSource, settings: ScanSettings, *, reference="fir
             f.unlink(missing_ok=True)  # (safe: every writer of this folder holds the lock)
         if json.dumps(hashes, sort_keys=True) != hashes_before:
             write_json(cache_dir / "hashes.json", hashes)
-        jobs = _plan(source, good, settings, skey, ref, cache_dir, batch_size, force)
+        jobs = _plan(source, good, settings, skey, ref, cache_dir, batch_size, force, echo)
         errors = _run_jobs(source, jobs, workers=workers, mp_context=mp_context, progress=progress,
                            log_progress=log_progress, echo=echo, n_total=len(ckpts))
         n_scored = sum(j["need_scores"] for j in jobs)
@@ -520,15 +568,107 @@ def run_scan(source: CheckpointSource, settings: ScanSettings, *, reference="fir
     return df
 
 
-def _plan(source, good, settings, skey, ref, cache_dir, batch_size, force) -> list[dict]:
-    """A job for every checkpoint whose scores or Q/K distances are not cached yet."""
+def _plan(source, good, settings, skey, ref, cache_dir, batch_size, force, echo=None) -> list[dict]:
+    """A job for every checkpoint whose scores or Q/K distances are not cached yet. A damaged
+    cache entry (not JSON, not UTF-8, wrong types, keys or shapes) is never trusted: one warning
+    line names it, and the checkpoint is scored again (its entry rewritten)."""
+    echo = echo or _default_echo
     jobs = []
     for c in good:
         cf, qf = _cache_file(cache_dir, c.sha, skey), _qk_file(cache_dir, c.sha, ref.sha, settings.recurrent)
         need_s, need_q = force or not cf.exists(), force or not qf.exists()
+        shape = None
+        if not need_s:
+            try:
+                shape = _check_scores(_load_cache(cf), c.sha, skey)
+            except ValueError as e:
+                echo(f"warning: damaged cache entry {cf} ({e}); ignored, scoring {c.path.name} again")
+                need_s = True
+        if not need_q:
+            try:
+                _check_qk(_load_cache(qf), shape)
+            except ValueError as e:
+                echo(f"warning: damaged cache entry {qf} ({e}); ignored, scoring {c.path.name} again")
+                need_q = True
         if need_s or need_q:
             jobs.append(source.job(c, settings, skey, ref, cf, qf, need_s, need_q, batch_size))
     return jobs
+
+
+def _load_cache(path: Path):
+    """The JSON of a cache entry; ValueError (with the reason) when it cannot be read as JSON."""
+    try:
+        return json.loads(Path(path).read_bytes().decode("utf-8"))
+    except UnicodeDecodeError:
+        raise ValueError("not UTF-8 text") from None
+    except json.JSONDecodeError as e:
+        raise ValueError(f"not JSON: {e}") from None
+    except OSError as e:
+        raise ValueError(f"unreadable: {e.strerror or e}") from None
+
+
+def _is_num(v) -> bool:
+    return v is None or (isinstance(v, (int, float)) and not isinstance(v, bool))
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _check_matrix(mat, n_layers, n_heads, layers, what: str) -> None:
+    if not isinstance(mat, list) or len(mat) != n_layers:
+        raise ValueError(f"{what}: expected a list of {n_layers} layers")
+    for l in layers:
+        row = mat[l]
+        if not isinstance(row, list) or len(row) != n_heads or not all(_is_num(v) for v in row):
+            raise ValueError(f"{what}: layer {l} is not a list of {n_heads} numbers")
+
+
+def _check_scores(d, sha: str, skey: str) -> tuple[int, int, list]:
+    """ValueError unless ``d`` is a scores cache entry of these weights and settings, with every
+    key :func:`_assemble` reads, of the right type and shape; returns (n_layers, n_heads, layers)."""
+    if not isinstance(d, dict):
+        raise ValueError(f"a JSON {type(d).__name__}, not an object")
+    if d.get("version") != SCORE_VERSION or d.get("weights_sha256") != sha or d.get("settings_key") != skey:
+        raise ValueError("version, weights_sha256 or settings_key do not match")
+    layout, n_heads, layers = d.get("layout"), d.get("n_heads"), d.get("layers")
+    if not (isinstance(layout, str) or (isinstance(layout, list) and all(isinstance(x, str) for x in layout))) \
+            or not layout:
+        raise ValueError("layout: not a layer-type string or list")
+    if not _is_int(n_heads) or n_heads < 1:
+        raise ValueError("n_heads: not a positive integer")
+    if not isinstance(layers, list) or not all(_is_int(l) and 0 <= l < len(layout) for l in layers):
+        raise ValueError("layers: not a list of layer indices")
+    metrics = d.get("metrics")
+    if not isinstance(metrics, dict):
+        raise ValueError("metrics: not an object")
+    for m in attention_metrics():
+        _check_matrix(metrics.get(m), len(layout), n_heads, layers, f"metrics.{m}")
+    counts = d.get("counts")
+    if not isinstance(counts, dict) or not all(_is_int(v) for v in counts.values()) or \
+            not {"n_samples", "n_invalid", "n_correct", "n_counted"} <= set(counts):
+        raise ValueError("counts: not an object of integer counts")
+    niah = d.get("niah")
+    if not isinstance(niah, list) or not all(
+            isinstance(r, dict) and _is_int(r.get("context_len")) and _is_num(r.get("depth"))
+            and r.get("depth") is not None and _is_num(r.get("accuracy")) and _is_int(r.get("n")) for r in niah):
+        raise ValueError("niah: not a list of {context_len, depth, accuracy, n} cells")
+    return len(layout), n_heads, layers
+
+
+def _check_qk(d, shape) -> None:
+    """ValueError unless ``d`` is a Q/K-distance cache entry with every weights metric's matrix
+    (of the scores entry's ``shape`` = (n_layers, n_heads, layers) where known)."""
+    if not isinstance(d, dict):
+        raise ValueError(f"a JSON {type(d).__name__}, not an object")
+    for m in weight_metrics():
+        key = metric(m).weights_key
+        mat = d.get(key)
+        if shape is not None:
+            _check_matrix(mat, *shape, what=key)
+        elif not isinstance(mat, list) or not mat or not all(
+                isinstance(row, list) and len(row) == len(mat[0]) and all(_is_num(v) for v in row) for row in mat):
+            raise ValueError(f"{key}: not a matrix of numbers")
 
 
 def _run_jobs(source, jobs, *, workers, mp_context, progress, log_progress, echo, n_total) -> dict:
@@ -560,7 +700,7 @@ def _run_jobs(source, jobs, *, workers, mp_context, progress, log_progress, echo
         for j in jobs:
             j["threads"] = threads
         with cf_.ProcessPoolExecutor(min(workers, len(jobs)), mp_context=mp.get_context(mp_context),
-                                     initializer=_init_worker, initargs=(threads,)) as ex:
+                                     initializer=_init_worker, initargs=(threads, os.getpid())) as ex:
             for fut in cf_.as_completed([ex.submit(score_checkpoint, j) for j in jobs]):
                 advance(fut.result())
     else:
@@ -623,8 +763,15 @@ def _assemble(ckpts, cache_dir: Path, skey: str, ref: _Ckpt, settings: ScanSetti
         if c.error is not None:
             ck_rows.append(dict(base, status="skipped", error=c.error))
             continue
-        d = json.loads(_cache_file(cache_dir, c.sha, skey).read_text())
-        qk = json.loads(_qk_file(cache_dir, c.sha, ref.sha, settings.recurrent).read_text())
+        cf, qf = _cache_file(cache_dir, c.sha, skey), _qk_file(cache_dir, c.sha, ref.sha, settings.recurrent)
+        try:  # just written or checked by _plan, under the lock: a failure here names the file
+            shape = _check_scores(d := _load_cache(cf), c.sha, skey)
+        except ValueError as e:
+            raise ValueError(f"{cf}: damaged cache entry ({e}); scan again (it is rebuilt)") from None
+        try:
+            _check_qk(qk := _load_cache(qf), shape)
+        except ValueError as e:
+            raise ValueError(f"{qf}: damaged cache entry ({e}); scan again (it is rebuilt)") from None
         layout = d["layout"]
         mats = {m: _none_to_nan(d["metrics"][m]) for m in attention_metrics()}
         mats.update({m: _none_to_nan(qk[metric(m).weights_key]) for m in weight_metrics()})
