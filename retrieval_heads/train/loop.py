@@ -26,6 +26,16 @@ change ``RESUME_MAY_CHANGE`` (steps, device, evaluation/checkpoint cadence), any
 makes it a different run, which is refused unless ``--overwrite``. A folder that holds no
 run is never deleted.
 
+Interruptions leave no trace: a resumed run ends with exactly the checkpoints (``step_*``
+folders, weights) and metrics rows of an uninterrupted one. Ctrl-C at a step off the
+checkpoint schedule saves into the hidden ``RUN/.resume/step_XXXXXX`` (``--resume`` reads it,
+``list_checkpoints`` never shows it); ``stop_at`` off the schedule saves a visible checkpoint
+marked ``extra.resume_only`` in its config.json. Both are removed once a later checkpoint is
+saved. Ctrl-C inside an evaluation saves the step without its metrics row; ``--resume``
+sees the row missing and runs that evaluation (fixed seeds: the same row) before going on.
+SIGINT is held back while an optimizer step is applied, so a save never catches weights
+half-updated.
+
 Run folder::
 
     RUN/run.json            {"model": ModelConfig, "train": TrainConfig}
@@ -41,6 +51,9 @@ import json
 import math
 import os
 import shutil
+import signal
+import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -59,6 +72,7 @@ from ..storage.checkpoint import (
     load_train_state,
     read_meta,
     save_checkpoint,
+    step_dir,
 )
 
 RUN_FILE = "run.json"
@@ -67,6 +81,8 @@ RUN_FILE = "run.json"
 RESUME_MAY_CHANGE = ("steps", "device", "eval_every", "eval_samples", "save_every", "save_log_spaced",
                      "compile")
 METRICS_FILE = "metrics.jsonl"
+RESUME_DIR = ".resume"  # hidden: the checkpoints of interruptions at steps off the schedule
+RESUME_ONLY = "resume_only"  # config.json "extra" key of a visible checkpoint off the schedule (stop_at)
 
 
 # ----------------------------------------------------------------------------- schedules
@@ -257,6 +273,70 @@ def _rng_state() -> dict:
     return state
 
 
+@contextlib.contextmanager
+def _sigint_deferred():
+    """Hold a Ctrl-C back until the block is done (then raise ``KeyboardInterrupt``), so that
+    what the block changes together (weights and step count, a metrics row and the loss sums)
+    is never caught half done by the save that Ctrl-C makes. Only in the main thread, and only
+    when SIGINT has Python's default handler."""
+    if (threading.current_thread() is not threading.main_thread()
+            or signal.getsignal(signal.SIGINT) is not signal.default_int_handler):
+        yield
+        return
+    caught = []
+    previous = signal.signal(signal.SIGINT, lambda *a: caught.append(a))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if caught:
+        raise KeyboardInterrupt
+
+
+def _metric_steps(out: Path) -> set[int]:
+    """The steps that have a metrics row (a partial last line does not count)."""
+    steps = set()
+    with contextlib.suppress(OSError):
+        for line in (out / METRICS_FILE).read_text().splitlines():
+            with contextlib.suppress(ValueError, KeyError, TypeError):
+                steps.add(int(json.loads(line)["step"]))
+    return steps
+
+
+def _is_resume_only(ckpt: Path) -> bool:
+    """Whether a visible checkpoint was saved off the schedule (``stop_at``), to be removed
+    once the run has passed it."""
+    try:
+        return bool((json.loads((ckpt / "config.json").read_text()).get("extra") or {}).get(RESUME_ONLY))
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def _remove_checkpoint(ckpt: Path) -> None:
+    """Take a checkpoint out of sight at once (a rename into a hidden ``.tmp_step_*`` folder,
+    which ``clean_partial_checkpoints`` removes should this process die), then delete it."""
+    trash = Path(tempfile.mkdtemp(prefix=f".tmp_{ckpt.name}_", dir=ckpt.parent))
+    os.rename(ckpt, trash / "ckpt")
+    shutil.rmtree(trash, ignore_errors=True)
+
+
+def _drop_passed(out: Path, step: int, visible: bool) -> None:
+    """Remove the resume-only checkpoints a run no longer needs, having a checkpoint at
+    ``step`` (``visible``: a ``step_*`` one): hidden ``.resume/step_*`` ones before ``step``
+    (and at it, when ``visible``) and visible ones marked ``resume_only`` before ``step``."""
+    hidden = out / RESUME_DIR
+    if hidden.is_dir():
+        for ck in list_checkpoints(hidden):
+            s = int(ck.name.split("_")[1])
+            if s < step or (visible and s == step):
+                _remove_checkpoint(ck)
+        with contextlib.suppress(OSError):
+            hidden.rmdir()  # only when empty
+    for ck in list_checkpoints(out):
+        if int(ck.name.split("_")[1]) < step and _is_resume_only(ck):
+            _remove_checkpoint(ck)
+
+
 def _write_metrics(out: Path, row: dict) -> None:
     with open(out / METRICS_FILE, "a") as f:
         f.write(json.dumps(row) + "\n")
@@ -385,6 +465,7 @@ class _Run:
     net: torch.nn.Module = None  # the model, DDP-wrapped under torchrun
     fwd: object = None  # net, compiled when cfg.compile
     autocast: object = None
+    resumed_from: Path | None = None  # the checkpoint a resume loaded
     ckpt_at: set = field(init=False)
     eval_at: set = field(init=False)
 
@@ -418,10 +499,7 @@ def _train(model_cfg, cfg, out, mode, rank, world, device, stop_at, progress, lo
         _prepare_folder(run, mode, state.start)
     _barrier(world)
     _wrap(run)
-    if state.start == 0 and mode != "resume":  # resumed from step 0: its evaluation and checkpoint exist
-        _maybe_evaluate(run, state)
-        if 0 in run.ckpt_at:
-            _save(run, state)
+    _complete_start_step(run, state)
     _loop(run, state, _progress_bar(run, state, progress), log, log_every, t_call)
     _barrier(world)
     return {"out": str(out), "step": state.step, "tokens_seen": state.tokens_seen, "wall_s": state.train_time,
@@ -432,10 +510,15 @@ def _restore(run: _Run, mode: str, log) -> tuple[TrainerState, str]:
     """The state to start from, and the mode: on 'resume', the newest checkpoint holding
     ``train_state.pt`` is loaded into the model, optimizer and RNG (none: a 'new' run)."""
     state = TrainerState()
-    ckpts = [p for p in list_checkpoints(run.out) if (p / "train_state.pt").exists()] if mode == "resume" else []
+    ckpts = []
+    if mode == "resume":  # the hidden ones of interruptions, then the visible ones (which win a tie)
+        for d in (run.out / RESUME_DIR, run.out):
+            if d.is_dir():
+                ckpts += [p for p in list_checkpoints(d) if (p / "train_state.pt").exists()]
+        ckpts.sort(key=lambda p: int(p.name.split("_")[1]))  # stable
     if not ckpts:
         return state, "new" if mode == "resume" else mode
-    last = ckpts[-1]
+    last = run.resumed_from = ckpts[-1]
     saved = load_train_state(last)
     run.model.load_state_dict(load_checkpoint(last).state_dict())
     run.opt.load_state_dict(saved["optimizer"])
@@ -457,6 +540,13 @@ def _prepare_folder(run: _Run, mode: str, start: int) -> None:
         shutil.rmtree(run.out)
     run.out.mkdir(parents=True, exist_ok=True)
     clean_partial_checkpoints(run.out)
+    if (run.out / RESUME_DIR).is_dir():
+        if mode == "resume":
+            clean_partial_checkpoints(run.out / RESUME_DIR)
+        else:
+            shutil.rmtree(run.out / RESUME_DIR)
+    if mode == "resume":
+        _drop_passed(run.out, start, visible=run.resumed_from is not None and run.resumed_from.parent == run.out)
     write_text(run.out / RUN_FILE, json.dumps({"model": run.model_cfg.to_dict(), "train": run.cfg.to_dict()},
                                               indent=2, sort_keys=True))
     _truncate_metrics(run.out, start if mode == "resume" else -1)  # a fresh start re-evaluates step 0
@@ -473,13 +563,38 @@ def _wrap(run: _Run) -> None:
                     if dev.type == "cuda" and run.cfg.dtype in ("auto", "bfloat16") else contextlib.nullcontext())
 
 
-def _save(run: _Run, state: TrainerState) -> None:
-    """Rank 0: checkpoint the current step with everything an exact resume needs."""
-    if run.is_main:
-        train_state = {"optimizer": run.opt.state_dict(), "step": state.step, "tokens_seen": state.tokens_seen,
-                       "rng": _rng_state(), "world_size": run.world, "running": state.running}
-        save_checkpoint(run.out, state.step, run.model, train_cfg=run.cfg, tokens_seen=state.tokens_seen,
-                        data_seed=run.cfg.seed, train_state=train_state)
+def _save(run: _Run, state: TrainerState, interrupted: bool = False) -> None:
+    """Rank 0: checkpoint the current step with everything an exact resume needs. A step off
+    the checkpoint schedule goes to the hidden ``.resume/`` folder (``interrupted``: Ctrl-C) or
+    is marked ``resume_only`` (``stop_at``); either is removed once a later step is saved."""
+    if not run.is_main:
+        return
+    step, scheduled = state.step, state.step in run.ckpt_at
+    where = run.out / RESUME_DIR if interrupted and not scheduled else run.out
+    train_state = {"optimizer": run.opt.state_dict(), "step": step, "tokens_seen": state.tokens_seen,
+                   "rng": _rng_state(), "world_size": run.world, "running": state.running}
+    save_checkpoint(where, step, run.model, train_cfg=run.cfg, tokens_seen=state.tokens_seen,
+                    data_seed=run.cfg.seed, train_state=train_state,
+                    extra=None if scheduled or interrupted else {RESUME_ONLY: True})
+    _drop_passed(run.out, step, visible=where == run.out)
+
+
+def _complete_start_step(run: _Run, state: TrainerState) -> None:
+    """Rank 0, before the first step of this call: give the start step what an uninterrupted
+    run gives it. Its metrics row, when missing (a fresh run's step 0, or Ctrl-C inside the
+    step's evaluation: the checkpoint was saved, the row not), is evaluated now (fixed seeds:
+    the same row); a row present means the loss sums restarted there. Its scheduled visible
+    checkpoint, when missing, re-evaluated, or only a resume-only one, is saved now."""
+    if not run.is_main:
+        return
+    evaluated = state.step in _metric_steps(run.out)
+    if evaluated:
+        state.running = [0.0, 0, 0.0, 0]
+    elif state.step in run.eval_at:
+        _maybe_evaluate(run, state)
+    visible = step_dir(run.out, state.step)
+    if state.step in run.ckpt_at and (not evaluated or not visible.is_dir() or _is_resume_only(visible)):
+        _save(run, state)
 
 
 def _maybe_evaluate(run: _Run, state: TrainerState) -> None:
@@ -492,8 +607,9 @@ def _maybe_evaluate(run: _Run, state: TrainerState) -> None:
                           "train_niah_loss": state.niah_sum / state.niah_n if state.niah_n else None, **m,
                           "tokens_per_s": state.tokens_per_s(run.tok_per_step),
                           "time_s": round(state.train_time, 3)}
-    _write_metrics(run.out, state.last_metrics)
-    state.running = [0.0, 0, 0.0, 0]
+    with _sigint_deferred():  # the row and the restart of the sums, together
+        _write_metrics(run.out, state.last_metrics)
+        state.running = [0.0, 0, 0.0, 0]
 
 
 def _progress_bar(run: _Run, state: TrainerState, progress: bool):
@@ -512,9 +628,9 @@ def _loop(run: _Run, state: TrainerState, bar, log, log_every: int | None, t_cal
     try:
         while state.step < run.end:
             t0 = time.perf_counter()
-            loss, niah_sum, niah_n = _train_step(run, state.step)
+            loss, niah_sum, niah_n = _train_step(run, state.step, lambda *r, t0=t0: state.record_step(
+                *r, run.tok_per_step, time.perf_counter() - t0))
             dt = time.perf_counter() - t0
-            state.record_step(loss, niah_sum, niah_n, run.tok_per_step, dt)
             if bar is not None:
                 bar.update(1)
                 bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{run.tok_per_step / dt:,.0f}", refresh=False)
@@ -525,7 +641,7 @@ def _loop(run: _Run, state: TrainerState, bar, log, log_every: int | None, t_cal
                 _progress_line(run, state, loss, log, log_every, t_call)
     except KeyboardInterrupt:
         if run.world == 1 and state.step > state.start:
-            _save(run, state)
+            _save(run, state, interrupted=True)
             log(f"interrupted: saved step {state.step} in {run.out}; continue with --resume")
         raise
     finally:
@@ -533,9 +649,11 @@ def _loop(run: _Run, state: TrainerState, bar, log, log_every: int | None, t_cal
             bar.close()
 
 
-def _train_step(run: _Run, step: int) -> tuple[float, float, float]:
+def _train_step(run: _Run, step: int, commit=None) -> tuple[float, float, float]:
     """One optimizer step (``step`` -> ``step + 1``) over the global batch, split into this rank's
-    micro-batches. Returns (mean row loss, sum of needle-row losses, needle rows), all ranks'."""
+    micro-batches. Returns (mean row loss, sum of needle-row losses, needle rows), all ranks',
+    after passing them to ``commit`` (counts the step) while Ctrl-C is held back: the update
+    of the weights and the step count are never seen apart."""
     cfg, world, mb = run.cfg, run.world, run.micro_rows
     lr = lr_at(cfg, step)
     for g in run.opt.param_groups:
@@ -552,13 +670,17 @@ def _train_step(run: _Run, step: int) -> tuple[float, float, float]:
             (losses.sum() * world / cfg.batch_size).backward()
         nd = b.is_needle.to(run.device)
         step_loss += torch.stack([losses.detach().sum(), losses.detach()[nd].sum(), nd.sum()])
-    if cfg.grad_clip > 0:
-        torch.nn.utils.clip_grad_norm_(run.model.parameters(), cfg.grad_clip)
-    run.opt.step()
-    run.opt.zero_grad(set_to_none=True)
-    if world > 1:
-        torch.distributed.all_reduce(step_loss)
-    return step_loss[0].item() / cfg.batch_size, step_loss[1].item(), step_loss[2].item()
+    with _sigint_deferred():
+        if cfg.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(run.model.parameters(), cfg.grad_clip)
+        run.opt.step()
+        run.opt.zero_grad(set_to_none=True)
+        if world > 1:
+            torch.distributed.all_reduce(step_loss)
+        result = step_loss[0].item() / cfg.batch_size, step_loss[1].item(), step_loss[2].item()
+        if commit is not None:
+            commit(*result)
+    return result
 
 
 def _progress_line(run: _Run, state: TrainerState, loss: float, log, log_every: int, t_call: float) -> None:

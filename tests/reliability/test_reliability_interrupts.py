@@ -299,3 +299,144 @@ def test_rescan_repairs_damaged_tables(scan_base, tmp_path, capsys):
     assert code == 0, err
     assert "6 checkpoint(s): 0 scored, 6 cached, 0 skipped\n" in stdout  # rewritten, not "unchanged"
     assert_same_tables(run, clean)
+
+
+# ---- Ctrl-C (SIGINT) and stop_at: resumed runs end with the uninterrupted run's files ----------
+_QUIET = dict(progress=False, log=lambda *a: None)
+
+
+def _interrupt_tc():
+    # checkpoints 0, 1, 2, 3, 4, 8, 12, 16; evaluations there and every 4
+    return TC.replace(steps=16, save_every=4, eval_every=4, eval_samples=2)
+
+
+@pytest.mark.parametrize("at_step", [4, 3, 16])
+def test_ctrl_c_inside_evaluation_then_resume_equals_uninterrupted(tmp_path, monkeypatch, at_step):
+    """Ctrl-C inside the evaluation of step ``at_step`` (a checkpoint step; 16: the last one):
+    the step is saved without its metrics row; --resume runs that evaluation (the same row)
+    before going on, so checkpoints, weights and metrics equal an uninterrupted run's."""
+    import retrieval_heads.train.loop as loop
+
+    tc = _interrupt_tc()
+    straight, out = tmp_path / "straight", tmp_path / "interrupted"
+    train(MC, tc, straight, **_QUIET)
+    real_evaluate, evaluating = loop.evaluate, []
+
+    def evaluate(model, cfg, n=None):  # Ctrl-C inside the evaluation of step at_step
+        if evaluating[-1] == at_step:
+            raise KeyboardInterrupt
+        return real_evaluate(model, cfg, n)
+
+    real_maybe = loop._maybe_evaluate
+
+    def maybe_evaluate(run, state):
+        evaluating.append(state.step)
+        return real_maybe(run, state)
+
+    with monkeypatch.context() as m:
+        m.setattr(loop, "evaluate", evaluate)
+        m.setattr(loop, "_maybe_evaluate", maybe_evaluate)
+        with pytest.raises(KeyboardInterrupt):
+            train(MC, tc, out, **_QUIET)
+    assert at_step not in [r["step"] for r in read_metrics(out)]  # the row was lost ...
+    assert (out / f"step_{at_step:06d}").is_dir()  # ... the checkpoint saved
+    res = train(MC, tc, out, resume=True, **_QUIET)
+    assert res["final"]["step"] == 16
+    assert_same_run(straight, out)
+    assert not [p.name for p in out.iterdir() if p.name.startswith(".") and p.name != LOCK_FILE]
+
+
+def test_ctrl_c_off_schedule_and_stop_at_leave_no_extra_checkpoints(tmp_path, monkeypatch):
+    """Ctrl-C between checkpoints (step 6) saves a hidden resume-only checkpoint that
+    ``list_checkpoints`` never shows; ``stop_at=6`` saves a visible one marked resume-only.
+    --resume continues from either and removes it once past it: the run ends with exactly the
+    uninterrupted run's checkpoints, weights and metrics."""
+    import retrieval_heads.train.loop as loop
+
+    tc = _interrupt_tc()
+    straight = tmp_path / "straight"
+    train(MC, tc, straight, **_QUIET)
+    names = [c.name for c in rh.list_checkpoints(straight)]
+    assert "step_000006" not in names
+
+    stopped = tmp_path / "stopped"
+    train(MC, tc, stopped, stop_at=6, **_QUIET)
+    assert (stopped / "step_000006").is_dir()  # visible while the run is stopped there (scans see it)
+    train(MC, tc, stopped, resume=True, stop_at=7, **_QUIET)  # passes 6, no checkpoint yet
+    assert (stopped / "step_000007").is_dir()
+    train(MC, tc, stopped, resume=True, **_QUIET)
+    assert_same_run(straight, stopped)
+
+    out = tmp_path / "interrupted"
+    real_step = loop._train_step
+
+    def train_step(run, step, commit=None):
+        if step == 6:  # Ctrl-C in step 7's forward pass: step 6 is saved
+            raise KeyboardInterrupt
+        return real_step(run, step, commit)
+
+    with monkeypatch.context() as m:
+        m.setattr(loop, "_train_step", train_step)
+        with pytest.raises(KeyboardInterrupt):
+            train(MC, tc, out, **_QUIET)
+    assert [c.name for c in rh.list_checkpoints(out)] == [n for n in names if n <= "step_000004"]
+    assert [c.name for c in rh.list_checkpoints(out / loop.RESUME_DIR)] == ["step_000006"]
+    train(MC, tc, out, resume=True, stop_at=7, **_QUIET)  # resumes from the hidden step 6
+    assert not (out / loop.RESUME_DIR).exists()  # passed: removed
+    assert [c.name for c in rh.list_checkpoints(out)][-1] == "step_000007"  # stop_at: visible
+    train(MC, tc, out, resume=True, **_QUIET)
+    assert_same_run(straight, out)
+    assert not [p.name for p in out.iterdir() if p.name.startswith(".") and p.name != LOCK_FILE]
+
+
+def test_cli_stop_at_then_resume_gives_the_uninterrupted_checkpoints(tmp_path, capsys):
+    """``retrieval-heads train --stop-at 6`` then ``--resume``: the checkpoint set (and weights,
+    metrics) of an uninterrupted run; no step_000006."""
+    preset = write_preset(tmp_path / "p.json", tc=_interrupt_tc())
+    runs = {}
+    for name, stops in (("straight", [None]), ("stopped", [6, None])):
+        out = runs[name] = tmp_path / name
+        for i, stop in enumerate(stops):
+            argv = ["train", "--preset", preset, "--out", out, "--no-progress"]
+            argv += (["--stop-at", str(stop)] if stop is not None else []) + (["--resume"] if i else [])
+            code, _, err = cli(argv, capsys)
+            assert code == 0, err
+    assert "step_000006" not in [c.name for c in rh.list_checkpoints(runs["stopped"])]
+    assert_same_run(runs["straight"], runs["stopped"])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("interrupts", [20])
+def test_ctrl_c_at_random_moments_then_resume_equals_uninterrupted(tmp_path, capsys, interrupts):
+    """SIGINT to a forked ``retrieval-heads train`` process at ``interrupts`` seeded random
+    moments (inside steps, evaluations, checkpoint saves; on and off the checkpoint schedule),
+    each followed by ``--resume``, then a last ``--resume`` to the end: every attempt exits 130
+    (or 0 when it finished first) without a traceback, and the run ends with exactly the
+    uninterrupted run's checkpoints, weights and metrics."""
+    # checkpoints 0, 1, 2, 3, 4, 6, 8, 16, 24, 32, 40; evaluations every 2 steps besides
+    tc = TC.replace(steps=40, save_every=8, eval_every=2, eval_samples=2)
+    preset = write_preset(tmp_path / "p.json", tc=tc)
+    straight, out = tmp_path / "straight", tmp_path / "interrupted"
+    t0 = time.perf_counter()
+    assert wait_code(forked_cli(["train", *_train_cmd(preset, straight, False)[3:]], tmp_path / "straight.log")) == 0
+    window = (time.perf_counter() - t0) / len(read_metrics(straight))  # ~ time between evaluations
+    rng, codes = random.Random(17), []
+    for attempt in range(interrupts + 1):
+        log = tmp_path / f"attempt{attempt}.log"
+        pid = forked_cli(["train", *_train_cmd(preset, out, attempt > 0)[3:]], log)
+        if attempt < interrupts:
+            while running(pid) and not (log.exists() and log.stat().st_size):  # started (past the set-up)
+                time.sleep(0.002)
+            target = _progress(out) + rng.randint(0, 1)
+            while _progress(out) < target and running(pid):
+                time.sleep(0.002)
+            time.sleep(rng.uniform(0, window))
+            os.kill(pid, signal.SIGINT)
+        codes.append(wait_code(pid))
+        text = log.read_text()
+        assert codes[-1] in ((130, 0) if attempt < interrupts else (0,)), text[-2000:]
+        assert "Traceback" not in text, text[-2000:]
+        check_run_folder(out)
+    assert codes.count(130) >= interrupts // 2, codes  # most signals hit a training process
+    assert_same_run(straight, out)
+    assert not [p.name for p in out.iterdir() if p.name.startswith(".") and p.name != LOCK_FILE]
