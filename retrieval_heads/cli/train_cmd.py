@@ -94,7 +94,7 @@ def train(preset, out, steps, layout, window, pos, context_len, seed, device, sa
                     log_every=max(1, cfg.steps // 20) if no_progress else None)
     if rank == 0:
         f = res["final"]
-        tps = f"{res['tokens_per_s']:,.0f} tokens/s" if res["tokens_per_s"] else "no steps run"
+        tps = f"{res['tokens_per_s']:,.0f} tokens/s" if res["tokens_per_s"] else "no training step was left to run"
         acc = f", NIAH acc {f['niah_acc']:.2f}, LM loss {f['lm_loss']:.3f}" if f else ""
         click.echo(f"step {res['step']}/{cfg.steps}: {res['wall_s']:.1f}s training, {tps}{acc}; "
                    f"checkpoints in {out}")
