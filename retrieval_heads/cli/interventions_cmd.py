@@ -121,12 +121,15 @@ def eval_cmd(ckpt, context_lens, depths, variant, n, seed, loss_len, loss_rows, 
     click.echo(f"short-context loss ({sl} tokens): {short:.4f}")
     d = _out_dir(out)
     if d is not None:
-        grid.to_csv(d / "niah.csv", index=False)
-        lc.to_csv(d / "loss.csv", index=False)
+        from ..storage.files import atomic_write
+
+        # each file whole or not at all: a full disk leaves no 0-byte or half-written table
+        atomic_write(d / "niah.csv", lambda t: grid.to_csv(t, index=False))
+        atomic_write(d / "loss.csv", lambda t: lc.to_csv(t, index=False))
         summary = {"checkpoint": str(ck), "step": model.checkpoint["step"], "windows": windows,
                    "niah_mean": float(grid["accuracy"].mean()), "short_loss": short, "short_len": sl,
                    "long_loss": float(lc["loss"].mean()), "long_len": L}
-        (d / "summary.json").write_text(json.dumps(summary, indent=2))
+        atomic_write(d / "summary.json", lambda t: Path(t).write_text(json.dumps(summary, indent=2)))
         click.echo(f"tables: {d}")
 
 

@@ -52,6 +52,14 @@ def _read_path(path: Path) -> str:
 
 
 def _read_file(path: Path) -> str:
+    from ..storage.files import regular_file
+
+    try:  # a FIFO would block the read forever, a device (/dev/zero) never end it
+        regular_file(path)
+    except ValueError as e:
+        raise ValueError(f"haystack: {e}") from None
+    except FileNotFoundError:  # a dangling symlink (inside a folder)
+        raise ValueError(f"haystack: cannot read {path}: missing") from None
     try:
         raw = path.read_bytes()
     except OSError as e:
