@@ -159,8 +159,11 @@ def scan_lock(scan_dir: Path, echo=None):
 
 
 # --- one checkpoint -----------------------------------------------------------------------
-def _cache_file(cache_dir: Path, sha: str, settings_key: str) -> Path:
-    return cache_dir / f"scores-{sha[:20]}-{settings_key[:12]}.json"
+def _cache_file(cache_dir: Path, sha: str, settings_key: str, config_sha: str | None = None) -> Path:
+    """The scores of one checkpoint: keyed by its weights, its config.json (a changed config
+    may no longer load: it must be scored again, not served from the cache) and the settings."""
+    config = f"-{config_sha[:12]}" if config_sha else ""
+    return cache_dir / f"scores-{sha[:20]}{config}-{settings_key[:12]}.json"
 
 
 def _qk_file(cache_dir: Path, sha: str, ref_sha: str, recurrent: bool) -> Path:
@@ -272,6 +275,7 @@ class Checkpoint:
     sha: str | None = None
     meta: dict | None = None
     error: str | None = None
+    config_sha: str | None = None  # sha256 of config.json (native checkpoints; keys the scores cache)
 
 
 _Ckpt = Checkpoint  # the older private name
@@ -344,6 +348,7 @@ class NativeRun(CheckpointSource):
                 c.step = int(c.meta.get("step", c.step))
                 c.tokens_seen = int(c.meta.get("tokens_seen", 0))
                 c.sha = memo.get(p)
+                c.config_sha = hashlib.sha256((p / "config.json").read_bytes()).hexdigest()
             except (ValueError, OSError) as e:  # CheckpointError is a ValueError; so is a FIFO/device
                 c.error = str(e) if not isinstance(e, FileNotFoundError) else \
                     f"{p / 'model.safetensors'}: missing; a checkpoint needs config.json and model.safetensors"
@@ -575,7 +580,8 @@ def _plan(source, good, settings, skey, ref, cache_dir, batch_size, force, echo=
     echo = echo or _default_echo
     jobs = []
     for c in good:
-        cf, qf = _cache_file(cache_dir, c.sha, skey), _qk_file(cache_dir, c.sha, ref.sha, settings.recurrent)
+        cf = _cache_file(cache_dir, c.sha, skey, c.config_sha)
+        qf = _qk_file(cache_dir, c.sha, ref.sha, settings.recurrent)
         need_s, need_q = force or not cf.exists(), force or not qf.exists()
         shape = None
         if not need_s:
@@ -763,7 +769,8 @@ def _assemble(ckpts, cache_dir: Path, skey: str, ref: _Ckpt, settings: ScanSetti
         if c.error is not None:
             ck_rows.append(dict(base, status="skipped", error=c.error))
             continue
-        cf, qf = _cache_file(cache_dir, c.sha, skey), _qk_file(cache_dir, c.sha, ref.sha, settings.recurrent)
+        cf = _cache_file(cache_dir, c.sha, skey, c.config_sha)
+        qf = _qk_file(cache_dir, c.sha, ref.sha, settings.recurrent)
         try:  # just written or checked by _plan, under the lock: a failure here names the file
             shape = _check_scores(d := _load_cache(cf), c.sha, skey)
         except ValueError as e:

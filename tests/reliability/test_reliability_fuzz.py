@@ -219,8 +219,6 @@ def test_fuzz_checkpoint_files(base_run, tmp_path_factory, m):
         assert "Traceback" not in text, (m, text)
         if valid and code == 0:
             assert "2 checkpoint(s): " in text
-        elif code == 0 and m[0].startswith("config") and "2 cached, 0 skipped" in text:
-            pass  # known bug, see test_scan_cache_sees_a_changed_config (xfail): the cache hides it
         else:
             assert code == 1, (m, code, text)
             skipped = [line for line in _lines(text) if line.startswith("skipped ")]
@@ -232,10 +230,10 @@ def test_fuzz_checkpoint_files(base_run, tmp_path_factory, m):
     assert snapshot(root, [out, run / "scan"]) == before, m
 
 
-@pytest.mark.xfail(strict=True, reason="scan cache is keyed on the weights only: a config.json changed "
-                   "after a scan (d_mlp deleted: the checkpoint no longer loads) is reported as "
-                   "'cached' with exit 0 instead of skipped (found by the fuzz; fix in the scan cache)")
 def test_scan_cache_sees_a_changed_config(base_run, tmp_path, capsys):
+    """Found by the fuzz: the scores cache was keyed on the weights only, so a config.json changed
+    after a scan (the checkpoint no longer loads) was served from the cache with exit 0. The
+    cache key now includes config.json."""
     run = shutil.copytree(base_run, tmp_path / "run")  # already scanned: its cache is filled
     ck = rh.list_checkpoints(run)[-1]
     meta = json.loads((ck / "config.json").read_text())
@@ -244,7 +242,8 @@ def test_scan_cache_sees_a_changed_config(base_run, tmp_path, capsys):
     code, _, err = cli(["eval", ck, *EVAL_ARGS], capsys)
     assert code == 2 and "has shape" in err  # eval refuses it...
     code, out, err = cli(["scan", run, *SCAN_ARGS], capsys)
-    assert code == 1, out  # ...but the scan serves cached scores for it
+    assert code == 1, out  # ...and so does the scan now (it was served from the cache before)
+    assert f"skipped {ck.name}: " in err and "has shape" in err
 
 
 # ---- eval --out: atomic outputs (issue 17, item 9) ---------------------------------------------
