@@ -38,9 +38,35 @@ def scores_from_scan(path: str | Path, step: int | None = None, metric: str = "c
     df = df[df["step"] == step]
     if df.empty:
         raise ValueError(f"{path}: no {metric!r} rows for step {step}")
+    if n_layers is not None and n_heads is not None:
+        _check_shape(path, df, n_layers, n_heads)
     L = int(df["layer"].max()) + 1 if n_layers is None else n_layers
     H = int(df["head"].max()) + 1 if n_heads is None else n_heads
     out = torch.full((L, H), math.nan)
     for r in df.itertuples():
         out[int(r.layer), int(r.head)] = float(r.value)
     return out
+
+
+def _table_shape(path: Path, df) -> tuple[int, int]:
+    """(layers, heads) of the model a scan table was made from: its ``scan.json`` says so where
+    it is readable; otherwise the largest layer and head in the table."""
+    from ..storage.files import read_json_or_empty
+
+    model = read_json_or_empty(path.parent / "scan.json").get("model")
+    model = model if isinstance(model, dict) else {}
+    L, H = model.get("n_layers"), model.get("n_heads")
+    if not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in (L, H)):
+        L, H = int(df["layer"].max()) + 1, int(df["head"].max()) + 1
+    return L, H
+
+
+def _check_shape(path: Path, df, n_layers: int, n_heads: int) -> None:
+    """A table of another model (other layers/heads, or rows out of range) is a clear error."""
+    L, H = _table_shape(path, df)
+    lo_l, hi_l, lo_h, hi_h = (int(df["layer"].min()), int(df["layer"].max()), int(df["head"].min()),
+                              int(df["head"].max()))
+    if (L, H) != (n_layers, n_heads) or lo_l < 0 or lo_h < 0 or hi_l >= n_layers or hi_h >= n_heads:
+        raise ValueError(f"{path}: the scores are for {L} layers x {H} heads (layers {lo_l}..{hi_l}, heads "
+                         f"{lo_h}..{hi_h}) but the model has {n_layers} layers x {n_heads} heads; "
+                         "use the scan of this model's run")

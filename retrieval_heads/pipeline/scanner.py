@@ -353,6 +353,7 @@ class NativeRun(CheckpointSource):
                 c.error = str(e) if not isinstance(e, FileNotFoundError) else \
                     f"{p / 'model.safetensors'}: missing; a checkpoint needs config.json and model.safetensors"
             ckpts.append(c)
+        _skip_other_shapes(ckpts)
         return ckpts
 
     def prepare(self, settings, good, echo):
@@ -716,6 +717,45 @@ def _run_jobs(source, jobs, *, workers, mp_context, progress, log_progress, echo
     return errors
 
 
+# the ModelConfig fields that determine the parameters' shapes (n_layers follows the layout)
+SHAPE_FIELDS = ("layout", "d_model", "n_heads", "n_kv_heads", "d_mlp", "vocab_size", "d_state", "tie_embeddings")
+
+
+def _shape_difference(cfg, base: Checkpoint) -> str | None:
+    """``"d_model 32 differs from the run's 16 (step_000000)"`` for the first shape field in which
+    model config ``cfg`` differs from checkpoint ``base``'s; None when the shapes agree."""
+    ref = base.meta["model"]
+    for f in SHAPE_FIELDS:
+        a, b = getattr(cfg, f), getattr(ref, f)
+        if a != b:
+            return f"{f} {_show(a)} differs from the run's {_show(b)} ({base.path.name})"
+    return None
+
+
+def _show(v) -> str:
+    return repr(v) if isinstance(v, str) else str(v).lower() if isinstance(v, bool) else str(v)
+
+
+def _skip_other_shapes(ckpts: list[Checkpoint]) -> None:
+    """Mark every readable checkpoint whose model has other parameter shapes than the run's first
+    readable one (the tables and the Q/K comparison need one shape). A checkpoint whose weights do
+    not even match its own config.json keeps that error (the more basic one)."""
+    good = [c for c in ckpts if c.error is None]
+    if not good:
+        return
+    base = good[0]
+    for c in good[1:]:
+        diff = _shape_difference(c.meta["model"], base)
+        if diff is None:
+            continue
+        try:
+            load_checkpoint(c.path)
+        except (CheckpointError, OSError) as e:
+            c.error = str(e)
+            continue
+        c.error = f"{c.path / 'config.json'}: {diff}"
+
+
 def _pick_reference(run_dir: Path, reference, good: list[Checkpoint]) -> Checkpoint:
     if reference in (None, "first"):
         errors = []
@@ -737,6 +777,9 @@ def _pick_reference(run_dir: Path, reference, good: list[Checkpoint]) -> Checkpo
         c = Checkpoint(path=p, step=-1)
         c.meta = read_meta(p)
         c.step = int(c.meta.get("step", -1))
+        diff = _shape_difference(c.meta["model"], good[0])
+        if diff is not None:
+            raise ValueError(f"reference: {p / 'config.json'}: {diff}; the reference needs the run's shapes")
         c.sha = weights_hash(p)
     load_checkpoint(c.path)  # raises CheckpointError (a ValueError) when unreadable
     return c
