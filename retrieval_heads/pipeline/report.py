@@ -23,6 +23,9 @@ from ..labels import head_label
 from ..storage.files import atomic_write, write_json, write_parquet
 
 TABLES = ("scores", "niah", "formation", "checkpoints")
+FORMATION_KEYS = ("threshold", "model", "settings", "reference")  # what the report reads (compare: model)
+TABLE_COLUMNS = {"checkpoints": ("status",), "niah": ("step", "accuracy"),
+                 "formation": ("formed", "formation_step")}
 
 
 def scan_dir_of(path) -> Path:
@@ -54,9 +57,40 @@ def load_scan(run_dir) -> dict:
     if missing or not (d / "formation.json").exists():
         raise FileNotFoundError(f"{d}: no scan tables ({', '.join(missing) or 'formation.json'} missing); "
                                 f"run `retrieval-heads scan {run_dir}` first")
-    out = {t: pd.read_parquet(d / f"{t}.parquet") for t in TABLES}
-    out["meta"] = json.loads((d / "formation.json").read_text())
+    rerun = f"re-run `retrieval-heads scan {run_dir}`"
+    out = {}
+    for t in TABLES:
+        f = d / f"{t}.parquet"
+        try:
+            out[t] = pd.read_parquet(f)
+        except (OSError, ValueError) as e:  # pyarrow's errors are ValueError / OSError subclasses
+            raise ValueError(f"{f}: unreadable scan table ({type(e).__name__}: {e}); {rerun}") from None
+        missing_cols = [c for c in TABLE_COLUMNS.get(t, ()) if c not in out[t].columns]
+        if missing_cols:
+            raise ValueError(f"{f}: column(s) {missing_cols} missing; {rerun}")
+    f = d / "formation.json"
+    try:
+        meta = json.loads(f.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise ValueError(f"{f}: unreadable ({type(e).__name__}: {e}); {rerun}") from None
+    if not isinstance(meta, dict):
+        raise ValueError(f"{f}: expected a JSON object, got {type(meta).__name__}; {rerun}")
+    check_formation_meta(f, meta, ("model",), rerun)
+    out["meta"] = meta
     return out
+
+
+def check_formation_meta(f, meta: dict, keys, rerun: str) -> None:
+    """``ValueError`` naming formation.json ``f`` when it lacks one of ``keys`` or holds a
+    section of the wrong type (``model`` / ``reference`` / ``run`` / ``settings``: objects)."""
+    missing = [k for k in keys if k not in meta]
+    if missing:
+        raise ValueError(f"{f}: key(s) {missing} missing; {rerun}")
+    for k in ("model", "reference", "run", "settings"):
+        if k in meta and not isinstance(meta[k], dict) and not (k == "run" and meta[k] is None):
+            raise ValueError(f"{f}: {k}: expected a JSON object, got {json.dumps(meta[k])[:40]}; {rerun}")
+    if "reference" in keys and "step" not in meta["reference"]:
+        raise ValueError(f"{f}: reference: key 'step' missing; {rerun}")
 
 
 def _int_or(v, missing: str, sep: bool) -> str:
@@ -132,7 +166,9 @@ def build_report(run_dir, out=None) -> Path:
     t = load_scan(run_dir)
     run_dir = _run_dir_of(Path(run_dir), scan_dir)
     meta, scores, niah, form, ck = t["meta"], t["scores"], t["niah"], t["formation"], t["checkpoints"]
-    run = meta.get("run", {})
+    check_formation_meta(scan_dir / "formation.json", meta, FORMATION_KEYS,
+                         f"re-run `retrieval-heads scan {run_dir}`")
+    run = meta.get("run") or {}
     body = [f"<h1>Retrieval heads: {html.escape(str(run_dir))}</h1>",
             f"<p>Model: {html.escape(meta['model'].get('describe', ''))}<br>",
             f"Needles: {html.escape(json.dumps(meta['settings']))}<br>",
@@ -296,7 +332,7 @@ def compare_runs(runs, out="compare.html") -> tuple[Path, pd.DataFrame]:
         t = load_scan(r)
         scan_dir = scan_dir_of(r)
         run_dir = _run_dir_of(Path(r), scan_dir)
-        m, run = t["meta"]["model"], t["meta"].get("run", {})
+        m, run = t["meta"]["model"], t["meta"].get("run") or {}
         label = plots.run_label(m)
         if label in labels:
             label = f"{label} ({Path(r).name})"

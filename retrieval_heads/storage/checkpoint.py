@@ -83,7 +83,12 @@ def save_checkpoint(run_dir: str | Path, step: int, model, *, train_cfg: TrainCo
         }
         (tmp / "config.json").write_text(json.dumps(meta, indent=2, sort_keys=True))
         if train_state is not None:
-            torch.save(train_state, tmp / "train_state.pt")
+            try:
+                torch.save(train_state, tmp / "train_state.pt")
+            except (RuntimeError, OSError) as e:  # a full disk: "[enforce fail at inline_container.cc] ..."
+                why = " ".join(line.strip() for line in str(e).splitlines() if line.strip())
+                raise OSError(f"{final / 'train_state.pt'}: could not be written ({type(e).__name__}: {why}); "
+                              "no partial checkpoint was left") from None
         for f in tmp.iterdir():
             with open(f, "rb") as fh:
                 os.fsync(fh.fileno())
@@ -200,17 +205,86 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu", *, che
     return model
 
 
+TRAIN_STATE_KEYS = ("optimizer", "step", "tokens_seen", "rng")  # what ``train`` saves (and needs back)
+
+
 def load_train_state(path: str | Path) -> dict | None:
-    """Optimizer/RNG state saved beside a checkpoint, read with ``weights_only=True``."""
+    """Optimizer/RNG state saved beside a checkpoint, read with ``weights_only=True``; its
+    structure is checked (a dict with the keys ``train`` saves, an optimizer state dict, a torch
+    RNG state, non-negative integer step / tokens_seen). Raises ``CheckpointError``."""
     f = Path(path) / "train_state.pt"
     if not f.exists():
         return None
     try:
-        return torch.load(f, map_location="cpu", weights_only=True)
+        saved = torch.load(f, map_location="cpu", weights_only=True)
     except Exception as e:  # an unpickling error means a payload that is not plain data
         why = " ".join(line.strip() for line in str(e).splitlines() if line.strip())
         raise CheckpointError(f"{f}: refused, it is not plain tensors and numbers "
                               f"({type(e).__name__}: {why})") from None
+    if not isinstance(saved, dict):
+        raise CheckpointError(f"{f}: expected a dict with keys {list(TRAIN_STATE_KEYS)}, "
+                              f"got a {type(saved).__name__}; not a retrieval-heads train state")
+    missing = [k for k in TRAIN_STATE_KEYS if k not in saved]
+    if missing:
+        raise CheckpointError(f"{f}: missing key(s) {missing} (has {sorted(map(str, saved))[:8]}); "
+                              "not a complete retrieval-heads train state")
+    for k in ("step", "tokens_seen"):
+        v = saved[k]
+        if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+            raise CheckpointError(f"{f}: {k}: expected a non-negative integer, got {_short(v)}")
+    opt = saved["optimizer"]
+    if (not isinstance(opt, dict) or not isinstance(opt.get("state"), dict)
+            or not isinstance(opt.get("param_groups"), list)
+            or not all(isinstance(g, dict) and isinstance(g.get("params"), list) for g in opt["param_groups"])):
+        raise CheckpointError(f"{f}: optimizer: expected an optimizer state dict "
+                              f"(with 'state' and 'param_groups'), got {_short(opt)}")
+    rng = saved["rng"]
+    if (not isinstance(rng, dict) or not isinstance(rng.get("torch"), torch.Tensor)
+            or rng["torch"].dtype != torch.uint8):
+        raise CheckpointError(f"{f}: rng: expected {{'torch': a uint8 tensor, ...}}, got {_short(rng)}")
+    running = saved.get("running")
+    if running is not None and (not isinstance(running, (list, tuple)) or len(running) != 4
+                                or not all(is_finite_number(x) and not isinstance(x, bool) for x in running)):
+        raise CheckpointError(f"{f}: running: expected 4 finite numbers, got {_short(running)}")
+    return saved
+
+
+def check_optimizer_state(f: str | Path, saved_opt: dict, optimizer) -> None:
+    """Refuse (``CheckpointError`` naming ``f``) an optimizer state dict whose groups or
+    per-parameter tensors do not fit ``optimizer``'s parameters (else the first step fails)."""
+    groups = optimizer.param_groups
+    saved_groups = saved_opt["param_groups"]
+    if len(saved_groups) != len(groups) or any(len(a["params"]) != len(b["params"])
+                                               for a, b in zip(saved_groups, groups)):
+        raise CheckpointError(f"{f}: optimizer: parameter groups of sizes {[len(g['params']) for g in saved_groups]}, "
+                              f"the model has {[len(g['params']) for g in groups]}")
+    shapes = {}
+    for a, b in zip(saved_groups, groups):
+        for pid, p in zip(a["params"], b["params"]):
+            shapes[pid] = tuple(p.shape)
+    for pid, st in saved_opt["state"].items():
+        if pid not in shapes:
+            raise CheckpointError(f"{f}: optimizer: state for parameter {_short(pid)}, which no group lists")
+        if not isinstance(st, dict):
+            raise CheckpointError(f"{f}: optimizer: state of parameter {pid}: expected a dict, got {_short(st)}")
+        for name, v in st.items():
+            if name == "step":
+                if not (isinstance(v, torch.Tensor) and v.numel() == 1) and not is_finite_number(v):
+                    raise CheckpointError(f"{f}: optimizer: parameter {pid}: step: expected a number, got {_short(v)}")
+                continue
+            if not isinstance(v, torch.Tensor):
+                raise CheckpointError(f"{f}: optimizer: parameter {pid}: {name}: expected a tensor, got {_short(v)}")
+            if tuple(v.shape) != shapes[pid]:
+                raise CheckpointError(f"{f}: optimizer: parameter {pid}: {name} has shape {tuple(v.shape)}, "
+                                      f"the model's parameter has shape {shapes[pid]}")
+            if not v.is_floating_point():
+                raise CheckpointError(f"{f}: optimizer: parameter {pid}: {name} has dtype {v.dtype}, "
+                                      "expected a floating-point dtype")
+
+
+def _short(v) -> str:
+    r = repr(v) if not isinstance(v, torch.Tensor) else f"tensor of shape {tuple(v.shape)} ({v.dtype})"
+    return r if len(r) <= 40 else f"{r[:30]}... (a {type(v).__name__})"
 
 
 def list_checkpoints(run_dir: str | Path) -> list[Path]:

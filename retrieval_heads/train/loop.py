@@ -66,6 +66,7 @@ from ..storage.files import exclusive_lock, write_text
 from ..tasks import TOKENIZER, niah_batch
 from ..tasks.mixture import check_mixture, eval_lm_batch, row_loss, training_batch
 from ..storage.checkpoint import (
+    check_optimizer_state,
     clean_partial_checkpoints,
     list_checkpoints,
     load_checkpoint,
@@ -519,7 +520,8 @@ def _restore(run: _Run, mode: str, log) -> tuple[TrainerState, str]:
     if not ckpts:
         return state, "new" if mode == "resume" else mode
     last = run.resumed_from = ckpts[-1]
-    saved = load_train_state(last)
+    saved = load_train_state(last)  # its structure checked, before anything of the run is rewritten
+    check_optimizer_state(last / "train_state.pt", saved["optimizer"], run.opt)
     run.model.load_state_dict(load_checkpoint(last).state_dict())
     run.opt.load_state_dict(saved["optimizer"])
     torch.set_rng_state(saved["rng"]["torch"])
