@@ -54,6 +54,24 @@ def weights_sha(path: Path, memo: dict) -> str:
     return h.hexdigest()
 
 
+def check_loadable(path: Path, cfg: dict, trust_remote_code: bool) -> None:
+    """What can be checked before anything is written: shipped modelling code needs
+    ``trust_remote_code``, pickle weights are refused, and every safetensors file has a readable
+    header (garbage weights fail here, not after the scan folder exists)."""
+    from safetensors import SafetensorError, safe_open
+
+    from ..hf.loader import _check_remote_code, _check_weights
+
+    _check_remote_code(path, cfg, trust_remote_code)
+    _check_weights(path)
+    for f in sorted(path.glob("*.safetensors")):
+        try:
+            with safe_open(str(regular_file(f)), "pt") as h:
+                h.keys()
+        except (SafetensorError, OSError) as e:
+            raise ValueError(f"{f}: unreadable safetensors file ({e})") from None
+
+
 def tokenizer_fingerprint(tok) -> str:
     vocab = tok.get_vocab()
     blob = json.dumps(sorted(vocab.items(), key=lambda kv: kv[1]), ensure_ascii=False)
@@ -142,7 +160,8 @@ class HFSeries(S.CheckpointSource):
         for c in list_hf_checkpoints(self.path):
             k = S.Checkpoint(path=c.path, step=int(c.step), tokens_seen=int(c.tokens_seen))
             try:
-                self.cfgs[str(c.path)] = read_hf_config(c.path)
+                self.cfgs[str(c.path)] = cfg = read_hf_config(c.path)
+                check_loadable(c.path, cfg, self.load_kw["trust_remote_code"])
                 k.sha = weights_sha(c.path, hashes)
             except (OSError, ValueError) as e:
                 k.error = str(e)

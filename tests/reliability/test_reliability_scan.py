@@ -191,3 +191,26 @@ def test_kill9_scan_takes_its_workers_along(tmp_path):
     r = subprocess.run([sys.executable, "-c", "from retrieval_heads.cli import main; main()", "scan", str(run),
                         *args[:-2]], env=ENV, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr
+
+
+@pytest.mark.parametrize("how", ["auto_map", "garbage_weights"])
+def test_refused_hf_scan_creates_nothing(tmp_path, capsys, how):
+    """Issue 17, item 4: an HF scan created PATH/scan/ before any check, also when it refused
+    auto_map or garbage weights. Both are now found while reading, before anything is written."""
+    import json
+
+    from retrieval_heads.hf.testing import save_tiny
+
+    ck = save_tiny("qwen3", tmp_path / "hf")
+    if how == "auto_map":
+        cfg = json.loads((ck / "config.json").read_text())
+        cfg["auto_map"] = {"AutoModelForCausalLM": "modeling_x.XForCausalLM"}
+        (ck / "config.json").write_text(json.dumps(cfg))
+    else:
+        for f in ck.glob("*.safetensors"):
+            f.write_bytes(b"\x80garbage" * 64)
+    code, _, err = cli(["scan", ck, "--context-lens", "80", "--depths", "0.5", "--n-per-cell", "1",
+                        "--no-progress", "--no-report"], capsys)
+    assert code == 2, err
+    assert_one_line_error(err, "auto_map" if how == "auto_map" else "unreadable safetensors file")
+    assert not (ck / "scan").exists()
