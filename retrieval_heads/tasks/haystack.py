@@ -52,7 +52,7 @@ def _read_path(path: Path) -> str:
 
 
 def _read_file(path: Path) -> str:
-    from ..storage.files import regular_file
+    from ..paths import regular_file
 
     try:  # a FIFO would block the read forever, a device (/dev/zero) never end it
         regular_file(path)

@@ -51,7 +51,7 @@ def test_train_state_round_trip(tmp_path):
     opt = torch.optim.AdamW(m.parameters(), lr=1e-3)
     m(torch.randint(0, 256, (1, 8))).sum().backward()
     opt.step()
-    state = {"optimizer": opt.state_dict(), "step": 3, "rng": {"torch": torch.get_rng_state()}}
+    state = {"optimizer": opt.state_dict(), "step": 3, "tokens_seen": 12, "rng": {"torch": torch.get_rng_state()}}
     p = save_checkpoint(tmp_path, 3, m, train_state=state)
     back = load_train_state(p)
     assert back["step"] == 3 and torch.equal(back["rng"]["torch"], state["rng"]["torch"])
