@@ -171,8 +171,10 @@ def _qk_file(cache_dir: Path, sha: str, ref_sha: str, recurrent: bool) -> Path:
 
 
 def score_checkpoint(job: dict) -> dict:
-    """Score one checkpoint and write its cache file(s). Runs in a worker process when
-    ``workers > 1``; returns {"path", "error"} (error None on success)."""
+    """Score one checkpoint and write its cache file(s); returns {"path", "error"} (error None on
+    success). In a worker process (``workers > 1``, ``job["deliver"]``) it writes nothing and
+    returns the files' contents as ``"writes"``: the scan writes them under its lock, so a
+    worker outliving a killed scan can never write."""
     from safetensors.torch import load_file
 
     from ..detect.scores import HeadScores, score_heads
@@ -187,6 +189,7 @@ def score_checkpoint(job: dict) -> dict:
         return {"path": str(path), "error": str(e)}
     settings = ScanSettings(**job["settings"])
     cfg = model.cfg
+    writes = []  # (cache file, JSON) pairs
     if job["need_scores"]:
         batches = settings.batches()
         res = HeadScores.merge([score_heads(model, b, recurrent=settings.recurrent, only_correct=settings.only_correct,
@@ -202,13 +205,16 @@ def score_checkpoint(job: dict) -> dict:
                        "n_counted": res.n_counted},
             "invalid": [list(x) for x in res.invalid], "niah": niah,
         }
-        _exit_if_orphaned()  # the scan's lock died with it: write nothing
-        write_json(Path(job["cache_file"]), payload)
+        writes.append((job["cache_file"], payload))
     if job["need_qk"]:
         ref = load_file(str(Path(job["ref_path"]) / "model.safetensors"))
         qk = qk_distance(model, ref, cfg=cfg, recurrent=settings.recurrent)
+        writes.append((job["qk_file"], {k: _nan_to_none(v.tolist()) for k, v in qk.items()}))
+    if job.get("deliver"):  # a worker process: the scan writes them, under its lock
         _exit_if_orphaned()
-        write_json(Path(job["qk_file"]), {k: _nan_to_none(v.tolist()) for k, v in qk.items()})
+        return {"path": str(path), "error": None, "writes": writes}
+    for f, obj in writes:
+        write_json(Path(f), obj)
     return {"path": str(path), "error": None}
 
 
@@ -688,6 +694,8 @@ def _run_jobs(source, jobs, *, workers, mp_context, progress, log_progress, echo
     t_scan, done = time.time(), [0]
 
     def advance(r):
+        for f, obj in r.get("writes", ()):  # a worker's results: written here, under the scan's lock
+            write_json(Path(f), obj)
         if r["error"]:
             errors[r["path"]] = r["error"]
         bar.update(1)
@@ -706,6 +714,7 @@ def _run_jobs(source, jobs, *, workers, mp_context, progress, log_progress, echo
         threads = max(1, torch.get_num_threads() // workers)
         for j in jobs:
             j["threads"] = threads
+            j["deliver"] = True  # results come back to this process, which holds the lock, to be written
         with cf_.ProcessPoolExecutor(min(workers, len(jobs)), mp_context=mp.get_context(mp_context),
                                      initializer=_init_worker, initargs=(threads, os.getpid())) as ex:
             for fut in cf_.as_completed([ex.submit(score_checkpoint, j) for j in jobs]):

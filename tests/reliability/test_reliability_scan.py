@@ -176,10 +176,9 @@ def test_kill9_scan_takes_its_workers_along(tmp_path):
         time.sleep(1.0)  # anything still writing would show now
         late = {f.name: f.stat().st_mtime - t_kill for f in cache.glob("*.json")
                 if f.name != "hashes.json" and f.stat().st_mtime > t_kill}
-        # at most a write already under way when the scan died (the check right before it passed):
-        # one checkpoint per worker, within the watchdog's reaction time; never a new job
-        assert len({n.split("-")[1] for n in late}) <= 2 and all(dt < 0.5 for dt in late.values()), \
-            f"cache entries written after the scan died (without its lock): {late}"
+        # workers never write: they hand their results to the scan, which writes them under its
+        # lock, so nothing can be written once the scan has died
+        assert not late, f"cache entries written after the scan died (without its lock): {late}"
     finally:
         for w in workers:
             if _alive(w):
