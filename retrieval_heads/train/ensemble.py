@@ -91,8 +91,8 @@ from ..storage.checkpoint import (
 from ..storage.files import write_text
 from ..tasks.mixture import eval_lm_batch, row_loss, training_batch
 from .loop import (
-    METRICS_FILE,
     RUN_FILE,
+    append_metrics,
     check_configs,
     check_memory,
     check_out_dir,
@@ -101,6 +101,7 @@ from .loop import (
     evaluate,
     lr_at,
     resolve_device,
+    truncate_metrics,
 )
 
 # fields a member may set on its own; every other field must be equal across the members
@@ -405,19 +406,6 @@ class _Ensemble:
 
 
 # ----------------------------------------------------------------------------- folders
-def _truncate_metrics(out: Path, step: int) -> None:
-    f = out / METRICS_FILE
-    if f.exists():
-        keep = []
-        for line in f.read_text().splitlines():
-            try:
-                if json.loads(line)["step"] <= step:
-                    keep.append(line)
-            except (ValueError, KeyError, TypeError):
-                continue
-        write_text(f, "".join(r + "\n" for r in keep))
-
-
 def _prepare_folder(m: _Member, mode: str, start: int) -> None:
     if mode == "overwrite":
         shutil.rmtree(m.out)
@@ -425,7 +413,7 @@ def _prepare_folder(m: _Member, mode: str, start: int) -> None:
     clean_partial_checkpoints(m.out)
     write_text(m.out / RUN_FILE, json.dumps({"model": m.model_cfg.to_dict(), "train": m.cfg.to_dict()},
                                             indent=2, sort_keys=True))
-    _truncate_metrics(m.out, start if mode == "resume" else -1)
+    truncate_metrics(m.out, start if mode == "resume" else -1)
 
 
 def _resume_step(members: list[_Member]) -> int:
@@ -516,8 +504,7 @@ def train_ensemble(members, *, log=print, progress: bool = False, stop_at: int |
                           "train_loss": loss_sum / loss_n if loss_n else None,
                           "train_niah_loss": niah_sum / niah_n if niah_n else None, **metrics,
                           "tokens_per_s": tokens_per_s(step), "time_s": round(clock["train_time"], 3)}
-        with open(m.out / METRICS_FILE, "a") as f:
-            f.write(json.dumps(m.last_metrics) + "\n")
+        append_metrics(m.out, m.last_metrics)
         m.running = [0.0, 0, 0.0, 0]
 
     def after_step(step: int, fresh_start: bool = False) -> None:

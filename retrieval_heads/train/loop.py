@@ -338,12 +338,13 @@ def _drop_passed(out: Path, step: int, visible: bool) -> None:
             _remove_checkpoint(ck)
 
 
-def _write_metrics(out: Path, row: dict) -> None:
+def append_metrics(out: Path, row: dict) -> None:
+    """Append one evaluation row to ``RUN/metrics.jsonl``."""
     with open(out / METRICS_FILE, "a") as f:
         f.write(json.dumps(row) + "\n")
 
 
-def _truncate_metrics(out: Path, step: int) -> None:
+def truncate_metrics(out: Path, step: int) -> None:
     """Keep the rows up to ``step``; a partial last line (a process killed mid-append) is dropped."""
     f = out / METRICS_FILE
     if f.exists():
@@ -551,7 +552,7 @@ def _prepare_folder(run: _Run, mode: str, start: int) -> None:
         _drop_passed(run.out, start, visible=run.resumed_from is not None and run.resumed_from.parent == run.out)
     write_text(run.out / RUN_FILE, json.dumps({"model": run.model_cfg.to_dict(), "train": run.cfg.to_dict()},
                                               indent=2, sort_keys=True))
-    _truncate_metrics(run.out, start if mode == "resume" else -1)  # a fresh start re-evaluates step 0
+    truncate_metrics(run.out, start if mode == "resume" else -1)  # a fresh start re-evaluates step 0
 
 
 def _wrap(run: _Run) -> None:
@@ -610,7 +611,7 @@ def _maybe_evaluate(run: _Run, state: TrainerState) -> None:
                           "tokens_per_s": state.tokens_per_s(run.tok_per_step),
                           "time_s": round(state.train_time, 3)}
     with _sigint_deferred():  # the row and the restart of the sums, together
-        _write_metrics(run.out, state.last_metrics)
+        append_metrics(run.out, state.last_metrics)
         state.running = [0.0, 0, 0.0, 0]
 
 
