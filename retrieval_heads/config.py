@@ -380,6 +380,8 @@ class TrainConfig(_JSONMixin):
     niah_haystack: str | None = None  # haystack of the training needles; None = the variant's own
     niah_context_weight: float = 0.0  # loss weight of a needle row's prompt tokens (answer = 1)
     induction_fraction: float = 0.0  # fraction of rows holding a repeated random string
+    induction_min_period: int = 8  # shortest repeated string of an induction row (bytes)
+    induction_max_period: int = 48  # longest repeated string of an induction row (bytes)
     eval_every: int = 100
     eval_samples: int = 16
     save_every: int = 100
@@ -406,6 +408,14 @@ class TrainConfig(_JSONMixin):
             _check_float(name, getattr(self, name), positive=False)
             if getattr(self, name) < 0:
                 raise ValueError(f"{name}: must be >= 0, got {getattr(self, name)}")
+        _check_int("induction_min_period", self.induction_min_period)
+        _check_int("induction_max_period", self.induction_max_period)
+        if self.induction_max_period < self.induction_min_period:
+            raise ValueError(f"induction_max_period: must be >= induction_min_period "
+                             f"({self.induction_min_period}), got {self.induction_max_period}")
+        if self.induction_fraction > 0 and self.induction_min_period >= self.context_len - 1:
+            raise ValueError(f"induction_min_period: {self.induction_min_period} leaves no repeat to predict in "
+                             f"context_len {self.context_len}; use at most {self.context_len // 2}")
         if self.niah_fraction + self.induction_fraction > 1.0:
             raise ValueError(f"niah_fraction + induction_fraction: must be <= 1, got "
                              f"{self.niah_fraction} + {self.induction_fraction}")

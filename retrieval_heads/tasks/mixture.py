@@ -110,11 +110,15 @@ def lm_row(*, context_len: int, haystack: str, seed,
     return tokens, targets, weights
 
 
-def induction_row(*, context_len: int, seed) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def induction_row(*, context_len: int, seed, periods: tuple[int, int] = (8, 48)
+                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(tokens, targets, weights) of a repeated random string: BOS + s s s ... (induction
-    practice). ``s`` is 8-48 printable ASCII bytes; only tokens of the repeats count."""
+    practice). ``s`` is ``periods[0]``-``periods[1]`` printable ASCII bytes (uniform; the
+    config's ``induction_min_period``/``induction_max_period``); only tokens of the repeats
+    count. An SWA layer of window ``w`` can copy a repeat of period ``p`` by itself only when
+    ``p < w``, so the periods decide which rows need the full-attention layers."""
     rng = _rng("induction", seed)
-    n = rng.randint(8, 48)
+    n = rng.randint(*periods)
     s = [rng.randint(32, 126) for _ in range(n)]
     body = (s * (context_len // n + 1))[: context_len - 1]
     tokens = torch.tensor([TOKENIZER.BOS, *body], dtype=torch.long)  # (T,)
@@ -146,7 +150,8 @@ def training_batch(cfg, step: int, rows=None) -> MixtureBatch:
     toks, tgts, wts, flags = [], [], [], []
     for r in rows:
         if kinds[r] == "induction":
-            t, y, w = induction_row(context_len=cfg.context_len, seed=(cfg.seed, step, r))
+            t, y, w = induction_row(context_len=cfg.context_len, seed=(cfg.seed, step, r),
+                                    periods=(cfg.induction_min_period, cfg.induction_max_period))
         elif kinds[r] == "needle":
             depth = _rng("depth", cfg.seed, step, r).random()
             seed = _rng("needle-seed", cfg.seed, step, r).getrandbits(48)
