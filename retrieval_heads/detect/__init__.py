@@ -9,7 +9,8 @@ models and batches in, tensors and tables out; no files).
 Modules: ``rows`` (O(T) attention rows: the interface a model adapter implements),
 ``metrics`` (the table of scores: name, range, kind, row function; ``register_metric``),
 ``scores`` (the scoring rules), ``reference`` (O(T^2) eager references for tests),
-``weights`` (Q/K distance), ``formation`` (formation steps).
+``weights`` (Q/K distance), ``formation`` (formation steps), ``causal`` (ablation and
+attribution scores: which heads the answer depends on; ``docs/CAUSAL.md``).
 
 Names are imported on first use, so that ``retrieval_heads.detect.metrics`` (the table the
 command line's choices and the figures read) loads without torch.
@@ -27,8 +28,9 @@ _LAZY = {
     "prefill_rows": "rows",
     "METHODS": "scores", "HeadScores": "scores", "retrieval_scores": "scores", "score_heads": "scores",
     "qk_distance": "weights",
+    "CausalScores": "causal", "causal_scores": "causal",
 }
-_SUBMODULES = ("formation", "metrics", "reference", "rows", "scores", "weights")
+_SUBMODULES = ("causal", "formation", "metrics", "reference", "rows", "scores", "weights")
 
 
 def __getattr__(name: str):
@@ -45,4 +47,5 @@ __all__ = [
     "retrieval_scores", "score_heads", "HeadScores", "METHODS",
     "formation_table", "run_formation", "qk_distance", "prefill_rows", "greedy_decode_rows",
     "DecodeRows", "HybridRows", "as_row_source", "metrics", "Metric", "register_metric", "unregister_metric",
+    "causal_scores", "CausalScores",
 ]

@@ -19,6 +19,13 @@ Two kinds:
   ``register_metric`` call (see CONTRIBUTING.md).
 - ``weights``: from the heads' Q/K weights against a reference checkpoint
   (``weights.qk_distance``; ``weights_key`` names its entry).
+- ``causal``: how much the answer depends on the head, from forward (and backward) passes
+  with the head's output intervened on (``causal.causal_scores``: ``ablation``,
+  ``ablation_mean``, ``attribution``, ``attribution_mean``, ``attribution_ig``; nats of answer
+  log-probability). They need their own passes, so scans compute them only when asked
+  (``rh.scan(..., causal=True)``, ``retrieval-heads scan --causal``), and the report draws
+  them in a section of their own beside the attention scores (``heatmap=False`` here);
+  see ``docs/CAUSAL.md``.
 
 ``range`` is the value range; a bounded metric (both ends finite) gets that fixed colour
 scale in heatmaps. ``higher_is_retrieval``: a high value marks a retrieval head -- the
@@ -36,7 +43,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:  # torch is imported where a row is scored: the table itself loads without it
     import torch
 
-KINDS = ("attention", "weights")
+KINDS = ("attention", "weights", "causal")
 
 
 # --- row functions (pure) ------------------------------------------------------------------
@@ -126,7 +133,7 @@ class Metric:
 
     name: str
     description: str
-    kind: str = "attention"  # "attention" (per sample, from rows) | "weights" (Q/K weights)
+    kind: str = "attention"  # "attention" (per sample, from rows) | "weights" (Q/K weights) | "causal"
     range: tuple = (None, None)  # (low, high); None = open
     higher_is_retrieval: bool = True
     row: Callable | None = None  # attention: (rows, ctx) -> (B, H) (see ``at``); None = copy's decode rule
@@ -148,7 +155,8 @@ class Metric:
 
 
 REGISTRY: dict[str, Metric] = {}
-BUILTIN = ("copy", "mass", "entropy", "entropy_norm", "copy_tf", "qk_distance", "qk_l2")
+BUILTIN = ("copy", "mass", "entropy", "entropy_norm", "copy_tf", "qk_distance", "qk_l2", "ablation", "ablation_mean",
+           "attribution", "attribution_mean", "attribution_ig")
 ROWS_AT = ("query", "answer")
 
 
@@ -202,6 +210,17 @@ def weight_metrics() -> tuple[str, ...]:
     return tuple(n for n, m in REGISTRY.items() if m.kind == "weights")
 
 
+def causal_metrics() -> tuple[str, ...]:
+    """Metrics from interventions on the head's output (``kind="causal"``: ablation, attribution)."""
+    return tuple(n for n, m in REGISTRY.items() if m.kind == "causal")
+
+
+def ranking_metrics() -> tuple[str, ...]:
+    """Every metric that ranks heads (higher = matters more): the causal ones, then the
+    retrieval metrics (``retrieval-heads ablate --rank-by``)."""
+    return causal_metrics() + retrieval_metrics()
+
+
 def retrieval_metrics() -> tuple[str, ...]:
     """Attention metrics that rank heads (higher = retrieval): ``score_heads``'s methods."""
     return tuple(n for n, m in REGISTRY.items() if m.kind == "attention" and m.higher_is_retrieval)
@@ -248,6 +267,16 @@ for _m in (
            kind="weights", range=(0.0, None), higher_is_retrieval=False, weights_key="rel_l2"),
     Metric("qk_l2", "L2 distance of the head's W_Q/W_K rows to the reference checkpoint",
            kind="weights", range=(0.0, None), higher_is_retrieval=False, weights_key="l2", heatmap=False),
+    Metric("ablation", "drop in the answer's teacher-forced log-probability (nats, summed over answer tokens, "
+                       "mean over samples) when the head's output is zeroed (exact)", kind="causal", heatmap=False),
+    Metric("ablation_mean", "the same drop when the head's output is replaced by its mean over the needle set",
+           kind="causal", heatmap=False),
+    Metric("attribution", "attribution patching: gradient of the answer log-probability times the head's "
+                          "output (first-order estimate of ablation; one forward + backward)", kind="causal",
+           heatmap=False),
+    Metric("attribution_mean", "attribution patching estimate of ablation_mean", kind="causal", heatmap=False),
+    Metric("attribution_ig", "integrated-gradients estimate of ablation (the layer's head outputs scaled "
+                             "towards zero; gradient at the path's midpoints)", kind="causal", heatmap=False),
 ):
     register_metric(_m)
 del _m

@@ -398,8 +398,17 @@ def score_heads(model, batch, *, methods=METHODS, recurrent: bool = False, only_
 
 def retrieval_scores(model, batch, method: str = "copy", **kw) -> torch.Tensor:
     """[n_layers, n_heads] retrieval scores (NaN for layers not scored). ``method``: ``copy``
-    (Wu et al.) or ``mass`` (or another of ``metrics.retrieval_metrics()``). Keyword arguments
-    go to ``score_heads``; use it directly for the counts, entropy and per-sample values."""
+    (Wu et al.) or ``mass`` (or another of ``metrics.retrieval_metrics()``), or a causal score
+    (``ablation``, ``attribution``, ...: ``causal.causal_scores``, every layer). Keyword
+    arguments go to ``score_heads`` (``causal_scores``); use it directly for the counts, entropy
+    and per-sample values."""
+    from .metrics import causal_metrics
+
+    if method in causal_metrics():
+        from .causal import EXACT, causal_scores
+
+        kw.setdefault("exact", method in EXACT)
+        return causal_scores(model, batch, **kw).scores(method)
     names = retrieval_metrics()
     if method not in names:
         raise ValueError(f"method: {method!r}; use {' or '.join(map(repr, names))}")
