@@ -243,6 +243,10 @@ def as_row_source(model):
     """``model`` itself if it already offers the row-source interface, else ``HybridRows``."""
     if hasattr(model, "prefill_rows") and hasattr(model, "decode_rows"):
         return model
+    if not (hasattr(getattr(model, "cfg", None), "layout") and hasattr(model, "blocks")):
+        raise TypeError(f"model: got {type(model).__module__}.{type(model).__name__}; the detector reads a "
+                        "HybridLM or a row source such as HFModel (rh.hf.load_hf); for an HF "
+                        "AutoModelForCausalLM instance or a TransformerBridge use rh.retrieval_scores")
     return HybridRows(model)
 
 

@@ -41,7 +41,7 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
 class Attention(nn.Module):
     # declarations read like a mixer's (see ``mixers/base.py``): the F and S layers
     qk_weights = ("W_Q.weight", "W_K.weight")  # rows [n_heads (n_kv_heads) * d_head, d_model]
-    hooks = ("q", "k", "v", "rot_q", "rot_k", "attn_scores", "pattern", "z")
+    hooks = ("q", "k", "v", "rot_q", "rot_k", "attn_scores", "pattern", "z", "result")
     submodule = "attn"  # blocks.{l}.attn
 
     def __init__(self, cfg: ModelConfig, layer: int):
@@ -68,6 +68,9 @@ class Attention(nn.Module):
         self.hook_attn_scores = HookPoint()  # [batch, head, query_pos, key_pos]
         self.hook_pattern = HookPoint()  # [batch, head, query_pos, key_pos]
         self.hook_z = HookPoint()  # [batch, pos, head, d_head]
+        # per-head outputs z_h W_O^h, computed only while hooked (run_with_cache caches them, so
+        # TransformerLens's ActivationCache.stack_head_results / decompose_resid find them)
+        self.hook_result = HookPoint()  # [batch, pos, head, d_model]
 
     def wants_pattern(self) -> bool:
         return (self.force_eager or self.backend == "eager"
@@ -134,4 +137,12 @@ class Attention(nn.Module):
         else:
             z = kernels.fast_attention(qh, kh, vh, self.window, self.backend)
         z = self.hook_z(z.transpose(1, 2))  # (B, T, H, D)
+        if self.hook_result._forward_hooks:
+            w = self.W_O.weight.view(-1, self.n_heads, self.d_head)  # (d_model, H, D)
+            return self.hook_result(torch.einsum("bthd,mhd->bthm", z, w)).sum(2)  # (B, T, d_model)
         return self.W_O(z.reshape(B, T, self.n_heads * self.d_head))  # (B, T, d_model)
+
+    @property
+    def W_O_heads(self) -> torch.Tensor:
+        """W_O as TransformerLens lays it out: [n_heads, d_head, d_model]."""
+        return self.W_O.weight.T.reshape(self.n_heads, self.d_head, -1)

@@ -16,7 +16,10 @@ Block hooks: ``blocks.{l}.hook_resid_pre``, ``hook_resid_mid``, ``hook_resid_pos
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import math
+from pathlib import Path
 
 import torch
 import torch.nn as nn
@@ -27,6 +30,13 @@ from transformer_lens.hook_points import HookPoint
 from ..config import ATTENTION_KINDS, LAYER_KINDS, ModelConfig
 from .attention import Attention
 from .mixers import MIXERS
+from .tokenizer import ByteCodec
+
+# Hugging Face folder conventions (``save_pretrained``): config.json's model_type and architecture,
+# registered with transformers' Auto classes by ``retrieval_heads.hf.auto``
+HF_MODEL_TYPE = "retrieval_heads_hybrid"
+HF_ARCHITECTURE = "HybridLMForCausalLM"
+HF_PREFIX = "model."  # the wrapper holds the HybridLM as ``.model``
 
 
 def token_mixer_class(kind: str) -> type[nn.Module]:
@@ -96,12 +106,44 @@ class DecodeCache:
         return self.length
 
 
+def hf_config_dict(cfg: ModelConfig) -> dict:
+    """config.json of ``save_pretrained``: HF's keys plus our ModelConfig under ``hybrid``."""
+    return {"model_type": HF_MODEL_TYPE, "architectures": [HF_ARCHITECTURE], "hybrid": cfg.to_dict(),
+            "vocab_size": cfg.vocab_size, "hidden_size": cfg.d_model, "num_hidden_layers": cfg.n_layers,
+            "num_attention_heads": cfg.n_heads, "max_position_embeddings": cfg.max_seq_len,
+            "tie_word_embeddings": bool(cfg.tie_embeddings), "bos_token_id": ByteCodec.BOS,
+            "eos_token_id": ByteCodec.EOS, "pad_token_id": ByteCodec.PAD}
+
+
+def read_hf_config_dict(f) -> ModelConfig:
+    """The ModelConfig of a ``save_pretrained`` config.json (ValueError naming the file otherwise)."""
+    f = Path(f)
+    try:
+        d = json.loads(f.read_text())
+    except (OSError, ValueError) as e:
+        raise ValueError(f"{f}: unreadable ({e})") from None
+    if not isinstance(d, dict) or d.get("model_type") != HF_MODEL_TYPE or not isinstance(d.get("hybrid"), dict):
+        raise ValueError(f"{f}: not a HybridLM save_pretrained config (model_type {HF_MODEL_TYPE!r} "
+                         "with a 'hybrid' section)")
+    return ModelConfig.from_dict(d["hybrid"])
+
+
 class HybridLM(HookedRootModule):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         if isinstance(cfg, dict):
             cfg = ModelConfig.from_dict(cfg)
+        cfg = dataclasses.replace(cfg)  # our own copy: it carries TransformerLens's extra attributes
+        # what TransformerLens's ActivationCache and transformer_lens.patching read from model.cfg
+        cfg.device = "cpu"
+        cfg.n_key_value_heads = cfg.n_kv_heads
+        cfg.use_split_qkv_input = False
+        cfg.use_attn_result = False
+        cfg.default_prepend_bos = True
+        cfg.d_vocab = cfg.vocab_size
+        cfg.n_ctx = cfg.max_seq_len
         self.cfg = cfg
+        self.tokenizer = ByteCodec()
         self.embed = nn.Embedding(cfg.vocab_size, cfg.d_model)
         self.hook_embed = HookPoint()  # [batch, pos, d_model]
         self.blocks = nn.ModuleList([Block(cfg, l) for l in range(cfg.n_layers)])
@@ -122,6 +164,86 @@ class HybridLM(HookedRootModule):
     @property
     def device(self) -> torch.device:
         return self.embed.weight.device
+
+    def _apply(self, fn, *args, **kwargs):
+        out = super()._apply(fn, *args, **kwargs)
+        self.cfg.device = str(self.embed.weight.device)  # .to() / .cuda() keep cfg.device current
+        return out
+
+    # --- TransformerLens habits --------------------------------------------------------
+    def run_with_cache(self, *args, return_cache_object: bool = True, remove_batch_dim: bool = False, **kwargs):
+        """As HookedTransformer's: (output, ``ActivationCache``) so that ``stack_head_results``,
+        ``decompose_resid`` and ``cache["pattern", l]`` work; ``return_cache_object=False`` gives
+        the plain dict."""
+        from transformer_lens import ActivationCache
+
+        out, cache = super().run_with_cache(*args, remove_batch_dim=remove_batch_dim, **kwargs)
+        if return_cache_object:
+            cache = ActivationCache(cache, self, has_batch_dim=not remove_batch_dim)
+        return out, cache
+
+    def to_tokens(self, text, prepend_bos: bool = True, truncate: bool = True) -> torch.Tensor:
+        """Text (or a list of texts) -> (B, T) long token ids (BOS first unless ``prepend_bos=False``),
+        padded on the right with PAD; ``truncate`` cuts to ``max_seq_len``."""
+        texts = [text] if isinstance(text, str) else list(text)
+        ids = [self.tokenizer.encode(t, add_special_tokens=prepend_bos) for t in texts]
+        if truncate:
+            ids = [x[:self.cfg.max_seq_len] for x in ids]
+        T = max(map(len, ids))
+        out = torch.full((len(ids), T), self.tokenizer.pad_token_id, dtype=torch.long)
+        for i, x in enumerate(ids):
+            out[i, :len(x)] = torch.tensor(x, dtype=torch.long)
+        return out.to(self.device)
+
+    def to_string(self, tokens):
+        """Token ids (T,) -> text; (B, T) or a list of lists -> a list of texts."""
+        if isinstance(tokens, torch.Tensor):
+            tokens = tokens.tolist()
+        if tokens and isinstance(tokens[0], (list, tuple)):
+            return [self.tokenizer.decode(t, stop_at_eos=False) for t in tokens]
+        return self.tokenizer.decode(tokens, stop_at_eos=False)
+
+    def to_str_tokens(self, text_or_tokens, prepend_bos: bool = True) -> list[str]:
+        ids = self.to_tokens(text_or_tokens, prepend_bos)[0] if isinstance(text_or_tokens, str) else text_or_tokens
+        ids = ids.flatten().tolist() if isinstance(ids, torch.Tensor) else list(ids)
+        return self.tokenizer.convert_ids_to_tokens(ids)
+
+    # --- Hugging Face folder conventions ------------------------------------------------
+    def save_pretrained(self, save_directory, **_) -> Path:
+        """Write ``config.json`` (``model_type`` ``retrieval_heads_hybrid``) and ``model.safetensors``
+        in Hugging Face's folder layout; ``transformers.AutoModelForCausalLM.from_pretrained(dir)``
+        reads it back after ``import retrieval_heads`` (see ``retrieval_heads.hf.auto``)."""
+        from safetensors.torch import save_file
+
+        path = Path(save_directory)
+        path.mkdir(parents=True, exist_ok=True)
+        state = {}
+        for k, v in self.state_dict().items():
+            if self.cfg.tie_embeddings and k == "unembed.weight":
+                continue  # tied: stored once, as embed.weight
+            state[HF_PREFIX + k] = v.detach().to("cpu").contiguous()
+        save_file(state, str(path / "model.safetensors"), metadata={"format": "pt"})
+        (path / "config.json").write_text(json.dumps(hf_config_dict(self.cfg), indent=2, sort_keys=True))
+        return path
+
+    @classmethod
+    def from_pretrained(cls, path, device: str | torch.device = "cpu") -> HybridLM:
+        """Read a ``save_pretrained`` folder (no transformers needed), in eval mode."""
+        from safetensors.torch import load_file
+
+        path = Path(path)
+        cfg = read_hf_config_dict(path / "config.json")
+        model = cls(cfg)
+        state = load_file(str(path / "model.safetensors"), device="cpu")
+        state = {k[len(HF_PREFIX):]: v for k, v in state.items() if k.startswith(HF_PREFIX)}
+        if cfg.tie_embeddings:
+            state.setdefault("unembed.weight", state.get("embed.weight"))
+        expected = model.state_dict()
+        bad = sorted(set(expected) ^ set(state))
+        if bad:
+            raise ValueError(f"{path / 'model.safetensors'}: tensors do not match config.json ({bad[:3]})")
+        model.load_state_dict({k: v.to(expected[k].dtype) for k, v in state.items()})
+        return model.to(device).eval()
 
     def forward(self, tokens: torch.Tensor, positions: torch.Tensor | None = None,
                 cache: DecodeCache | None = None, return_type: str = "logits"):

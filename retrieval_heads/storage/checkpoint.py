@@ -29,6 +29,8 @@ from safetensors.torch import load_file, save_model
 from ..config import ModelConfig, TrainConfig
 from .files import read_json, regular_file
 
+HF_MODEL_TYPE = "retrieval_heads_hybrid"  # == model.hybrid.HF_MODEL_TYPE (not imported: it pulls in the model)
+
 FORMAT = 1
 _UMASK = os.umask(0)
 os.umask(_UMASK)
@@ -119,6 +121,12 @@ def read_meta(path: str | Path) -> dict:
             raise CheckpointError(f"{path}: empty folder; a checkpoint needs config.json and model.safetensors")
         raise CheckpointError(f"{cfg_file}: missing; a checkpoint needs config.json and model.safetensors")
     meta = read_json(cfg_file, error=CheckpointError)
+    if isinstance(meta, dict) and "model_type" in meta and "model" not in meta:
+        if meta["model_type"] == HF_MODEL_TYPE:
+            raise CheckpointError(f"{cfg_file}: a HybridLM.save_pretrained folder, not a run checkpoint; "
+                                  "load it with rh.load_checkpoint(path) or rh.HybridLM.from_pretrained(path)")
+        raise CheckpointError(f"{cfg_file}: a Hugging Face checkpoint (model_type {meta['model_type']!r}); "
+                              "load it with rh.hf.load_hf(path)")
     if not isinstance(meta, dict) or "model" not in meta:
         raise CheckpointError(f"{cfg_file}: no 'model' section; not a retrieval-heads checkpoint")
     known = {"format", "model", "train", "step", "tokens_seen", "data_seed", "extra"}
@@ -158,8 +166,18 @@ def _refuse_pickles(path: Path) -> None:
             )
 
 
+def _is_save_pretrained(path: Path) -> bool:
+    """A ``HybridLM.save_pretrained`` folder (config.json with our HF model_type)."""
+    try:
+        d = read_json(path / "config.json", error=CheckpointError)
+    except (CheckpointError, OSError):
+        return False
+    return isinstance(d, dict) and d.get("model_type") == HF_MODEL_TYPE and "model" not in d
+
+
 def load_checkpoint(path: str | Path, device: str | torch.device = "cpu", *, check_finite: bool = True):
-    """Load ``HybridLM`` from a checkpoint folder, in eval mode.
+    """Load ``HybridLM`` from a checkpoint folder (or a ``HybridLM.save_pretrained`` folder), in eval mode.
+    A Hugging Face checkpoint of another model is refused with a pointer to ``rh.hf.load_hf``.
 
     The model gets ``model.checkpoint`` = ``{"path", "step", "tokens_seen", "train", ...}``.
     Raises ``CheckpointError`` (a ``ValueError``) naming the file and the problem.
@@ -167,6 +185,15 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu", *, che
     from ..model import HybridLM
 
     path = Path(path)
+    if _is_save_pretrained(path):
+        _refuse_pickles(path)
+        try:
+            model = HybridLM.from_pretrained(path, device=device)
+        except (SafetensorError, OSError, ValueError) as e:
+            raise CheckpointError(f"{path}: {e}") from None
+        model.checkpoint = {"path": str(path), "step": 0, "tokens_seen": 0, "train": None, "data_seed": None,
+                            "extra": {}}
+        return model
     meta = read_meta(path)
     _refuse_pickles(path)
     weights = path / "model.safetensors"
