@@ -33,6 +33,9 @@ FORMATION_COLUMNS = ["layer", "head", "layer_type", "metric", "threshold", "form
 
 
 DEFAULT_THRESHOLDS = {"mass": 0.5, "copy_tf": 0.1, "copy": 0.1}
+# causal measures (nats of answer log-probability lost when the head is removed); a scan adds
+# them to its measures when it computes the causal scores (``rh.scan(..., causal=True)``)
+CAUSAL_THRESHOLDS = {"ablation": 1.0}
 MEASURE_COLUMNS = ["measure", "layer", "head", "layer_type", "threshold", "formed", "formation_step",
                    "formation_tokens", "censored_at_step", "censored_at_tokens", "final_value", "max_value"]
 
@@ -49,32 +52,42 @@ def _formed_from(values: np.ndarray, threshold: float) -> int:
 
 def check_thresholds(thresholds, known=None) -> dict:
     """``thresholds`` as {measure: float}: every measure a known name (``known``, default the
-    retrieval metrics of ``metrics``), every value a number in [0, 1] (``ValueError``, one line)."""
-    from .metrics import retrieval_metrics
+    retrieval and causal metrics of ``metrics``), every value a number in [0, 1] (a causal
+    measure, in nats: any number >= 0) (``ValueError``, one line)."""
+    from .metrics import causal_metrics, retrieval_metrics
 
-    known = tuple(known) if known is not None else retrieval_metrics()
+    known = tuple(known) if known is not None else retrieval_metrics() + causal_metrics()
+    causal = causal_metrics()
     if not isinstance(thresholds, dict) or not thresholds:
         raise ValueError(f"thresholds: a non-empty {{measure: threshold}} dict, got {thresholds!r}")
     out = {}
     for k, v in thresholds.items():
         if k not in known:
             raise ValueError(f"thresholds: unknown measure {k!r}; use one of {known}")
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0.0 <= v <= 1.0:
+        if k in causal:
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0.0 <= v < math.inf:
+                raise ValueError(f"thresholds: {k} (nats) must be a number >= 0, got {v!r}")
+        elif isinstance(v, bool) or not isinstance(v, (int, float)) or not 0.0 <= v <= 1.0:
             raise ValueError(f"thresholds: {k} must be a number in [0, 1], got {v!r}")
         out[k] = float(v)
     return out
 
 
-def measure_thresholds(thresholds: dict | None = None) -> dict:
+def measure_thresholds(thresholds: dict | None = None, causal: bool = False) -> dict:
     """A scan's formation thresholds: ``DEFAULT_THRESHOLDS`` (mass 0.5, copy_tf 0.1, copy 0.1)
     updated by ``thresholds`` (checked by ``check_thresholds``).
 
         >>> measure_thresholds({"mass": 0.3})
         {'mass': 0.3, 'copy_tf': 0.1, 'copy': 0.1}
+        >>> measure_thresholds(causal=True)["ablation"]
+        1.0
+
+    ``causal=True`` (a scan with causal scores) adds ``CAUSAL_THRESHOLDS`` (ablation 1.0 nat).
     """
+    base = {**DEFAULT_THRESHOLDS, **(CAUSAL_THRESHOLDS if causal else {})}
     if thresholds is None:
-        return dict(DEFAULT_THRESHOLDS)
-    return {**DEFAULT_THRESHOLDS, **check_thresholds(thresholds)}
+        return base
+    return {**base, **check_thresholds(thresholds)}
 
 
 def formation_by_measure(scores: pd.DataFrame, thresholds: dict | None = None) -> pd.DataFrame:

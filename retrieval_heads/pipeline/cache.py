@@ -12,6 +12,7 @@ from ..storage.checkpoint import weights_hash
 from ..storage.files import read_json_or_empty
 
 SCORE_VERSION = 2  # bump when the scoring rules change: invalidates every cache entry
+CAUSAL_VERSION = 1  # the causal scores' own entries (``causal-*.json``, scans with causal=True)
 
 
 def _cache_file(cache_dir: Path, sha: str, settings_key: str, config_sha: str | None = None) -> Path:
@@ -19,6 +20,29 @@ def _cache_file(cache_dir: Path, sha: str, settings_key: str, config_sha: str | 
     may no longer load: it must be scored again, not served from the cache) and the settings."""
     config = f"-{config_sha[:12]}" if config_sha else ""
     return cache_dir / f"scores-{sha[:20]}{config}-{settings_key[:12]}.json"
+
+
+def _causal_file(cache_dir: Path, sha: str, settings_key: str, config_sha: str | None = None) -> Path:
+    """The causal scores of one checkpoint (``rh.scan(..., causal=True)``), beside its scores."""
+    config = f"-{config_sha[:12]}" if config_sha else ""
+    return cache_dir / f"causal-{sha[:20]}{config}-{settings_key[:12]}.json"
+
+
+def _check_causal(d, sha: str, skey: str) -> None:
+    """ValueError unless ``d`` is a causal cache entry of these weights and settings with a
+    matrix for every causal metric."""
+    from ..detect.metrics import causal_metrics
+
+    if not isinstance(d, dict):
+        raise ValueError(f"a JSON {type(d).__name__}, not an object")
+    if d.get("version") != CAUSAL_VERSION or d.get("weights_sha256") != sha or d.get("settings_key") != skey:
+        raise ValueError("version, weights_sha256 or settings_key do not match")
+    layout, n_heads, layers, metrics = d.get("layout"), d.get("n_heads"), d.get("layers"), d.get("metrics")
+    if not isinstance(layout, str) or not _is_int(n_heads) or not isinstance(layers, list) \
+            or not all(_is_int(l) and 0 <= l < len(layout) for l in layers) or not isinstance(metrics, dict):
+        raise ValueError("layout, n_heads, layers or metrics missing or of the wrong type")
+    for m in causal_metrics():
+        _check_matrix(metrics.get(m), len(layout), n_heads, layers, f"metrics.{m}")
 
 
 def _qk_file(cache_dir: Path, sha: str, ref_sha: str, recurrent: bool) -> Path:

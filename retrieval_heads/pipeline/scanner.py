@@ -60,12 +60,12 @@ from ..detect.formation import (
     run_formation,
     run_formation_by_measure,
 )
-from ..detect.metrics import attention_metrics, metric, weight_metrics
+from ..detect.metrics import attention_metrics, causal_metrics, metric, weight_metrics
 from ..labels import format_duration
 from ..storage.checkpoint import STEP_RE, CheckpointError, list_checkpoints, load_checkpoint, read_meta, weights_hash
 from ..storage.files import write_json, write_parquet
-from .cache import (SCORE_VERSION, _cache_file, _check_qk, _check_scores, _HashCache, _load_cache,
-                    _qk_file, _read_hashes)
+from .cache import (CAUSAL_VERSION, SCORE_VERSION, _cache_file, _causal_file, _check_causal, _check_qk,
+                    _check_scores, _HashCache, _load_cache, _qk_file, _read_hashes)
 
 _BUILTIN_ATTENTION = ("copy", "mass", "entropy", "entropy_norm")  # cache keys of scans before the registry
 SCORES_COLUMNS = ["step", "tokens_seen", "layer", "head", "layer_type", "metric", "value"]
@@ -196,6 +196,8 @@ def score_checkpoint(job: dict) -> dict:
             "invalid": [list(x) for x in res.invalid], "niah": niah,
         }
         writes.append((job["cache_file"], payload))
+    if job.get("need_causal"):
+        writes.append((job["causal_file"], causal_entry(model, settings, job)))
     if job["need_qk"]:
         ref = load_file(str(Path(job["ref_path"]) / "model.safetensors"))
         qk = qk_distance(model, ref, cfg=cfg, recurrent=settings.recurrent)
@@ -206,6 +208,19 @@ def score_checkpoint(job: dict) -> dict:
     for f, obj in writes:
         write_json(Path(f), obj)
     return {"path": str(path), "error": None}
+
+
+def causal_entry(model, settings: ScanSettings, job: dict) -> dict:
+    """The causal cache entry of one checkpoint: ``detect.causal.causal_scores`` on the scan's
+    needle set (every layer with heads; exact ablations, attribution, integrated gradients)."""
+    from ..detect.causal import causal_scores
+
+    res = causal_scores(model, settings.batches(), batch_size=job["batch_size"])
+    return {"version": CAUSAL_VERSION, "weights_sha256": job["sha"], "settings_key": job["settings_key"],
+            "layout": model.cfg.layout, "n_heads": model.cfg.n_heads, "layers": res.scored_layers,
+            "metrics": {m: _nan_to_none(res.scores(m).tolist()) for m in causal_metrics()},
+            "layer_metrics": {m: _nan_to_none(res.layer_scores(m).tolist()) for m in res.layer_per_sample},
+            "clean_logprob": float(res.clean.mean()), "seconds": res.seconds}
 
 
 def niah_cells(res, batches, settings: ScanSettings) -> list[dict]:
@@ -434,7 +449,7 @@ def make_settings(settings: ScanSettings | None, setting_kw: dict) -> ScanSettin
 def scan(run_dir, settings: ScanSettings | None = None, *, reference="first", threshold: float = 0.1,
          workers: int = 1, batch_size: int = 8, progress: bool = True, force: bool = False,
          report: bool = True, echo=None, mp_context: str = "spawn", out=None, log_progress: bool = False,
-         thresholds: dict | None = None, **setting_kw) -> pd.DataFrame:
+         thresholds: dict | None = None, causal: bool = False, **setting_kw) -> pd.DataFrame:
     """Scan every checkpoint of ``run_dir``; returns the tidy scores table (also written to
     ``RUN/scan/scores.parquet``). Setting keywords (``variant``, ``context_lens``, ``depths``,
     ``n_per_cell``, ``seed``, ``haystack``, ``recurrent``, ``only_correct``, ``max_new_tokens``)
@@ -449,7 +464,10 @@ def scan(run_dir, settings: ScanSettings | None = None, *, reference="first", th
     ``thresholds``: {measure: threshold in [0, 1]} of formation_measures.parquet, over the
     defaults mass 0.5, copy_tf 0.1, copy 0.1 (a measure is a retrieval metric of
     ``detect.metrics``; ``threshold`` stays the copy threshold of formation.parquet).
-    ``df.attrs["scan"]`` holds counts
+    ``causal=True``: also the causal scores of every head (``detect.causal``: ablation,
+    ablation_mean, attribution, attribution_mean, attribution_ig; their own cache entries, so
+    a later causal scan of a scanned run adds only them) and the formation measure ``ablation``
+    (threshold 1.0 nat; see docs/CAUSAL.md). ``df.attrs["scan"]`` holds counts
     (scored, cached, skipped) and the skipped checkpoints with their errors.
     A Hugging Face checkpoint, or a folder of them, goes to ``retrieval_heads.pipeline.hf_scanner.hf_scan``
     (same tables; extra keywords ``trust_remote_code``, ``tokenizer``, ``dtype``, ``device``)."""
@@ -458,13 +476,16 @@ def scan(run_dir, settings: ScanSettings | None = None, *, reference="first", th
     if is_hf_path(run_dir):
         from .hf_scanner import hf_scan
 
+        if causal:
+            raise ValueError("causal: causal scores are computed for our own run folders only, not Hugging Face "
+                             "checkpoints")
         return hf_scan(run_dir, settings, reference=reference, threshold=threshold, batch_size=batch_size,
                        progress=progress, force=force, report=report, echo=echo, scan_dir=out, workers=workers,
                        log_progress=log_progress, thresholds=thresholds, **setting_kw)
     return run_scan(NativeRun(run_dir), make_settings(settings, setting_kw), reference=reference,
                     threshold=threshold, workers=workers, batch_size=batch_size, progress=progress, force=force,
                     report=report, echo=echo, mp_context=mp_context, scan_dir=out, log_progress=log_progress,
-                    thresholds=thresholds)
+                    thresholds=thresholds, causal=causal)
 
 
 def _check_options(workers, batch_size, threshold) -> None:
@@ -479,14 +500,14 @@ def _check_options(workers, batch_size, threshold) -> None:
 def run_scan(source: CheckpointSource, settings: ScanSettings, *, reference="first", threshold: float = 0.1,
              workers: int = 1, batch_size: int = 8, progress: bool = True, force: bool = False,
              report: bool = True, echo=None, mp_context: str = "spawn", scan_dir=None,
-             log_progress: bool = False, thresholds: dict | None = None) -> pd.DataFrame:
+             log_progress: bool = False, thresholds: dict | None = None, causal: bool = False) -> pd.DataFrame:
     """The one scan loop, for any :class:`CheckpointSource`: read every checkpoint and check the
     settings (nothing is written before that), then under the lock plan what is not cached,
     score it (in ``workers`` processes where the source allows), assemble and write the tables
     unless they are up to date, and build the report."""
     echo = echo or _default_echo
     _check_options(workers, batch_size, threshold)
-    thresholds = measure_thresholds(thresholds)
+    thresholds = measure_thresholds(thresholds, causal=causal)
     if workers > 1 and not source.parallel:
         raise ValueError(f"workers: {source.kind}s are scored one at a time in this process; use workers=1")
     scan_dir = Path(scan_dir) if scan_dir is not None else source.default_scan_dir()
@@ -508,10 +529,10 @@ def run_scan(source: CheckpointSource, settings: ScanSettings, *, reference="fir
             f.unlink(missing_ok=True)  # (safe: every writer of this folder holds the lock)
         if json.dumps(hashes, sort_keys=True) != hashes_before:
             write_json(cache_dir / "hashes.json", hashes)
-        jobs = _plan(source, good, settings, skey, ref, cache_dir, batch_size, force, echo)
+        jobs = _plan(source, good, settings, skey, ref, cache_dir, batch_size, force, echo, causal=causal)
         errors = _run_jobs(source, jobs, workers=workers, mp_context=mp_context, progress=progress,
                            log_progress=log_progress, echo=echo, n_total=len(ckpts))
-        n_scored = sum(j["need_scores"] for j in jobs)
+        n_scored = sum(j["need_scores"] or j.get("need_causal", False) for j in jobs)
         for c in good:
             if str(c.path) in errors:
                 c.error = errors[str(c.path)]
@@ -520,12 +541,13 @@ def run_scan(source: CheckpointSource, settings: ScanSettings, *, reference="fir
             echo(f"skipped {c.path.name}: {c.error}")
         if len(skipped) == len(ckpts):
             raise ValueError(f"{source.path}: no {source.kind} could be scored; first: {skipped[0].error}")
-        tables = _assemble(ckpts, cache_dir, skey, ref, settings, threshold, thresholds)
+        tables = _assemble(ckpts, cache_dir, skey, ref, settings, threshold, thresholds, causal=causal)
         state = {
             "run": str(source.path), "settings": settings.to_dict(), "settings_key": skey,
             "reference": {"step": ref.step, "path": str(ref.path), "weights_sha256": ref.sha},
             "threshold": threshold, "thresholds": thresholds, "model": source.model_info(good, ref),
             "checkpoints": [[c.path.name, c.sha, c.error] for c in ckpts], **source.extra(),
+            **({"causal": True} if causal else {}),
         }
         state = json.loads(json.dumps(state))  # as stored (tuples -> lists)
         unchanged = not force and _read_state(scan_dir) == state and _tables_intact(scan_dir)
@@ -546,7 +568,7 @@ def run_scan(source: CheckpointSource, settings: ScanSettings, *, reference="fir
     return df
 
 
-def _plan(source, good, settings, skey, ref, cache_dir, batch_size, force, echo=None) -> list[dict]:
+def _plan(source, good, settings, skey, ref, cache_dir, batch_size, force, echo=None, causal=False) -> list[dict]:
     """A job for every checkpoint whose scores or Q/K distances are not cached yet. A damaged
     cache entry (not JSON, not UTF-8, wrong types, keys or shapes) is never trusted: one warning
     line names it, and the checkpoint is scored again (its entry rewritten)."""
@@ -569,8 +591,20 @@ def _plan(source, good, settings, skey, ref, cache_dir, batch_size, force, echo=
             except ValueError as e:
                 echo(f"warning: damaged cache entry {qf} ({e}); ignored, scoring {c.path.name} again")
                 need_q = True
-        if need_s or need_q:
-            jobs.append(source.job(c, settings, skey, ref, cf, qf, need_s, need_q, batch_size))
+        need_c, kf = False, _causal_file(cache_dir, c.sha, skey, c.config_sha)
+        if causal:
+            need_c = force or not kf.exists()
+            if not need_c:
+                try:
+                    _check_causal(_load_cache(kf), c.sha, skey)
+                except ValueError as e:
+                    echo(f"warning: damaged cache entry {kf} ({e}); ignored, scoring {c.path.name} again")
+                    need_c = True
+        if need_s or need_q or need_c:
+            job = source.job(c, settings, skey, ref, cf, qf, need_s, need_q, batch_size)
+            if need_c:
+                job.update(need_causal=True, causal_file=str(kf))
+            jobs.append(job)
     return jobs
 
 
@@ -704,7 +738,7 @@ def _read_state(scan_dir: Path):
 
 
 def _assemble(ckpts, cache_dir: Path, skey: str, ref: _Ckpt, settings: ScanSettings, threshold: float,
-              thresholds: dict | None = None) -> dict:
+              thresholds: dict | None = None, causal: bool = False) -> dict:
     score_rows, niah_rows, ck_rows = [], [], []
     for c in ckpts:
         base = {"step": c.step, "tokens_seen": c.tokens_seen, "path": str(c.path), "weights_sha256": c.sha}
@@ -730,6 +764,17 @@ def _assemble(ckpts, cache_dir: Path, skey: str, ref: _Ckpt, settings: ScanSetti
                     continue  # no Q/K weights (e.g. a Mamba layer)
                 for h, v in enumerate(mat[l]):
                     score_rows.append((c.step, c.tokens_seen, l, h, layout[l], m, float(v)))
+        if causal:
+            kf = _causal_file(cache_dir, c.sha, skey, c.config_sha)
+            try:
+                _check_causal(k := _load_cache(kf), c.sha, skey)
+            except ValueError as e:
+                raise ValueError(f"{kf}: damaged cache entry ({e}); scan again (it is rebuilt)") from None
+            for m in causal_metrics():
+                mat = _none_to_nan(k["metrics"][m])
+                for l in k["layers"]:
+                    for h, v in enumerate(mat[l]):
+                        score_rows.append((c.step, c.tokens_seen, l, h, layout[l], m, float(v)))
         for r in d["niah"]:
             niah_rows.append((c.step, c.tokens_seen, r["context_len"], r["depth"], r["accuracy"], r["n"]))
         acc = [r["accuracy"] for r in d["niah"]]
@@ -741,7 +786,7 @@ def _assemble(ckpts, cache_dir: Path, skey: str, ref: _Ckpt, settings: ScanSetti
     niah = pd.DataFrame(niah_rows, columns=NIAH_COLUMNS).astype(
         {"step": "int64", "tokens_seen": "int64", "context_len": "int64", "n": "int64"})
     form = formation_table(scores, threshold=threshold, metric="copy")
-    thresholds = measure_thresholds(thresholds)
+    thresholds = measure_thresholds(thresholds, causal=causal)
     measures = formation_by_measure(scores, thresholds)
     return {"scores": scores, "niah": niah, "checkpoints": pd.DataFrame(ck_rows), "formation": form,
             "run_formation": run_formation(form, "F"), "formation_measures": measures,
