@@ -86,6 +86,9 @@ def load_haystack(name: str = "essay") -> str:
     if not isinstance(name, str) or not name.strip():  # Path("") would be the working directory
         raise ValueError(f"haystack: empty name; give a built-in haystack {BUILTIN} or a file or folder path")
     path = Path(name)
+    if path.suffix.lower() in (".jsonl", ".json"):
+        raise ValueError(f"haystack: {name} is a task file, not filler text; give it as --tasks {name} "
+                         "(Python: rh.tasks.load_jsonl)")
     if not path.exists():
         raise ValueError(
             f"haystack: {name!r} is neither a built-in haystack {BUILTIN} nor an existing file or folder"
