@@ -43,7 +43,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    import pandas as pd
+    pass
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -55,7 +55,6 @@ from analyses.common import (  # noqa: E402
     apply_overrides,
     jsonable,
     out_dir,
-    save_figure,
     setup_threads,
     train_and_scan,
     write_json,
@@ -144,197 +143,186 @@ def run_configs(mc, tc, windows, seeds, full_ref: bool):
     return out
 
 
-def _f_copy_curve(run_dir) -> pd.DataFrame:
-    """Per checkpoint: the best full-attention copy score, its mean over F heads, and the best
-    F-head mass score."""
-    import pandas as pd
-
-    s = pd.read_parquet(Path(run_dir) / "scan" / "scores.parquet")
-    f = s[s["layer_type"] == "F"]
-    g = f[f["metric"] == "copy"].groupby(["step", "tokens_seen"])["value"]
-    out = pd.DataFrame({"f_copy_max": g.max(), "f_copy_mean": g.mean()})
-    out["f_mass_max"] = f[f["metric"] == "mass"].groupby(["step", "tokens_seen"])["value"].max()
-    return out.reset_index()
+MEASURES = ("mass", "copy_tf", "copy")  # the formation measures, primary first
 
 
-def _mass_formation(run_dir, threshold: float) -> dict:
-    """Secondary formation measure: the first F head whose *mass* score (attention on the answer
-    span at the query) stays >= threshold. It also catches heads that retrieve with an offset
-    (argmax next to, not on, the copied token), which the copy score does not count."""
-    import pandas as pd
-
-    from retrieval_heads.detect.formation import formation_table, run_formation
-
-    s = pd.read_parquet(Path(run_dir) / "scan" / "scores.parquet")
-    return run_formation(formation_table(s, threshold=threshold, metric="mass"), "F")
+def _reference_layout(layout: str) -> str:
+    return layout.replace("S", "F")
 
 
 def one_run(job: dict) -> dict:
-    """Train + scan one configuration (a process-pool worker when --jobs > 1)."""
+    """Train + scan one configuration (a process-pool worker when --jobs > 1). Returns the run's
+    row, its formation rows (one per measure, the laziness_plots summary schema) and curves."""
     setup_threads(1)
     import retrieval_heads as rh
+    from retrieval_heads.pipeline.report import curve_rows, formation_rows, load_scan
 
     mc, tc = rh.ModelConfig.from_dict(job["model"]), rh.TrainConfig.from_dict(job["train"])
     r = train_and_scan(mc, tc, job["run_dir"], scan_kw=job["scan"], stop_when_formed=job["stop_when_formed"],
-                       max_steps=job["max_steps"], log=RunLog(f"{NAME} {Path(job['run_dir']).name}"))
+                       stop_measure=job["stop_measure"], max_steps=job["max_steps"],
+                       log=RunLog(f"{NAME} {Path(job['run_dir']).name}"))
     m = r["metrics"]
     last = m.iloc[-1]
-    form = r["formation"] or {}
-    mass = _mass_formation(job["run_dir"], job["mass_threshold"])
-    formed = form.get("step") is not None
-    reach = m[m["niah_acc"] >= 0.5]
-    row = {"label": job["label"], "window": job["window"], "seed": tc.seed, "layout": mc.layout,
-           "formed": formed,
-           "formation_step": form.get("step") if formed else None,
-           "formation_tokens": form.get("tokens_seen") if formed else None,
-           "formation_layer": form.get("layer"), "formation_head": form.get("head"),
-           "censored_at_step": None if formed else int(last["step"]),
-           "censored_at_tokens": None if formed else int(last["tokens_seen"]),
-           "mass_formed": mass.get("step") is not None,
-           "mass_formation_step": mass.get("step"), "mass_formation_tokens": mass.get("tokens_seen"),
-           "mass_formation_layer": mass.get("layer"), "mass_formation_head": mass.get("head"),
-           "niah50_step": int(reach["step"].iloc[0]) if len(reach) else None,
-           "niah50_tokens": int(reach["tokens_seen"].iloc[0]) if len(reach) else None,
-           "final_niah_acc": float(last["niah_acc"]), "final_niah_token_acc": float(last["niah_token_acc"]),
-           "final_train_niah_loss": float(last["train_niah_loss"]) if last["train_niah_loss"] is not None else None,
-           "final_lm_loss": float(last["lm_loss"]),
-           "steps": int(last["step"]), "tokens_seen": int(last["tokens_seen"]), "stopped_early": r["stopped_early"],
+    t = load_scan(job["run_dir"])
+    window = math.nan if job["window"] is None else float(job["window"])
+    tok_per_step = tc.batch_size * tc.context_len
+    budget_tokens = float((job["max_steps"] or tc.steps) * tok_per_step)
+    form = formation_rows(t, job["label"], window, tc.seed)
+    for f in form:  # the schedule's budget, not the (early-stopped) last checkpoint
+        f["budget_tokens"] = budget_tokens
+        f["formation_step"] = f["formation_tokens"] / tok_per_step if f["formed"] else math.nan
+        f["share_of_budget"] = f["formation_tokens"] / budget_tokens if f["formed"] else math.nan
+        if not f["formed"] and r["stopped_early"]:
+            f["censored_at_tokens"] = float(last["tokens_seen"])
+    curves = curve_rows(t, job["label"], window, tc.seed, [f["measure"] for f in form])
+    row = {"label": job["label"], "window": window, "seed": tc.seed, "layout": mc.layout,
+           "budget_steps": job["max_steps"] or tc.steps, "steps": int(last["step"]),
+           "tokens_seen": int(last["tokens_seen"]), "stopped_early": r["stopped_early"],
+           "final_niah_acc": float(last["niah_acc"]), "final_lm_loss": float(last["lm_loss"]),
            "train_s": round(r["train_s"], 1), "scan_s": round(r["scan_s"], 1), "run_dir": job["run_dir"]}
-    curve = _f_copy_curve(job["run_dir"]).merge(
-        m[["step", "niah_acc", "niah_token_acc", "lm_loss"]], on="step", how="left")
-    curve = curve.assign(label=job["label"], window=job["window"], seed=tc.seed)
-    return {"row": row, "curve": curve.to_dict("records")}
+    for f in form:
+        k = f["measure"]
+        row[f"{k}_formed"] = f["formed"]
+        row[f"{k}_step"] = f["formation_step"]
+        row[f"{k}_share"] = f["share_of_budget"]
+    return {"row": row, "formation": form, "curves": curves.to_dict("records")}
 
 
-def summarize(runs):
-    """One row per label (window / full): seeds, formed, mean ± std of formation tokens over
-    formed seeds, and the smallest censoring point (a lower bound for the unformed ones)."""
+def statistics(formation, measures) -> dict:
+    """Per measure: a Kaplan-Meier estimate per window (median tokens to formation, fraction
+    formed by the budget), the log-rank test for a trend in log2(window) over the SWA runs, a
+    Cox model on log2(window) where lifelines is installed, and Spearman's rho of window vs
+    tokens (censored runs counted at their censoring point, a lower bound: secondary)."""
+    import numpy as np
+
+    from retrieval_heads import stats
+
+    out = {}
+    for meas in measures:
+        d = formation[formation["measure"] == meas]
+        t = d["formation_tokens"].where(d["formed"].astype(bool), d["censored_at_tokens"]).astype(float)
+        d = d.assign(time=t, observed=d["formed"].astype(bool))
+        per_window = {}
+        for w, g in d.groupby(d["window"].fillna(math.inf), sort=True):
+            km = stats.kaplan_meier(g["time"], g["observed"])
+            per_window["full attention" if math.isinf(w) else str(int(w))] = {
+                "n": int(len(g)), "formed": int(g["observed"].sum()),
+                "km_median_tokens": stats.km_median(g["time"], g["observed"]),
+                "km_fraction_formed_by_budget": float(1 - km["survival"].iloc[-1]) if len(km) else 0.0}
+        swa = d[d["window"].notna()]
+        res = {"per_window": per_window}
+        if swa["window"].nunique() >= 2:
+            lr = stats.logrank_trend(swa["time"], swa["observed"], swa["window"].astype(float))
+            res["logrank_trend"] = {"statistic": lr["statistic"], "z": lr["z"], "p": lr["p"],
+                                    "scores": "log2(window)",
+                                    "reading": "z < 0: larger windows form later than expected"}
+            rho, p = stats.spearman(np.log2(swa["window"].astype(float)), swa["time"])
+            res["spearman"] = {"rho": rho, "p": p, "n": int(len(swa)),
+                               "note": "censored runs at their censoring point (a lower bound)"}
+            try:
+                res["cox_log2_window"] = stats.cox_log_window(swa["time"], swa["observed"], swa["window"])
+            except ImportError:
+                res["cox_log2_window"] = ("not computed: lifelines is not installed "
+                                          "(pip install 'retrieval-heads[survival]')")
+            except Exception as e:  # e.g. no events at all: report, do not fail the analysis
+                res["cox_log2_window"] = f"not computed: {type(e).__name__}: {e}"
+        out[meas] = res
+    return out
+
+
+def stats_table(st: dict):
+    """One row per measure: the log-rank trend test, Spearman and (if any) the Cox hazard ratio."""
     import pandas as pd
 
     rows = []
-    order = {lab: i for i, lab in enumerate(dict.fromkeys(runs["label"]))}
-    for lab, g in runs.groupby("label", sort=False):
-        f = g[g["formed"]]
-        tok = f["formation_tokens"].astype(float)
-        rows.append({"label": lab, "window": g["window"].iloc[0], "n_seeds": len(g), "n_formed": len(f),
-                     "formation_tokens_mean": tok.mean() if len(f) else math.nan,
-                     "formation_tokens_std": tok.std(ddof=1) if len(f) > 1 else math.nan,
-                     "formation_step_mean": f["formation_step"].astype(float).mean() if len(f) else math.nan,
-                     "formation_tokens_min": tok.min() if len(f) else math.nan,
-                     "formation_tokens_max": tok.max() if len(f) else math.nan,
-                     "censored_seeds": ",".join(str(s) for s in g[~g["formed"]]["seed"]),
-                     "not_formed_by_tokens": (g[~g["formed"]]["censored_at_tokens"].astype(float).min()
-                                              if (~g["formed"]).any() else math.nan),
-                     "n_mass_formed": int(g["mass_formed"].sum()),
-                     "mass_formation_tokens_mean": g["mass_formation_tokens"].astype(float).mean(),
-                     "mass_formation_tokens_std": (g["mass_formation_tokens"].astype(float).std(ddof=1)
-                                                   if g["mass_formed"].sum() > 1 else math.nan),
-                     "n_niah50": int(g["niah50_tokens"].notna().sum()),
-                     "niah50_tokens_mean": g["niah50_tokens"].astype(float).mean(),
-                     "final_niah_acc_mean": g["final_niah_acc"].mean(), "order": order[lab]})
-    return pd.DataFrame(rows).sort_values("order").drop(columns="order").reset_index(drop=True)
+    for meas, r in st.items():
+        lr, sp, cox = r.get("logrank_trend") or {}, r.get("spearman") or {}, r.get("cox_log2_window")
+        row = {"measure": meas,
+               "log-rank trend z (log2 window)": _fmt(lr.get("z"), 2), "log-rank p": _fmt(lr.get("p"), 3),
+               "Spearman rho (log2 window vs tokens)": _fmt(sp.get("rho"), 2), "Spearman p": _fmt(sp.get("p"), 3)}
+        if isinstance(cox, dict):
+            row["Cox hazard ratio per doubling [95% CI]"] = (f"{cox['hazard_ratio']:.2f} [{cox['hr_ci_low']:.2f}, "
+                                                             f"{cox['hr_ci_high']:.2f}], p {cox['p']:.3f}")
+        else:
+            row["Cox hazard ratio per doubling [95% CI]"] = cox or "-"
+        rows.append(row)
+    return pd.DataFrame(rows)
 
 
-def trend(runs) -> dict:
-    """Spearman correlation of window vs formation tokens over the SWA runs (censored runs
-    enter at their censoring point, a lower bound, which can only understate a rising trend)."""
-    from scipy.stats import spearmanr
+def km_table(st: dict):
+    import pandas as pd
 
-    swa = runs[runs["window"].notna()]
-    y = swa["formation_tokens"].where(swa["formed"], swa["censored_at_tokens"]).astype(float)
-    if swa["window"].nunique() < 2 or y.nunique() < 2:
-        return {"spearman_rho": None, "p_value": None, "n": len(swa)}
-    rho, p = spearmanr(swa["window"].astype(float), y)
-    return {"spearman_rho": float(rho), "p_value": float(p), "n": int(len(swa)),
-            "note": "censored runs counted at their censoring point (a lower bound)"}
+    rows = []
+    for meas, r in st.items():
+        for w, k in r["per_window"].items():
+            med = k["km_median_tokens"]
+            rows.append({"measure": meas, "window": w, "formed": f"{k['formed']}/{k['n']}",
+                         "Kaplan-Meier median tokens": "not reached" if not math.isfinite(med) else f"{int(med):,}",
+                         "fraction formed by the budget (KM)": f"{k['km_fraction_formed_by_budget']:.2f}"})
+    return pd.DataFrame(rows)
 
 
-def figures(runs, summary, curves, ctx: int, out: Path, log=print):
-    import plotly.graph_objects as go
-    from plotly.subplots import make_subplots
+def _fmt(v, nd):
+    if v is None or (isinstance(v, float) and not math.isfinite(v)):
+        return "-"
+    return f"{v:.{nd}f}"
 
-    swa_w = sorted(runs["window"].dropna().unique())
-    full_x = max([ctx] + [2 * w for w in swa_w])  # where the reference is drawn on the window axis
 
-    def xpos(w):
-        return full_x if w is None or (isinstance(w, float) and math.isnan(w)) else w
+def share_table(formation, measure: str):
+    """Per window: each seed's formation step as a share of its budget (the <= 70% check)."""
+    import pandas as pd
 
-    fig = make_subplots(rows=1, cols=2, subplot_titles=(
-        "copy score >= 0.1 (primary)", "mass score >= threshold (secondary)"))
-    markers = ["circle", "square", "diamond", "cross", "x", "star"]
-    for col, (ok, tok, mean, std, n) in enumerate((
-            ("formed", "formation_tokens", "formation_tokens_mean", "formation_tokens_std", "n_formed"),
-            ("mass_formed", "mass_formation_tokens", "mass_formation_tokens_mean", "mass_formation_tokens_std",
-             "n_mass_formed")), start=1):
-        for i, (seed, g) in enumerate(runs.groupby("seed")):
-            f, c = g[g[ok]], g[~g[ok]]
-            fig.add_trace(go.Scatter(x=[xpos(w) for w in f["window"]], y=f[tok], mode="markers",
-                                     name=f"seed {seed}", legendgroup=f"s{seed}", showlegend=col == 1,
-                                     marker=dict(size=9, opacity=0.7, symbol=markers[i % len(markers)]),
-                                     text=f["label"], hovertemplate="%{text}: %{y:,} tokens<extra></extra>"),
-                          row=1, col=col)
-            if len(c):
-                fig.add_trace(go.Scatter(x=[xpos(w) for w in c["window"]], y=c["tokens_seen"], mode="markers",
-                                         name=f"seed {seed}: not formed by (lower bound)", legendgroup=f"c{seed}",
-                                         showlegend=col == 1, marker=dict(symbol="triangle-up-open", size=11),
-                                         text=c["label"],
-                                         hovertemplate="%{text}: not formed by %{y:,} tokens<extra></extra>"),
-                              row=1, col=col)
-        sm = summary[summary[n] > 0]
-        fig.add_trace(go.Scatter(x=[xpos(w) for w in sm["window"]], y=sm[mean],
-                                 error_y=dict(type="data", array=sm[std].fillna(0)), mode="lines+markers",
-                                 name="mean ± std (formed seeds)", showlegend=col == 1,
-                                 line=dict(color="black"), marker=dict(symbol="diamond", size=11)), row=1, col=col)
-        fig.update_xaxes(type="log", title_text="SWA window (keys incl. itself)", row=1, col=col,
-                         tickvals=[*swa_w, full_x], ticktext=[*(str(int(w)) for w in swa_w), "full attn"])
-        fig.update_yaxes(title_text="tokens seen when the first F retrieval head forms" if col == 1 else None,
-                         rangemode="tozero", row=1, col=col)
-    fig.update_layout(title="Large-Window Laziness: formation of the first full-attention retrieval head "
-                            "(open triangles: censored)", height=500, width=1200)
-    save_figure(fig, out / "formation_vs_window", log=log)
+    d = formation[formation["measure"] == measure]
+    rows = []
+    for w, g in d.groupby(d["window"].fillna(math.inf), sort=True):
+        per = "; ".join(f"seed {int(r.seed)}: " + (f"{r.share_of_budget:.0%} (step {int(r.formation_step)})"
+                                                  if r.formed else "censored")
+                        for r in g.sort_values("seed").itertuples())
+        mx = g["share_of_budget"].max() if g["formed"].all() else math.nan
+        rows.append({"window": "full attention" if math.isinf(w) else str(int(w)), "measure": measure,
+                     "formation step / budget, per seed": per,
+                     "largest share": "-" if not math.isfinite(mx) else f"{mx:.0%}"})
+    return pd.DataFrame(rows)
 
-    labels = list(dict.fromkeys(runs["label"]))
-    palette = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2"]
-    color = {lab: palette[i % len(palette)] for i, lab in enumerate(labels)}
-    fig = make_subplots(rows=1, cols=3, subplot_titles=("best full-attention copy score",
-                                                        "best full-attention mass score",
-                                                        "NIAH accuracy (training eval)"))
-    for (lab, seed), g in curves.groupby(["label", "seed"], sort=False):
-        g = g.sort_values("step")
-        kw = dict(mode="lines", line=dict(color=color[lab], width=1.5), legendgroup=lab)
-        fig.add_trace(go.Scatter(x=g["tokens_seen"], y=g["f_copy_max"], name=f"{lab}",
-                                 showlegend=bool(seed == runs["seed"].min()),
-                                 hovertemplate=f"{lab} seed {seed}: %{{y:.2f}}<extra></extra>", **kw), row=1, col=1)
-        fig.add_trace(go.Scatter(x=g["tokens_seen"], y=g["f_mass_max"], name=f"{lab}", showlegend=False,
-                                 hovertemplate=f"{lab} seed {seed}: %{{y:.2f}}<extra></extra>", **kw), row=1, col=2)
-        fig.add_trace(go.Scatter(x=g["tokens_seen"], y=g["niah_acc"], name=f"{lab}", showlegend=False,
-                                 hovertemplate=f"{lab} seed {seed}: %{{y:.2f}}<extra></extra>", **kw), row=1, col=3)
-    fig.add_hline(y=0.1, line_dash="dash", row=1, col=1)
-    for c in (1, 2, 3):
-        fig.update_xaxes(title_text="tokens seen", row=1, col=c)
-        fig.update_yaxes(range=[-0.02, 1.05], row=1, col=c)
-    fig.update_layout(title="Per-run curves (one line per seed)", height=450, width=1400)
-    save_figure(fig, out / "curves", log=log)
+
+def write_page(out: Path, formation, curves, st, settings_html: str, thresholds: dict, head: str) -> Path:
+    """``OUT/laziness.html``: the statistics, the budget shares, then the compare page's laziness
+    sections (formation vs window per measure, the censoring-aware table, score and NIAH curves)."""
+    from retrieval_heads.pipeline.report import html_page, laziness_sections
+
+    body = [f"<h1>Large-Window Laziness</h1><p>{head}</p>", settings_html,
+            "<h2>Does formation grow with the window? (censoring-aware)</h2>",
+            stats_table(st).to_html(index=False),
+            "<h3>Kaplan-Meier per window</h3>", km_table(st).to_html(index=False),
+            "<h3>Formation step as a share of the budget (primary measure)</h3>",
+            share_table(formation, MEASURES[0]).to_html(index=False),
+            *laziness_sections(formation, curves, first_fig=True, thresholds=thresholds)]
+    page = out / "laziness.html"
+    page.write_text(html_page("Large-Window Laziness", body), encoding="utf-8")
+    return page
 
 
 def main(argv=None) -> dict:
-    ap = analysis_parser(__doc__, quick="CPU micro config (~7 min on 2 cores)",
+    ap = analysis_parser(__doc__, quick="CPU recipe: 4 windows x 3 seeds + the full-attention reference "
+                                        "(< 15 min on 2 cores)",
                          preset="preset for the full mode [gpu-small]")
     ap.add_argument("--windows", default=None, help="comma-separated SWA windows")
     ap.add_argument("--seeds", default=None, help="comma-separated seeds")
-    ap.add_argument("--steps", type=int, default=None, help="length of the LR schedule")
+    ap.add_argument("--steps", type=int, default=None, help="length of the LR schedule (the budget)")
     ap.add_argument("--max-steps", type=int, default=None,
                     help="stop every run after this step (schedule unchanged; re-run with a larger cap to "
                          "continue the same runs) [0 = no cap]")
     ap.add_argument("--save-every", type=int, default=None, help="checkpoint + eval cadence (formation resolution)")
     ap.add_argument("--n-per-cell", type=int, default=None, help="scan samples per depth")
     ap.add_argument("--stop-when-formed", type=int, default=None,
-                    help="stop a run once its F retrieval head has held for K checkpoints (0 = off) "
-                         "[quick 3, otherwise 0]")
-    ap.add_argument("--mass-threshold", type=float, default=0.5,
-                    help="threshold of the secondary, mass-score formation measure")
+                    help="stop a run once its F retrieval head (by --stop-measure) has held for K checkpoints "
+                         "(0 = off) [quick 3, otherwise 0]")
+    ap.add_argument("--stop-measure", default="mass", choices=MEASURES,
+                    help="formation measure that --stop-when-formed watches [mass]")
+    ap.add_argument("--thresholds", default=None,
+                    help="formation thresholds, e.g. mass=0.5,copy_tf=0.1,copy=0.1 [the scan's defaults]")
     ap.add_argument("--full-ref", action=argparse.BooleanOptionalAction, default=None,
-                    help="train the all-full-attention reference too [quick: no; smoke and full: yes]")
+                    help="train the all-full-attention reference too [default: yes]")
     ap.add_argument("--set", default=None, help="config overrides: train.lr=0.01,model.d_model=64")
     ap.add_argument("--device", default="auto", help="auto, cpu, cuda")
     ap.add_argument("--jobs", type=int, default=0,
@@ -346,78 +334,105 @@ def main(argv=None) -> dict:
     setup_threads(1)
     import pandas as pd
 
+    from retrieval_heads.detect.formation import check_thresholds, measure_thresholds
+
     timer = Timer()
+    load_before = os.getloadavg()
     out = out_dir(NAME, a.out)
     mode = "smoke" if a.smoke else "quick" if a.quick else "full"
     mc, tc, windows, seeds, scan_kw, max_steps, full_ref = build_configs(a)
+    thresholds = measure_thresholds(check_thresholds(_pairs(a.thresholds)) if a.thresholds else None)
+    scan_kw = {**scan_kw, "thresholds": thresholds}
     if a.jobs < 0:
         raise SystemExit("error: --jobs must be >= 0 (0 = one per core)")
     a.jobs = a.jobs or ((os.cpu_count() or 1) if a.quick else 1)  # full mode: one GPU, one run at a time
     cfgs = run_configs(mc, tc, windows, seeds, full_ref=full_ref)
     stop = a.stop_when_formed if a.stop_when_formed is not None else (3 if a.quick else 0)
     jobs = [{"label": lab, "window": w, "model": m.to_dict(), "train": t.to_dict(), "scan": scan_kw,
-             "stop_when_formed": stop or None, "max_steps": max_steps, "mass_threshold": a.mass_threshold,
+             "stop_when_formed": stop or None, "stop_measure": a.stop_measure, "max_steps": max_steps,
              "run_dir": str(out / "runs" / f"{lab}_seed{t.seed}")} for lab, w, _, m, t in cfgs]
+    # the longest runs first: the pool's last job is then a short one
+    jobs.sort(key=lambda j: -(j["window"] or 10**9))
     print(f"[laziness] {mode}: {len(jobs)} runs ({', '.join(dict.fromkeys(j['label'] for j in jobs))} "
-          f"x seeds {list(seeds)}), schedule {tc.steps} steps (cap {max_steps}) of {tc.batch_size}x{tc.context_len} "
-          f"tokens; out {out}", flush=True)
+          f"x seeds {list(seeds)}), budget {tc.steps} steps (cap {max_steps}) of {tc.batch_size}x{tc.context_len} "
+          f"tokens, {a.jobs} at once; load average {load_before[0]:.2f}; out {out}", flush=True)
     results = map_in_processes(one_run, jobs, workers=a.jobs, threads=1, what=f"{NAME} worker",
                                on_result=lambda r: _log_run(r["row"], timer))
 
-    runs = pd.DataFrame([r["row"] for r in results])
-    for c in ("window", "formation_step", "formation_tokens", "censored_at_step", "censored_at_tokens",
-              "niah50_step", "niah50_tokens", "mass_formation_step", "mass_formation_tokens",
-              "formation_layer", "formation_head", "mass_formation_layer", "mass_formation_head"):
-        runs[c] = pd.to_numeric(runs[c], errors="coerce").astype("float64")
-    curves = pd.DataFrame([row for r in results for row in r["curve"]])
-    curves["window"] = pd.to_numeric(curves["window"], errors="coerce").astype("float64")
-    summary = summarize(runs)
-    for name, df in (("runs", runs), ("summary", summary)):
-        df.to_csv(out / f"{name}.csv", index=False)
-        df.to_parquet(out / f"{name}.parquet", index=False)
-    curves.to_parquet(out / "curves.parquet", index=False)
-    figures(runs, summary, curves, tc.context_len, out)
-    tr = trend(runs)
+    runs = pd.DataFrame([r["row"] for r in results]).sort_values(["window", "seed"], na_position="last")
+    formation = pd.DataFrame([f for r in results for f in r["formation"]])
+    formation = formation.sort_values(["window", "seed", "measure"], na_position="last").reset_index(drop=True)
+    curves = pd.DataFrame([c for r in results for c in r["curves"]])
+    measures = [m for m in MEASURES if m in set(formation["measure"])]
+    st = statistics(formation, measures)
+    from retrieval_heads.laziness_plots import formation_summary_table
 
-    per_window, per_window_mass = {}, {}
-    for lab, g in runs.groupby("label", sort=False):
-        per_window[lab] = {f"seed{int(r.seed)}": (int(r.formation_tokens) if r.formed
-                                                 else f"not formed by {int(r.censored_at_tokens)} tokens "
-                                                      f"(step {int(r.censored_at_step)})")
-                           for r in g.itertuples()}
-        per_window_mass[lab] = {f"seed{int(r.seed)}": (int(r.mass_formation_tokens) if r.mass_formed
-                                                      else f"not formed by {int(r.tokens_seen)} tokens")
-                                for r in g.itertuples()}
+    table = formation_summary_table(formation)
+    for name, df in (("runs", runs), ("formation", formation), ("table", table)):
+        df.to_csv(out / f"{name}.csv", index=False)
+    runs.to_parquet(out / "runs.parquet", index=False)
+    formation.to_parquet(out / "formation.parquet", index=False)
+    curves.to_parquet(out / "curves.parquet", index=False)
+
+    settings = {"model": mc.to_dict(), "train": tc.to_dict(), "windows": list(windows), "seeds": list(seeds),
+                "full_reference_layout": _reference_layout(mc.layout) if full_ref else None,
+                "scan": scan_kw, "thresholds": thresholds, "stop_when_formed": stop or None,
+                "stop_measure": a.stop_measure, "max_steps": max_steps,
+                "formation": "per measure: the first checkpoint from which some full-attention head's score stays "
+                             "at or above its threshold to the end of the run (a run stopped early by "
+                             "--stop-when-formed ends K checkpoints after that); runs where none does are "
+                             "censored at their last checkpoint"}
+    wall = timer()
+    head = (f"{len(runs)} runs: windows {', '.join(map(str, windows))}"
+            f"{' and the full-attention reference' if full_ref else ''}, seeds {', '.join(map(str, seeds))}; "
+            f"budget {tc.steps} steps of {tc.batch_size}x{tc.context_len} tokens; wall {wall:.0f} s; "
+            f"command <code>python analyses/laziness.py {' '.join(argv if argv is not None else sys.argv[1:])}</code>")
+    settings_html = ("<details><summary>settings</summary><pre>"
+                     + __import__("html").escape(__import__("json").dumps(settings, indent=1)) + "</pre></details>")
+    page = write_page(out, formation, curves, st, settings_html, thresholds, head)
     res = {
         "analysis": NAME, "mode": mode,
         "command": "python analyses/laziness.py " + shlex.join(argv if argv is not None else sys.argv[1:]),
-        "machine": a.machine or f"{platform.machine()} {platform.system()}, {__import__('os').cpu_count()} cpus",
-        "device": tc.device, "wall_s": round(timer(), 1),
-        "settings": {"model": mc.to_dict(), "train": tc.to_dict(), "windows": list(windows), "seeds": list(seeds),
-                     "full_reference_layout": mc.layout.replace("S", "F") if full_ref else None,
-                     "scan": scan_kw, "threshold": 0.1, "stop_when_formed": stop or None, "max_steps": max_steps,
-                     "formation": "first checkpoint from which some full-attention head's copy score stays >= 0.1",
-                     "mass_formation": f"secondary: same with the mass score >= {a.mass_threshold}"},
-        "formation_tokens_per_window_per_seed": per_window,
-        "mass_formation_tokens_per_window_per_seed": per_window_mass,
-        "summary": summary.to_dict("records"),
-        "trend_window_vs_formation": tr,
+        "machine": a.machine or f"{platform.machine()} {platform.system()}, {os.cpu_count()} cpus",
+        "load_average_before": list(load_before), "load_average_after": list(os.getloadavg()),
+        "device": tc.device, "wall_s": round(wall, 1), "settings": settings,
+        "formation_table": table.to_dict("records"),
+        "budget_shares": share_table(formation, measures[0]).to_dict("records") if measures else [],
+        "statistics": st,
         "runs": runs.drop(columns=["run_dir"]).to_dict("records"),
+        "formation": formation.to_dict("records"),
         "files": sorted(p.name for p in out.iterdir() if p.is_file()),
     }
     write_json(out / "results.json", res)
     if a.record:
         write_json(a.record, res)
-    print(summary[["label", "n_seeds", "n_formed", "formation_tokens_mean", "formation_tokens_std",
-                   "not_formed_by_tokens", "n_mass_formed", "mass_formation_tokens_mean", "n_niah50",
-                   "final_niah_acc_mean"]].to_string(index=False), flush=True)
-    print(f"[laziness] trend: {tr}; wall {timer():.0f} s; wrote {out}", flush=True)
+    with pd.option_context("display.width", 250, "display.max_colwidth", 120):
+        print(table.to_string(index=False), flush=True)
+        if measures:
+            print(share_table(formation, measures[0]).to_string(index=False), flush=True)
+        print(stats_table(st).to_string(index=False), flush=True)
+    print(f"[laziness] wall {wall:.0f} s; load average {os.getloadavg()[0]:.2f}; page {page}; wrote {out}",
+          flush=True)
     return jsonable(res)
 
 
+def _pairs(spec: str) -> dict:
+    out = {}
+    for item in filter(None, (x.strip() for x in spec.split(","))):
+        k, sep, v = item.partition("=")
+        try:
+            out[k.strip()] = float(v)
+        except ValueError:
+            raise SystemExit(f"error: --thresholds: expected MEASURE=NUMBER, got {item!r}") from None
+        if not sep:
+            raise SystemExit(f"error: --thresholds: expected MEASURE=NUMBER, got {item!r}")
+    return out
+
+
 def _log_run(row, timer):
-    f = (f"formed at step {int(row['formation_step'])} ({int(row['formation_tokens']):,} tokens)"
-         if row["formed"] else f"not formed by step {row['censored_at_step']}")
+    k = MEASURES[0]
+    f = (f"{k} formed at step {int(row[f'{k}_step'])} ({row[f'{k}_share']:.0%} of the budget)"
+         if row.get(f"{k}_formed") else f"{k}: not formed by step {row['steps']}")
     print(f"[laziness] {row['label']} seed {row['seed']}: {f}; final NIAH {row['final_niah_acc']:.2f}; "
           f"train {row['train_s']:.0f} s, scan {row['scan_s']:.0f} s (total {timer():.0f} s)", flush=True)
 

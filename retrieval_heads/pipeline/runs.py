@@ -46,16 +46,20 @@ def metrics_frame(run_dir):
 
 def train_and_scan(model_cfg, train_cfg, run_dir, *, scan: bool = True, scan_kw: dict | None = None,
                    stop_when_formed: int | None = None, max_steps: int | None = None, progress: bool = False,
-                   log=print, log_every: int | None = None, report: bool = False) -> dict:
+                   log=print, log_every: int | None = None, report: bool = False,
+                   stop_measure: str | None = None) -> dict:
     """Train (or resume / reuse a finished run in ``run_dir``) and optionally scan it.
 
     ``stop_when_formed=k`` trains in chunks of ``k`` checkpoints, scanning after each, and stops
-    once the run's first full-attention retrieval head has formed and held (copy >= threshold)
-    for ``k`` further checkpoints; the schedule (``train_cfg.steps``) is unchanged, the run is
+    once the run's first full-attention retrieval head has formed and held for ``k`` further
+    checkpoints: by the copy score (formation.json's ``run`` entry), or by the formation
+    measure ``stop_measure`` ("mass", "copy_tf", "copy": formation.json's ``measures``); the
+    schedule (``train_cfg.steps``) is unchanged, the run is
     just cut short (``stopped_early``). ``max_steps`` stops every run after that step (the
     schedule is still that of ``train_cfg.steps``; a later call with a larger cap continues the
     same run exactly). Returns ``{"run_dir", "train_s", "scan_s", "formation":
-    formation.json's "run" entry or None, "stopped_early", "metrics": DataFrame}``. A finished
+    formation.json's "run" entry (or its ``stop_measure`` entry) or None, "stopped_early",
+    "metrics": DataFrame}``. A finished
     run with the same configs is reused and the scan's cache makes a re-scan cheap. Without
     ``progress`` bars, training logs a ``step k/N  loss ..`` line every ``log_every`` steps
     (default ``progress_every(train_cfg.steps)``; 0 = none) and each scan ``scanning k/n
@@ -75,7 +79,14 @@ def train_and_scan(model_cfg, train_cfg, run_dir, *, scan: bool = True, scan_kw:
         rh_scan(run_dir, progress=progress, echo=(lambda m: None) if progress else log, report=report,
                 log_progress=not progress, **(scan_kw or {}))
         res["scan_s"] += time.time() - t
-        res["formation"] = json.loads((run_dir / "scan" / "formation.json").read_text())["run"]
+        f = json.loads((run_dir / "scan" / "formation.json").read_text())
+        if stop_measure is None:
+            res["formation"] = f["run"]
+        elif stop_measure in (f.get("measures") or {}):
+            res["formation"] = f["measures"][stop_measure]
+        else:
+            raise ValueError(f"stop_measure: the scan has no formation measure {stop_measure!r}; it has "
+                             f"{', '.join(f.get('measures') or {}) or 'none'}")
 
     def do_train(stop, what):
         t = time.time()

@@ -20,26 +20,53 @@ def test_laziness_smoke(tmp_path):
     lazy = _load("laziness")
     out = tmp_path / "lazy"
     res = lazy.main(["--smoke", "--out", str(out)])
-    for f in ("runs.csv", "runs.parquet", "summary.csv", "summary.parquet", "curves.parquet",
-              "formation_vs_window.html", "curves.html", "results.json"):
+    for f in ("runs.csv", "runs.parquet", "formation.csv", "formation.parquet", "table.csv", "curves.parquet",
+              "laziness.html", "results.json"):
         assert (out / f).is_file(), f
     runs = pd.read_parquet(out / "runs.parquet")
-    assert {"label", "window", "seed", "formed", "formation_step", "formation_tokens", "censored_at_step",
-            "censored_at_tokens", "final_niah_acc", "mass_formed", "mass_formation_tokens",
-            "niah50_tokens"} <= set(runs.columns)
     assert sorted(runs["label"]) == ["full", "w16", "w8"] and len(runs) == 3
-    # every run either formed (with a step) or is censored (with the step it was censored at)
-    assert (runs["formed"] == runs["formation_step"].notna()).all()
-    assert (runs["formed"] != runs["censored_at_step"].notna()).all()
-    summary = pd.read_parquet(out / "summary.parquet")
-    assert {"label", "n_seeds", "n_formed", "formation_tokens_mean", "formation_tokens_std",
-            "not_formed_by_tokens", "n_mass_formed", "mass_formation_tokens_mean"} <= set(summary.columns)
+    assert runs.loc[runs["label"] == "full", "window"].isna().all()  # the reference is not an SWA window
+    form = pd.read_parquet(out / "formation.parquet")
+    assert set(form["measure"]) == {"mass", "copy_tf", "copy"} and len(form) == 9
+    # every run x measure either formed (with tokens) or is censored (with where), never both
+    assert (form["formed"] == form["formation_tokens"].notna()).all()
+    assert (form["formed"] != form["censored_at_tokens"].notna()).all()
+    assert (form["budget_tokens"] == 2 * 2 * 144).all()  # smoke: 2 steps of 2 x 144 tokens
     curves = pd.read_parquet(out / "curves.parquet")
-    assert {"label", "seed", "step", "tokens_seen", "f_copy_max", "f_mass_max", "niah_acc"} <= set(curves.columns)
+    assert {"label", "window", "seed", "measure", "tokens_seen", "best_f_score", "niah_acc"} <= set(curves.columns)
     saved = json.loads((out / "results.json").read_text())
-    assert saved["mode"] == "smoke" and set(saved["formation_tokens_per_window_per_seed"]) == {"w8", "w16", "full"}
-    assert set(saved["mass_formation_tokens_per_window_per_seed"]) == {"w8", "w16", "full"}
-    assert res["analysis"] == "laziness" and "trend_window_vs_formation" in saved
+    assert saved["mode"] == "smoke" and set(saved["statistics"]) == {"mass", "copy_tf", "copy"}
+    assert {r["window"] for r in saved["formation_table"]} == {"8", "16", "full attention"}
+    page = (out / "laziness.html").read_text()
+    assert "Kaplan-Meier" in page and "censored at" in page
+    assert res["analysis"] == "laziness" and saved["settings"]["stop_measure"] == "mass"
+
+
+def test_laziness_statistics_on_censored_rows():
+    """statistics / share_table on hand-made formation rows: windows 4 and 16 form (16 later),
+    64 forms in one seed of two; the trend test sees larger windows forming later."""
+    import math
+
+    lazy = _load("laziness")
+    rows = []
+    for w, times in ((4, (100.0, 120.0)), (16, (300.0, 340.0)), (64, (800.0, None)), (None, (200.0, 260.0))):
+        for seed, t in enumerate(times):
+            rows.append({"label": f"w{w}", "window": math.nan if w is None else float(w), "seed": seed,
+                         "measure": "mass", "formed": t is not None, "formation_tokens": t if t else math.nan,
+                         "censored_at_tokens": math.nan if t else 1000.0, "budget_tokens": 1000.0,
+                         "formation_step": t / 10 if t else math.nan,
+                         "share_of_budget": t / 1000.0 if t else math.nan})
+    form = pd.DataFrame(rows)
+    st = lazy.statistics(form, ["mass"])["mass"]
+    assert st["per_window"]["4"]["formed"] == 2 and st["per_window"]["64"]["formed"] == 1
+    assert st["per_window"]["4"]["km_median_tokens"] == 100.0
+    assert st["per_window"]["full attention"]["n"] == 2  # the reference: its own KM row, not in the trend
+    assert st["logrank_trend"]["z"] < 0 and st["logrank_trend"]["p"] < 0.05  # later with the window
+    assert st["spearman"]["rho"] > 0.8 and st["spearman"]["n"] == 6
+    share = lazy.share_table(form, "mass")
+    assert list(share["window"]) == ["4", "16", "64", "full attention"]
+    assert share.loc[0, "largest share"] == "12%" and share.loc[2, "largest share"] == "-"
+    assert "seed 1: censored" in share.loc[2, "formation step / budget, per seed"]
 
 
 def test_emergence_smoke(tmp_path):
