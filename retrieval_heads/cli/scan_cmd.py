@@ -27,6 +27,8 @@ from .options import FLOAT_LIST, INT_LIST
 @click.option("--n-per-cell", default=2, show_default=True, type=int, help="Samples per (length, depth).")
 @click.option("--seed", default=0, show_default=True, type=int, help="Seed of the fixed needle set.")
 @click.option("--haystack", default=None, help="Haystack override (built-in name or path).")
+@click.option("--tasks", "tasks_file", default=None, type=click.Path(dir_okay=False),
+              help="RULER-format .jsonl ({index, input, outputs, length}) scored instead of generated needles.")
 @click.option("--recurrent", is_flag=True, help="Also score M/D/L layers via their effective attention.")
 @click.option("--all-samples", is_flag=True, help="Average copy scores over all samples, not only correct ones.")
 @click.option("--max-new-tokens", default=None, type=int, help="Greedy decode steps [default: answer length + 1].")
@@ -48,7 +50,7 @@ from .options import FLOAT_LIST, INT_LIST
 @click.option("--tokenizer", default=None, help="HF checkpoints: tokenizer folder [default: the checkpoint's].")
 @click.option("--dtype", default=None, help="HF checkpoints: auto, float32, bfloat16 or float16 [default: auto].")
 @click.option("--device", default=None, help="HF checkpoints: cpu, cuda, ... [default: cuda if available].")
-def scan(run, variant, context_lens, depths, n_per_cell, seed, haystack, recurrent, all_samples,
+def scan(run, variant, context_lens, depths, n_per_cell, seed, haystack, tasks_file, recurrent, all_samples,
          max_new_tokens, reference, threshold, causal, workers, batch_size, force, out, no_report, no_progress,
          trust_remote_code, tokenizer, dtype, device):
     """Score every checkpoint of RUN for retrieval heads; write tables and a report to RUN/scan/
@@ -69,7 +71,11 @@ def scan(run, variant, context_lens, depths, n_per_cell, seed, haystack, recurre
                                f"{run} holds none")
     settings = ScanSettings(variant=variant, context_lens=context_lens, depths=depths,
                             n_per_cell=n_per_cell, seed=seed, haystack=haystack, recurrent=recurrent,
-                            only_correct=not all_samples, max_new_tokens=max_new_tokens)
+                            only_correct=not all_samples, max_new_tokens=max_new_tokens, tasks=tasks_file)
+    if tasks_file is not None and not is_hf_path(run):
+        from ..tasks import load_jsonl
+
+        click.echo(f"tasks {load_jsonl(tasks_file).summary()}", err=True)  # answers not located: counted here
     kw = dict(reference=reference, threshold=threshold, workers=workers, batch_size=batch_size,
               progress=not no_progress, force=force, report=not no_report,
               echo=lambda m: click.echo(m, err=True), **hf_kw, **({"causal": True} if causal else {}))

@@ -86,6 +86,7 @@ class ScanSettings:
     recurrent: bool = False
     only_correct: bool = True
     max_new_tokens: int | None = None
+    tasks: str | None = None  # a RULER-format .jsonl (tasks.load_jsonl) instead of the generated needles
 
     def __post_init__(self):
         from ..tasks import VARIANTS
@@ -107,18 +108,33 @@ class ScanSettings:
             from ..tasks.haystack import load_haystack
 
             load_haystack(self.haystack)  # ValueError naming the file (missing, empty, not UTF-8 text)
+        if self.tasks is not None:
+            from ..tasks import read_jsonl
+
+            self.tasks = str(self.tasks)
+            read_jsonl(self.tasks)  # ValueError naming the file and line of a bad record
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        d = dataclasses.asdict(self)
+        if d["tasks"] is None:
+            del d["tasks"]  # settings without a task file read as before it existed
+        return d
 
     def key(self) -> str:
         """sha256 of the settings and the scoring version (keys the cache)."""
         d = dict(self.to_dict(), version=SCORE_VERSION)
+        if self.tasks is not None:  # the file's contents, not only its name
+            d["tasks_sha256"] = hashlib.sha256(Path(self.tasks).read_bytes()).hexdigest()
         if attention_metrics() != _BUILTIN_ATTENTION:  # a registered metric: its own cache entries
             d["metrics"] = list(attention_metrics())
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()
 
     def batches(self):
+        if self.tasks is not None:
+            from ..tasks import load_jsonl
+
+            lens = None if self.context_lens is None else set(self.context_lens)
+            return [b for b in load_jsonl(self.tasks).batches() if lens is None or b.tokens.shape[1] in lens]
         from ..tasks import niah_grid
 
         return niah_grid(context_lens=self.context_lens, depths=self.depths, n_per_cell=self.n_per_cell,
@@ -229,6 +245,8 @@ def niah_cells(res, batches, settings: ScanSettings) -> list[dict]:
     from ..eval.niah import niah_scores
 
     samples = [s for b in batches for s in b.samples]
+    if settings.tasks is not None:  # a task file: its own lengths and (0.1-rounded) needle depths
+        return niah_scores(res.predictions, samples).cells(settings.context_lens, None)
     return niah_scores(res.predictions, samples).cells(settings.context_lens, settings.depths)
 
 
@@ -394,6 +412,14 @@ def _resolve_context_lens(settings: ScanSettings, meta: dict) -> ScanSettings:
     if max_new >= cfg.max_seq_len:
         raise ValueError(f"max_new_tokens: {max_new} decoded tokens leave no room for a prompt in the model's "
                          f"max_seq_len={cfg.max_seq_len}; use --max-new-tokens below {cfg.max_seq_len}")
+    if settings.tasks is not None:  # the task file's prompt lengths; longer ones are an error
+        from ..tasks import load_jsonl
+
+        tasks = load_jsonl(settings.tasks)
+        lens = tuple(sorted({len(s.tokens) for s in tasks.samples}))
+        if not lens:
+            raise ValueError(f"tasks: no record with a located answer ({tasks.summary()})")
+        settings = dataclasses.replace(settings, context_lens=lens)
     if settings.context_lens is None:
         train = meta.get("train")
         L = train.context_len if train is not None else 512
@@ -479,6 +505,9 @@ def scan(run_dir, settings: ScanSettings | None = None, *, reference="first", th
         if causal:
             raise ValueError("causal: causal scores are computed for our own run folders only, not Hugging Face "
                              "checkpoints")
+        if (settings.tasks if settings is not None else setting_kw.get("tasks")) is not None:
+            raise ValueError("tasks: task files are scanned on our own run folders only so far; for a Hugging Face "
+                             "model use rh.tasks.load_jsonl(path, model.tokenizer) with rh.score_heads")
         return hf_scan(run_dir, settings, reference=reference, threshold=threshold, batch_size=batch_size,
                        progress=progress, force=force, report=report, echo=echo, scan_dir=out, workers=workers,
                        log_progress=log_progress, thresholds=thresholds, **setting_kw)

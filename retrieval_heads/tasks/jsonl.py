@@ -191,7 +191,7 @@ def load_jsonl(path, tokenizer=None, *, limit: int | None = None) -> JsonlTasks:
         first = min(s for s, _ in spans)
         tasks.samples.append(NeedleSample(
             tokens=ids, answer_tokens=enc.answer(r.input, ids, answer), answer_spans=spans, values=list(r.outputs),
-            keys=[], depth=round(first / max(len(ids), 1), 4) if ids else math.nan, needle_pos=first,
+            keys=[], depth=round(first / max(len(ids), 1), 1) if ids else math.nan, needle_pos=first,
             context_len=len(ids), query_pos=len(ids) - 1, variant="jsonl", haystack=str(path)))
         tasks.records.append(r)
     return tasks
