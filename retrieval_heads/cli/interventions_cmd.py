@@ -5,6 +5,7 @@ CKPT is a checkpoint folder (``RUN/step_XXXXXX``) or a run folder (its last chec
     retrieval-heads eval runs/x/step_002000 --context-lens 256,512,1024 --out evals/x
     retrieval-heads eval runs/x --full-window 64            # receptive-field constraint
     retrieval-heads ablate runs/x/step_002000 --top-k 4 --context-lens 512
+    retrieval-heads ablate runs/x --top-k 1 --rank-by copy     # heads ranked by copy score
     retrieval-heads patch runs/x/step_002000 --kind heads --out patch/x
 """
 
@@ -15,7 +16,7 @@ from pathlib import Path
 
 import click
 
-from ..detect.metrics import retrieval_metrics
+from ..detect.metrics import ranking_metrics
 from .options import FLOAT_LIST, INT_LIST, POSITIVE
 
 
@@ -140,8 +141,12 @@ def eval_cmd(ckpt, context_lens, depths, variant, n, seed, loss_len, loss_rows, 
 @click.option("--scores", "scores_path", default=None,
               help="Scan table (RUN or scores.parquet) [default: RUN/scan/scores.parquet if it has this step, "
                    "else scored now].")
-@click.option("--metric", default="mass", show_default=True, type=click.Choice(list(retrieval_metrics())),
-              help="Retrieval score used to rank heads.")
+@click.option("--rank-by", "rank_by", default=None, type=click.Choice(list(ranking_metrics())),
+              help="Score that ranks heads: a causal score (what removing the head costs the answer) or an "
+                   "attention score (copy, mass, copy_tf) [default: ablation]. Ties break by (layer, head), "
+                   "lowest first; a tie that decided a place is reported.")
+@click.option("--metric", default=None, type=click.Choice(list(ranking_metrics())), hidden=True,
+              help="Older name of --rank-by.")
 @click.option("--method", default="zero", show_default=True, type=click.Choice(["zero", "mean"]))
 @click.option("--context-lens", default=None, type=INT_LIST,
               help="Comma-separated NIAH lengths [default: training length].")
@@ -153,15 +158,21 @@ def eval_cmd(ckpt, context_lens, depths, variant, n, seed, loss_len, loss_rows, 
 @click.option("--out", default=None, help="Folder for ablation.csv and ablation.html; RUN/interventions/NAME "
               "also puts the figure in `retrieval-heads report RUN`.")
 @click.option("--no-progress", is_flag=True)
-def ablate(ckpt, k, scores_path, metric, method, context_lens, depths, variant, n, n_random, seed, out,
+def ablate(ckpt, k, scores_path, rank_by, metric, method, context_lens, depths, variant, n, n_random, seed, out,
            no_progress):
-    """Ablate the top-K retrieval heads; controls: K random heads of the same layer kind, K SWA heads."""
+    """Ablate the top-K heads by --rank-by; controls: K random heads of the same layer kind, K SWA heads."""
     import torch
 
     from ..interventions import ablation_experiment, scores_from_scan, summarize
+    from ..interventions.scores import MissingScores
     from ..tasks import niah_batch
 
     _check_out(out)
+    if rank_by and metric and rank_by != metric:
+        raise click.UsageError(f"--rank-by {rank_by} and --metric {metric} disagree; --metric is the older name "
+                               "of --rank-by: give one")
+    explicit = bool(rank_by or metric)
+    metric = rank_by or metric or "ablation"
     if scores_path and not Path(scores_path).exists():
         raise FileNotFoundError(f"--scores: {scores_path}: no such scan table or run folder")
     ck, model = _load(ckpt)
@@ -177,8 +188,8 @@ def ablate(ckpt, k, scores_path, metric, method, context_lens, depths, variant, 
             scores = scores_from_scan(scan, step=model.checkpoint["step"], metric=metric,
                                       n_layers=model.cfg.n_layers, n_heads=model.cfg.n_heads)
             click.echo(f"scores: {metric} from {scan}", err=True)
-        except ValueError:
-            if scores_path:
+        except ValueError as e:  # a table without the default causal rows: they are scored now
+            if scores_path and (explicit or not isinstance(e, MissingScores)):
                 raise
     if scores is None:
         from ..interventions import retrieval_head_scores
@@ -186,12 +197,16 @@ def ablate(ckpt, k, scores_path, metric, method, context_lens, depths, variant, 
         batch = niah_batch(n=16, context_len=max(lens), seed=seed + 7919, variant=variant)
         scores = retrieval_head_scores(model, batch, method=metric)
         click.echo(f"scores: {metric} computed on 16 needle prompts of {max(lens)} tokens", err=True)
+    for l in range(model.cfg.n_layers):  # causal scores also cover recurrent layers: only attention heads are ablated
+        if not model.cfg.is_attention(l):
+            scores[l] = float("nan")
     if not bool(torch.isfinite(scores).any()):
         raise ValueError(f"no head has a finite {metric!r} score (with 'copy', no sample was answered "
-                         "correctly); try --metric mass")
+                         "correctly); try --rank-by ablation or mass")
+    _print_ranking(model, scores, k, metric)
     df = ablation_experiment(model, k=k, scores=scores, method=method, context_lens=lens,
                              depths=depths, n=n, variant=variant, seed=seed, n_random=n_random,
-                             progress=not no_progress)
+                             rank_by=metric, progress=not no_progress)
     ablated = [c for c in df["condition"].unique() if c != "none"]
     if not ablated:  # every condition was skipped: nothing was ablated
         raise ValueError(f"--top-k {k}: no condition could be formed ("
@@ -210,6 +225,31 @@ def ablate(ckpt, k, scores_path, metric, method, context_lens, depths, variant, 
         summ.to_csv(d / "ablation_summary.csv", index=False)
         ablation_figure(df, title=f"NIAH accuracy, {k} heads ablated ({method}; {ck})").write_html(d / "ablation.html")
         click.echo(f"tables: {d}")
+
+
+def _print_ranking(model, scores, k: int, metric: str) -> None:
+    """The chosen top-k heads (all attention layers, and the F layers) with their scores, and any
+    tie that the (layer, head) tie-break decided."""
+    from ..interventions import top_heads, top_ties
+    from ..labels import head_label
+
+    seen = set()
+    for name, kinds in (("top", None), ("top_full", "F")):
+        try:
+            heads = top_heads(scores, k, model.cfg, kinds=kinds)
+        except ValueError:
+            continue
+        if tuple(heads) in seen:
+            continue
+        seen.add(tuple(heads))
+        click.echo(f"{name} by {metric}: " + ", ".join(f"{head_label(l, h)} ({model.cfg.layer_kind(l)}) "
+                                                      f"{float(scores[l, h]):.3f}" for l, h in heads))
+        tie = top_ties(scores, k, model.cfg, kinds=kinds)
+        if tie is not None:
+            click.echo(f"tie: {len(tie['tied'])} heads score {metric} {tie['value']:.3f} "
+                       f"({', '.join(head_label(l, h) for l, h in tie['tied'])}) for {tie['places']} place(s); "
+                       f"broken by (layer, head), lowest first: took "
+                       f"{', '.join(head_label(l, h) for l, h in tie['chosen'])}")
 
 
 # ---- patch --------------------------------------------------------------------------------

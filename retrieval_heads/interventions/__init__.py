@@ -13,7 +13,7 @@
 
 from .ablation import METHODS, ablate_heads, mean_head_outputs
 from .experiment import CONDITIONS, ablation_experiment, head_sets, receptive_field_experiment, summarize
-from .heads import format_heads, heads_of_kind, parse_heads, random_heads, same_kind_random, top_heads
+from .heads import format_heads, heads_of_kind, parse_heads, random_heads, same_kind_random, top_heads, top_ties
 from ..tasks.pairs import NeedlePair, needle_pairs  # the pairs live in tasks; re-exported for user code
 from .patching import KINDS, PatchingResult, activation_patching, default_positions, logit_diff, patching_figure
 from .receptive_field import layer_windows, receptive_field
@@ -21,7 +21,7 @@ from .scores import retrieval_head_scores, scores_from_scan
 
 __all__ = [
     "ablate_heads", "mean_head_outputs", "METHODS",
-    "parse_heads", "format_heads", "heads_of_kind", "top_heads", "random_heads", "same_kind_random",
+    "parse_heads", "format_heads", "heads_of_kind", "top_heads", "top_ties", "random_heads", "same_kind_random",
     "activation_patching", "needle_pairs", "NeedlePair", "PatchingResult", "patching_figure",
     "default_positions", "logit_diff", "KINDS",
     "receptive_field", "layer_windows",

@@ -90,6 +90,30 @@ def top_heads(scores: torch.Tensor, k: int, model_or_cfg=None, kinds: str | None
     return sorted((l, h) for _, l, h in sorted(cands)[:k])
 
 
+def top_ties(scores: torch.Tensor, k: int, model_or_cfg=None, kinds: str | None = None) -> dict | None:
+    """The tie that choosing the top ``k`` heads (``top_heads``) had to break, or None: when the
+    k-th highest score is shared by more heads than places left at it, {"value", "tied": every
+    head at that score, "chosen": those ``top_heads`` took (lowest (layer, head) first),
+    "places": how many of the k places the tie decided}.
+
+        >>> s = torch.tensor([[1.0, 1.0], [1.0, 0.5]])
+        >>> top_ties(s, 2)
+        {'value': 1.0, 'tied': [(0, 0), (0, 1), (1, 0)], 'chosen': [(0, 0), (0, 1)], 'places': 2}
+        >>> top_ties(s, 3) is None
+        True
+    """
+    chosen = top_heads(scores, k, model_or_cfg, kinds)
+    scores = torch.as_tensor(scores, dtype=torch.float32)
+    cfg = None if model_or_cfg is None else _cfg(model_or_cfg)
+    kth = min(float(scores[l, h]) for l, h in chosen)
+    tied = [(l, h) for l in range(scores.shape[0]) for h in range(scores.shape[1])
+            if float(scores[l, h]) == kth and (cfg is None or kinds is None or cfg.layer_kind(l) in kinds)]
+    taken = [x for x in chosen if x in tied]
+    if len(tied) <= len(taken):
+        return None
+    return {"value": kth, "tied": tied, "chosen": taken, "places": len(taken)}
+
+
 def random_heads(pool: Iterable[Head], k: int, seed: int = 0, exclude: Iterable[Head] = ()) -> list[Head]:
     """``k`` heads drawn without replacement from ``pool`` minus ``exclude`` (seeded)."""
     ex = set(map(tuple, exclude))

@@ -18,6 +18,11 @@ def retrieval_head_scores(model, batch, method: str = "mass") -> torch.Tensor:
     return torch.as_tensor(retrieval_scores(model, batch, method=method), dtype=torch.float32).cpu()
 
 
+class MissingScores(ValueError):
+    """A scan table without rows of the asked metric (or step): e.g. causal scores of a scan run
+    without ``--causal``."""
+
+
 def scores_from_scan(path: str | Path, step: int | None = None, metric: str = "copy",
                      n_layers: int | None = None, n_heads: int | None = None) -> torch.Tensor:
     """Read a [n_layers, n_heads] matrix from ``RUN/scan/scores.parquet`` (columns step, layer,
@@ -31,21 +36,28 @@ def scores_from_scan(path: str | Path, step: int | None = None, metric: str = "c
     need = {"step", "layer", "head", "metric", "value"}
     if not need <= set(df.columns):
         raise ValueError(f"{path}: expected columns {sorted(need)}, got {list(df.columns)}")
+    if n_layers is not None and n_heads is not None and len(df):
+        _check_shape(path, df, n_layers, n_heads)
     df = df[df["metric"] == metric]
     if df.empty:
-        raise ValueError(f"{path}: no rows with metric {metric!r}")
+        hint = "; scan with --causal for causal scores" if metric in _causal() else ""
+        raise MissingScores(f"{path}: no rows with metric {metric!r}{hint}")
     step = int(df["step"].max()) if step is None else int(step)
     df = df[df["step"] == step]
     if df.empty:
-        raise ValueError(f"{path}: no {metric!r} rows for step {step}")
-    if n_layers is not None and n_heads is not None:
-        _check_shape(path, df, n_layers, n_heads)
+        raise MissingScores(f"{path}: no {metric!r} rows for step {step}")
     L = int(df["layer"].max()) + 1 if n_layers is None else n_layers
     H = int(df["head"].max()) + 1 if n_heads is None else n_heads
     out = torch.full((L, H), math.nan)
     for r in df.itertuples():
         out[int(r.layer), int(r.head)] = float(r.value)
     return out
+
+
+def _causal() -> tuple:
+    from ..detect.metrics import causal_metrics
+
+    return causal_metrics()
 
 
 def _table_shape(path: Path, df) -> tuple[int, int]:

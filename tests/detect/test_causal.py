@@ -50,7 +50,7 @@ def test_exact_ablation_equals_a_direct_transformerlens_ablation(model, batch):
         site = f"blocks.{l}.attn.hook_z"
         means = {}
 
-        def grab(z, hook):
+        def grab(z, hook, means=means):
             means["sum"] = z.sum((0, 1))
             means["n"] = z.shape[0] * z.shape[1]
             return z
