@@ -38,6 +38,8 @@ COMMANDS = {
                "Rebuild RUN/scan/report.html from the existing scan tables."),
     "demo": ("retrieval_heads.cli.demo_cmd:demo",
              "Large-Window Laziness on 2 CPU cores: prints the path of the HTML report."),
+    "export": ("retrieval_heads.cli.export_cmd:export",
+               "Write a scan's per-sample head scores in another tool's format (wu: Wu et al.'s head_score JSON)."),
     "info": ("retrieval_heads.cli.info_cmd:info",
              "Build a model from the options and print its layout, size and hook names."),
 }

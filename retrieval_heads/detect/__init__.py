@@ -29,8 +29,9 @@ _LAZY = {
     "METHODS": "scores", "HeadScores": "scores", "retrieval_scores": "scores", "score_heads": "scores",
     "qk_distance": "weights",
     "CausalScores": "causal", "causal_scores": "causal",
+    "load_wu_scores": "wu", "wu_mean_scores": "wu", "wu_top_heads": "wu",
 }
-_SUBMODULES = ("causal", "formation", "metrics", "reference", "rows", "scores", "weights")
+_SUBMODULES = ("causal", "formation", "metrics", "reference", "rows", "scores", "weights", "wu")
 
 
 def __getattr__(name: str):
@@ -47,5 +48,6 @@ __all__ = [
     "retrieval_scores", "score_heads", "HeadScores", "METHODS",
     "formation_table", "run_formation", "qk_distance", "prefill_rows", "greedy_decode_rows",
     "DecodeRows", "HybridRows", "as_row_source", "metrics", "Metric", "register_metric", "unregister_metric",
+    "load_wu_scores",
     "causal_scores", "CausalScores",
 ]
