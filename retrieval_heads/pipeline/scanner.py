@@ -499,6 +499,9 @@ def scan(run_dir, settings: ScanSettings | None = None, *, reference="first", th
     (same tables; extra keywords ``trust_remote_code``, ``tokenizer``, ``dtype``, ``device``)."""
     from ..hf.loader import is_hf_path
 
+    if not isinstance(run_dir, (str, os.PathLike)):
+        raise TypeError(f"scan: takes a run folder or Hugging Face checkpoint folder(s), got "
+                        f"{type(run_dir).__name__}; for a model in memory use rh.score_heads(model, batch)")
     if is_hf_path(run_dir):
         from .hf_scanner import hf_scan
 

@@ -45,3 +45,10 @@ def test_other_objects_are_refused_in_one_line():
         rh.retrieval_scores(torch.nn.Linear(2, 2), None)
     with pytest.raises(TypeError, match=r"^model: got builtins.object; the detector reads a HybridLM"):
         as_row_source(object())
+
+
+def test_scan_of_a_model_object_says_what_to_use():
+    m = rh.HybridLM(rh.ModelConfig(layout="SF", d_model=32, n_heads=2, window=4, max_seq_len=64))
+    with pytest.raises(TypeError, match=r"^scan: takes a run folder .* got HybridLM; for a model in memory use "
+                                        r"rh.score_heads\(model, batch\)$"):
+        rh.scan(m)
