@@ -175,3 +175,34 @@ def ablation_figure(ablation: pd.DataFrame, title: str = "NIAH accuracy under he
     fig.update_layout(title=title, yaxis=dict(title="NIAH accuracy", range=[0, 1.05]), showlegend=False,
                       height=420, width=760)
     return fig
+
+
+def causal_scatter(scores: pd.DataFrame, causal: str = "ablation", attention=("copy", "mass", "copy_tf"),
+                   step: int | None = None) -> go.Figure:
+    """Attention score (x) vs causal score (y) per head at one checkpoint (default the last),
+    one panel per attention metric with a finite score there: heads that look at the needle but do not matter sit at the
+    bottom right. Points are labelled ``L5H2 (F)``; NaN scores are left out."""
+    d = scores if step is None else scores[scores["step"] == step]
+    step = int(d["step"].max()) if len(d) else 0
+    d = d[d["step"] == step]
+    attention = [m for m in attention if d.loc[d["metric"] == m, "value"].notna().any()]  # no empty panels
+    fig = make_subplots(rows=1, cols=max(1, len(attention)), subplot_titles=[f"{m} vs {causal}" for m in attention])
+    y = d[d["metric"] == causal].set_index(["layer", "head"])["value"]
+    kinds = d.drop_duplicates(["layer"]).set_index("layer")["layer_type"]
+    for i, m in enumerate(attention, 1):
+        x = d[d["metric"] == m].set_index(["layer", "head"])["value"]
+        both = pd.concat([x.rename("x"), y.rename("y")], axis=1, join="inner").dropna()
+        for kind in sorted({kinds[l] for l, _ in both.index}):
+            b = both[[kinds[l] == kind for l, _ in both.index]]
+            fig.add_trace(go.Scatter(x=b["x"], y=b["y"], mode="markers+text", name=f"{kind} heads",
+                                     text=[head_label(l, h) for l, h in b.index], textposition="top center",
+                                     marker=dict(size=9, color={"F": "#d62728", "S": "#1f77b4"}.get(kind, "#2ca02c")),
+                                     showlegend=i == 1, legendgroup=kind,
+                                     hovertemplate=f"%{{text}}: {m} %{{x:.3f}}, {causal} %{{y:.3f}}<extra></extra>"),
+                          row=1, col=i)
+        fig.update_xaxes(title_text=f"{m} (attention)", row=1, col=i)
+        fig.update_yaxes(title_text=f"{causal} (nats lost)", row=1, col=i)
+    tokens = d["tokens_seen"].max() if len(d) else 0
+    fig.update_layout(title=f"Attention vs causal score per head, step {step} ({int(tokens):,} tokens)",
+                      height=460)
+    return fig

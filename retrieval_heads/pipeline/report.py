@@ -159,6 +159,35 @@ def _ablation_sections(run_dir: Path, first_fig: bool) -> list[str]:
     return out
 
 
+def _causal_sections(scores: pd.DataFrame, meta: dict, first_fig: bool) -> list[str]:
+    """For a scan with causal scores (``scan --causal``): the causal heatmaps beside the
+    attention ones, the attention-vs-causal scatter and the formation step per measure; []
+    for a scan without them."""
+    from ..detect.metrics import causal_metrics
+
+    if not len(scores) or not scores["metric"].isin(causal_metrics()).any():
+        return []
+    out = ["<h2>Causal scores: which heads the answer depends on</h2>",
+           "<p>ablation: nats of the answer's teacher-forced log-probability lost when the head's output is "
+           "zeroed (exact); attribution: its one-pass gradient estimate. See docs/CAUSAL.md.</p>"]
+    figs = [plots.heatmap_slider(scores, "ablation"), plots.heatmap_slider(scores, "attribution"),
+            plots.causal_scatter(scores, "ablation")]
+    out += [figure_html(f, first_fig and i == 0) for i, f in enumerate(figs)]
+    measures = meta.get("measures")
+    if isinstance(measures, dict) and measures:
+        rows = []
+        for m, r in measures.items():
+            if not isinstance(r, dict):
+                continue
+            head = head_label(r["layer"], r["head"]) if r.get("formed") else "-"
+            rows.append({"measure": m, "threshold": r.get("threshold"), "first F head": head,
+                         "formation step": r.get("step") if r.get("formed") else "not formed",
+                         "censored at step": r.get("censored_at_step") if not r.get("formed") else "-"})
+        out.append("<h3>Formation step by measure (first full-attention head)</h3>"
+                   + pd.DataFrame(rows).to_html(index=False, na_rep="-"))
+    return out
+
+
 def build_report(run_dir, out=None) -> Path:
     """Write ``RUN/scan/report.html`` (or ``out``) from the scan tables; returns its path.
     ``run_dir`` may also be a folder written by ``scan(out=DIR)`` (the report goes there)."""
@@ -196,6 +225,9 @@ def build_report(run_dir, out=None) -> Path:
         figs += [plots.best_head_and_niah(scores, niah), plots.formation_curves(scores, threshold=meta["threshold"]),
                  plots.formation_curves(scores, metric="mass", threshold=None), *plots.metric_heatmaps(scores)]
     body += [figure_html(f, i == 0) for i, f in enumerate(figs)]
+    causal = _causal_sections(scores, meta, first_fig=not figs)
+    body += causal
+    figs += [None] * bool(causal)  # plotly.js is already in the page
     formed = form.sort_values(["formed", "formation_step"], ascending=[False, True]).head(20)
     body.append("<h2>Formation per head (top 20)</h2>" + formed.to_html(index=False, na_rep="-"))
     body += _ablation_sections(run_dir, first_fig=not figs)
