@@ -238,7 +238,7 @@ def build_report(run_dir, out=None) -> Path:
     return out
 
 
-MEASURE_ORDER = ("copy_tf", "copy", "mass")  # formation measures, in the compare page's order
+MEASURE_ORDER = ("mass", "copy_tf", "copy", "ablation")  # formation measures, in the compare page's order (mass: the primary)
 
 
 def _last_tokens(t: dict) -> float:
@@ -330,7 +330,7 @@ def laziness_sections(formation: pd.DataFrame, curves: pd.DataFrame, first_fig: 
     per measure and the NIAH curves (plotly.js embedded with the first figure when
     ``first_fig``)."""
     thresholds = thresholds or {}
-    measures = _measure_order(formation["measure"]) or list(MEASURE_ORDER[1:2])
+    measures = _measure_order(formation["measure"]) or list(MEASURE_ORDER[:1])
     figs = [lp.formation_vs_window(formation, m, title_note=title_note) for m in measures]
     body = [figure_html(f, first_fig and i == 0) for i, f in enumerate(figs)]
     body.append("<h2>Formation per window and measure (censored runs included)</h2>"

@@ -256,5 +256,5 @@ def test_compare_uses_the_scans_per_measure_formation(tmp_path):
     assert "<td>full attention</td>" in html and "<td>seed 1: 900,000</td>" in html
     assert r"full attention: mean 1,000,000 tokens (1\u002f1 formed)" in html  # plotly's JSON escapes '/'
     assert "Best F-head 'mass' score vs tokens seen" in html
-    # the page's order of measures: copy_tf, copy, mass
-    assert html.index("by 'copy'") < html.index("by 'mass'")
+    # the page's order of measures: mass (the primary measure), copy_tf, copy
+    assert html.index("by 'mass'") < html.index("by 'copy'")
