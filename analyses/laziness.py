@@ -64,17 +64,14 @@ NAME = "laziness"
 FULL = "full"  # label of the all-full-attention reference in the `window` column's string form
 
 # ---------------------------------------------------------------------------------------- settings
-# quick: a micro config tuned so that retrieval heads form within about a minute of CPU training
-# (needle-heavy batches with the `noise` haystack, short context, small model); see README/report.
-QUICK = dict(
-    model=dict(layout="SSSF", d_model=32, n_heads=4, d_mlp=64, pos={"F": "nope", "S": "rope"},
-               max_seq_len=256),
-    train=dict(steps=2000, batch_size=16, context_len=144, lr=5e-3, warmup_steps=30, niah_fraction=0.375,
-               induction_fraction=0.5, niah_variant="single_1", haystack="noise", eval_every=50,
-               eval_samples=8, save_every=50, save_log_spaced=False),
-    max_steps=None, windows=(8, 32), seeds=(0, 1, 2), full_ref=False,
-    scan=dict(depths=(0.1, 0.3, 0.5, 0.7, 0.9), n_per_cell=1),
-)
+# quick: the CPU recipe (tuning log: analyses/results/logs/laziness_tuning_2026-12-03.md). The `tiny`
+# model (SSSF, d_model 64, 4 heads, NoPE on F) at context 144 with a constant learning rate after
+# warmup; half of the rows are needle prompts (noise haystack: the needle's value lies 52-86
+# tokens before the answer, beyond every window), 6 of 16 are induction rows (a random string of
+# 8-48 bytes repeated), the rest noise text. Windows 2-32 (16x) at context 144 (4.5x the largest).
+# Runs stop once their first F head has held the mass measure for 3 checkpoints.
+QUICK = dict(preset="laziness-cpu", max_steps=None, windows=(2, 4, 8, 32), seeds=(0, 1, 2), full_ref=True,
+             scan=dict(depths=(0.1, 0.3, 0.5, 0.7, 0.9), n_per_cell=1))
 # smoke: a few steps, to test the pipeline and the output schema (numbers are meaningless)
 SMOKE = dict(
     model=dict(layout="SF", d_model=16, n_heads=2, d_mlp=32, pos={"F": "nope", "S": "rope"}, max_seq_len=192),
@@ -100,10 +97,13 @@ def build_configs(a):
     train the all-full reference) for the chosen mode."""
     import retrieval_heads as rh
 
-    if a.smoke or a.quick:
-        mode = SMOKE if a.smoke else QUICK
+    if a.smoke:
+        mode = SMOKE
         mc = rh.ModelConfig(window=mode["windows"][0], **mode["model"])
         tc = rh.TrainConfig(**mode["train"])
+    elif a.quick:
+        mode = QUICK
+        mc, tc = rh.train.presets.load_preset(mode["preset"])
     else:
         mode = FULL_MODE
         mc, tc = rh.train.presets.load_preset(a.preset or mode["preset"])
@@ -127,9 +127,11 @@ def build_configs(a):
     return mc, tc, windows, seeds, scan, (max_steps or None), full_ref
 
 
-def run_configs(mc, tc, windows, seeds, full_ref: bool):
+def run_configs(mc, tc, windows, seeds, full_ref: bool, reference_pos: str = "rope"):
     """[(label, window or None, seed, ModelConfig, TrainConfig)]; the reference replaces every
-    ``S`` of the layout by ``F`` (same depth, width, positional encodings)."""
+    ``S`` of the layout by ``F`` (same depth and width), with RoPE in every layer
+    (``reference_pos="rope"``: a standard transformer) or the hybrid's F encoding in every layer
+    (``"same"``; with NoPE on F that is a model without positional encodings)."""
     out = []
     for w in windows:
         if w > tc.context_len:
@@ -139,7 +141,8 @@ def run_configs(mc, tc, windows, seeds, full_ref: bool):
     if full_ref:
         full_layout = mc.layout.replace("S", "F")
         for s in seeds:
-            out.append((FULL, None, s, mc.replace(layout=full_layout), tc.replace(seed=s)))
+            pos = {"F": "rope", "S": "rope"} if reference_pos == "rope" else mc.pos
+            out.append((FULL, None, s, mc.replace(layout=full_layout, pos=pos), tc.replace(seed=s)))
     return out
 
 
@@ -323,6 +326,9 @@ def main(argv=None) -> dict:
                     help="formation thresholds, e.g. mass=0.5,copy_tf=0.1,copy=0.1 [the scan's defaults]")
     ap.add_argument("--full-ref", action=argparse.BooleanOptionalAction, default=None,
                     help="train the all-full-attention reference too [default: yes]")
+    ap.add_argument("--reference-pos", default="rope", choices=("rope", "same"),
+                    help="positional encoding of the full-attention reference: RoPE in every layer, or the "
+                         "hybrid's F encoding in every layer [rope]")
     ap.add_argument("--set", default=None, help="config overrides: train.lr=0.01,model.d_model=64")
     ap.add_argument("--device", default="auto", help="auto, cpu, cuda")
     ap.add_argument("--jobs", type=int, default=0,
@@ -346,7 +352,7 @@ def main(argv=None) -> dict:
     if a.jobs < 0:
         raise SystemExit("error: --jobs must be >= 0 (0 = one per core)")
     a.jobs = a.jobs or ((os.cpu_count() or 1) if a.quick else 1)  # full mode: one GPU, one run at a time
-    cfgs = run_configs(mc, tc, windows, seeds, full_ref=full_ref)
+    cfgs = run_configs(mc, tc, windows, seeds, full_ref=full_ref, reference_pos=a.reference_pos)
     stop = a.stop_when_formed if a.stop_when_formed is not None else (3 if a.quick else 0)
     jobs = [{"label": lab, "window": w, "model": m.to_dict(), "train": t.to_dict(), "scan": scan_kw,
              "stop_when_formed": stop or None, "stop_measure": a.stop_measure, "max_steps": max_steps,
@@ -376,6 +382,7 @@ def main(argv=None) -> dict:
 
     settings = {"model": mc.to_dict(), "train": tc.to_dict(), "windows": list(windows), "seeds": list(seeds),
                 "full_reference_layout": _reference_layout(mc.layout) if full_ref else None,
+                "full_reference_pos": a.reference_pos if full_ref else None,
                 "scan": scan_kw, "thresholds": thresholds, "stop_when_formed": stop or None,
                 "stop_measure": a.stop_measure, "max_steps": max_steps,
                 "formation": "per measure: the first checkpoint from which some full-attention head's score stays "

@@ -1,11 +1,14 @@
 """The demo: Large-Window Laziness on a laptop.
 
-Trains two copies of the ``tiny`` preset that differ only in the sliding window of their
-`S` layers (small vs large), scans every checkpoint of both for retrieval heads, and writes
-one HTML report with their formation curves side by side and NIAH accuracy vs tokens seen.
+Trains copies of the ``laziness-cpu`` preset that differ only in the sliding window of their
+`S` layers (2, 8 and 32 by default), scans every checkpoint for retrieval heads, and writes
+one HTML report with their formation curves side by side, NIAH accuracy vs tokens seen and
+the formation table (every run, formed or censored). A run stops once its first
+full-attention head has held the mass measure for 3 checkpoints (``--stop-when-formed 0``
+trains the whole budget).
 
-    retrieval-heads demo                       # runs/demo/report.html (preset `tiny`, windows 16 and 64)
-    retrieval-heads demo --windows 8,16,32 --out runs/demo3    # three windows
+    retrieval-heads demo                       # runs/demo/report.html (preset `laziness-cpu`, windows 2, 8, 32)
+    retrieval-heads demo --windows 4,32 --seed 1 --out runs/demo_s1    # two windows, another seed
 
     >>> from retrieval_heads.demo import run_demo   # doctest: +SKIP
     >>> run_demo("runs/demo")                       # doctest: +SKIP
@@ -19,12 +22,14 @@ import os
 import time
 from pathlib import Path
 
+import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from . import plots
 from .labels import head_label
-from .pipeline.report import compare_runs, figure_html, html_page, load_scan, summary_display
+from .laziness_plots import formation_summary_table
+from .pipeline.report import compare_runs, figure_html, formation_rows, html_page, load_scan, summary_display
 from .pipeline.runs import RunLog, map_in_processes, progress_every, train_and_scan
 
 
@@ -40,37 +45,45 @@ def _demo_configs(preset: str, window: int, steps: int | None, seed: int):
     return model_cfg, train_cfg.replace(**changes)
 
 
-def demo_figure(runs: dict[str, dict]) -> go.Figure:
-    """Formation curves (copy score of every full-attention head) per run, side by side,
-    and NIAH accuracy vs tokens seen for all runs on one panel."""
+def demo_figure(runs: dict[str, dict], measure: str = "mass") -> go.Figure:
+    """Formation curves (the ``measure`` score of every full-attention head) per run, side by
+    side, and NIAH accuracy vs tokens seen for all runs on one panel. The dashed line is the
+    measure's formation threshold; the vertical line marks where the run's first F retrieval
+    head formed by that measure (none: the panel title says "censored at ...")."""
     names = list(runs)
+    titles = []
+    for name in names:
+        f = (runs[name]["meta"].get("measures") or {}).get(measure) or {}
+        when = (f"formed at {f['tokens_seen']:,} tokens" if f.get("formed") else
+                f"censored at {f['censored_at_tokens']:,}" if f.get("censored_at_tokens") is not None else "")
+        titles.append(f"{name}: F-head {measure}" + (f"<br><sub>{when}</sub>" if when else ""))
     fig = make_subplots(rows=1, cols=len(names) + 1, shared_yaxes=False,
-                        subplot_titles=[f"F-head copy score: {n}" for n in names] + ["NIAH accuracy"])
+                        subplot_titles=titles + ["NIAH accuracy (scan)"])
     colors = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e"]
     for i, name in enumerate(names):
         t = runs[name]
         s = t["scores"]
-        d = s[(s["metric"] == "copy") & (s["layer_type"] == "F")].sort_values("step")
+        d = s[(s["metric"] == measure) & (s["layer_type"] == "F")].sort_values("step")
         for (l, h), g in d.groupby(["layer", "head"]):
             fig.add_trace(go.Scatter(x=g["tokens_seen"], y=g["value"], mode="lines+markers",
                                      name=f"{name} {plots.head_label(l, h, 'F')}", showlegend=False,
-                                     line=dict(width=1.5),
+                                     line=dict(width=1.5), marker=dict(size=4),
                                      hovertemplate=f"{head_label(l, h, 'F')}: %{{y:.2f}}<extra>{name}</extra>"),
                           row=1, col=i + 1)
-        thr = t["meta"].get("threshold", 0.1)
-        fig.add_hline(y=thr, line_dash="dash", row=1, col=i + 1)
-        run = t["meta"].get("run", {})
-        if run.get("tokens_seen") is not None:
-            fig.add_vline(x=run["tokens_seen"], line_color=colors[i % len(colors)], row=1, col=i + 1)
+        f = (t["meta"].get("measures") or {}).get(measure) or {}
+        if f.get("threshold") is not None:
+            fig.add_hline(y=f["threshold"], line_dash="dash", row=1, col=i + 1)
+        if f.get("formed"):
+            fig.add_vline(x=f["tokens_seen"], line_color=colors[i % len(colors)], row=1, col=i + 1)
         a = t["niah"].groupby(["step", "tokens_seen"])["accuracy"].mean().reset_index().sort_values("step")
         fig.add_trace(go.Scatter(x=a["tokens_seen"], y=a["accuracy"], mode="lines+markers", name=name,
                                  line_color=colors[i % len(colors)]), row=1, col=len(names) + 1)
-        fig.update_xaxes(title_text="tokens seen", row=1, col=i + 1)
+        fig.update_xaxes(title_text="tokens seen", tickformat="~s", rangemode="tozero", row=1, col=i + 1)
         fig.update_yaxes(range=[0, 1.05], row=1, col=i + 1)
-    fig.update_xaxes(title_text="tokens seen", row=1, col=len(names) + 1)
+    fig.update_xaxes(title_text="tokens seen", tickformat="~s", rangemode="tozero", row=1, col=len(names) + 1)
     fig.update_yaxes(range=[0, 1.05], row=1, col=len(names) + 1)
-    fig.update_layout(title="Large-Window Laziness: retrieval-head formation in the full-attention layer",
-                      height=450, width=360 * (len(names) + 1))
+    fig.update_layout(title=f"Large-Window Laziness: the {measure} score of every full-attention head over training",
+                      height=450, width=max(1000, 330 * (len(names) + 1)))
     return fig
 
 
@@ -82,25 +95,27 @@ def log_every(steps: int) -> int:
     return progress_every(steps)
 
 
-def _train_and_scan(model_cfg, train_cfg, rd, *, progress, log) -> float:
+def _train_and_scan(model_cfg, train_cfg, rd, *, progress, log, stop_when_formed: int = 0) -> float:
     """Train one run into ``rd`` and scan its checkpoints (with its report); returns the wall
     time in seconds. Without progress bars, training logs ``step k/N  loss ..  niah ..  1m12s``
     lines and the scan ``scanning k/n checkpoints`` lines through ``log``."""
     t0 = time.time()
     log(f"[demo] training {model_cfg.describe()} for {train_cfg.steps} steps -> {rd}")
-    train_and_scan(model_cfg, train_cfg, rd, scan_kw=_SCAN_SETTINGS, progress=progress, log=log, report=True)
+    train_and_scan(model_cfg, train_cfg, rd, scan_kw=_SCAN_SETTINGS, progress=progress, log=log, report=True,
+                   stop_when_formed=stop_when_formed or None, stop_measure="mass")
     log(f"[demo] {rd.name} done in {time.time() - t0:.0f} s")
     return time.time() - t0
 
 
 def _worker(job) -> float:
     """One window in a worker process (module level: picklable)."""
-    model_cfg, train_cfg, rd = job
-    return _train_and_scan(model_cfg, train_cfg, rd, progress=False, log=RunLog(rd.name))
+    model_cfg, train_cfg, rd, stop = job
+    return _train_and_scan(model_cfg, train_cfg, rd, progress=False, log=RunLog(rd.name), stop_when_formed=stop)
 
 
-def run_demo(out="runs/demo", *, windows=(16, 64), preset: str = "tiny", steps: int | None = None,
-             seed: int = 0, progress: bool = True, log=print, jobs: int | None = 1) -> Path:
+def run_demo(out="runs/demo", *, windows=(2, 8, 32), preset: str = "laziness-cpu", steps: int | None = None,
+             seed: int = 0, progress: bool = True, log=print, jobs: int | None = 1,
+             stop_when_formed: int = 3) -> Path:
     """Train one run per window, scan them, write ``out/report.html``; returns its path.
 
     ``jobs=1`` (the default here) trains in this process, one window after the other, with
@@ -134,24 +149,32 @@ def run_demo(out="runs/demo", *, windows=(16, 64), preset: str = "tiny", steps: 
     run_seconds = {}
     if jobs == 1:
         for w, (model_cfg, train_cfg) in configs.items():
-            run_seconds[w] = _train_and_scan(model_cfg, train_cfg, out / f"window_{w}", progress=progress, log=log)
+            run_seconds[w] = _train_and_scan(model_cfg, train_cfg, out / f"window_{w}", progress=progress, log=log,
+                                             stop_when_formed=stop_when_formed)
     else:
         threads = max(1, cores // jobs)
         log(f"[demo] {len(configs)} runs, {jobs} at a time, {threads} torch thread(s) each")
-        seconds = map_in_processes(_worker, [(mc, tc, out / f"window_{w}") for w, (mc, tc) in configs.items()],
+        seconds = map_in_processes(_worker, [(mc, tc, out / f"window_{w}", stop_when_formed)
+                                             for w, (mc, tc) in configs.items()],
                                    workers=jobs, threads=threads, what="demo worker")
         run_seconds = dict(zip(configs, seconds))
     tables = {name: load_scan(rd) for name, rd in run_dirs.items()}
     cmp_path, summary = compare_runs([str(p) for p in run_dirs.values()], out / "compare.html")
+    formation = pd.DataFrame([row for w in configs
+                              for row in formation_rows(tables[f"window {w}"], f"window {w}", float(w), seed)])
     body = ["<h1>retrieval-heads demo: Large-Window Laziness</h1>",
-            "<p>Two hybrids identical but for the sliding window of their S layers, trained on the same "
-            "data. Left panels: the copy-paste retrieval score of every head of the full-attention layer "
-            "over training (vertical line: the first retrieval head forms, i.e. its score stays at or above "
-            "the dashed threshold). Right: NIAH accuracy at the training context length.</p>",
-            figure_html(demo_figure(tables), True),
+            f"<p>{len(run_dirs)} hybrids identical but for the sliding window of their S layers, trained on the "
+            "same data. Left panels: the attention mass on the answer (teacher-forced) of every head of the "
+            "full-attention layer over training (vertical line: the first retrieval head forms, i.e. its score "
+            "stays at or above the dashed threshold to the end of the run). Right: NIAH accuracy at the "
+            "training context length.</p>",
+            figure_html(demo_figure(tables, "mass"), True),
+            "<h2>Formation of the first full-attention retrieval head, per measure</h2>",
+            "<p>censored at X: not formed by the run's last checkpoint (X tokens seen).</p>",
+            formation_summary_table(formation).drop(columns=["mean (formed seeds)", "95% CI (formed seeds)"])
+            .to_html(index=False),
             "<h2>Summary</h2>",
-            summary_display(summary[["label", "formation_step", "formation_tokens", "final_niah_accuracy"]]).to_html(
-                index=False, na_rep="not formed"),
+            summary_display(summary[["label", "final_niah_accuracy"]]).to_html(index=False),
             "<p>Per-run reports: " + ", ".join(f"<a href='{rd.name}/scan/report.html'>{n}</a>"
                                                   for n, rd in run_dirs.items()) + "</p>",
             f"<p>Wall time: {time.time() - t0:.0f} s ({jobs} run(s) at a time on {cores} core(s)).</p>"]

@@ -36,7 +36,7 @@ def test_demo_writes_one_report_with_both_runs(tmp_path, capfd):
     html = report.read_text()
     for w in (8, 64):
         assert (out / f"window_{w}" / "scan" / "scores.parquet").exists()
-        assert f"F-head copy score: window {w}" in html  # one formation panel per run
+        assert f"window {w}: F-head mass" in html  # one formation panel per run (the primary measure)
         assert f'"name":"window {w}"' in html  # NIAH-vs-tokens line per run
     summary = json.loads((out / "demo.json").read_text())
     assert len(summary["runs"]) == 2
@@ -100,7 +100,7 @@ def test_demo_worker_logs_progress_lines(tmp_path, capsys):
     """The worker of a parallel demo (no bars): prefixed step lines, then scanning lines."""
     from retrieval_heads import demo
 
-    demo._worker((MC, TC, tmp_path / "window_8"))
+    demo._worker((MC, TC, tmp_path / "window_8", 0))  # 0: the whole budget, no early stop
     out = capsys.readouterr().out.splitlines()
     steps = [ln for ln in out if re.fullmatch(r"\[window_8\] " + LINE.format(step=r"\d", end=6), ln)]
     assert len(steps) == 6  # log_every(6) == 1
