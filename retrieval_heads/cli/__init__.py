@@ -31,7 +31,7 @@ COMMANDS = {
     "eval": ("retrieval_heads.cli.interventions_cmd:eval_cmd",
              "NIAH accuracy per length and depth, long-context loss by position, short-context loss."),
     "ablate": ("retrieval_heads.cli.interventions_cmd:ablate",
-               "Ablate the top-K retrieval heads; controls: K random heads of the same layer kind, K SWA heads."),
+               "Ablate the top-K heads by --rank-by; controls: K random heads of the same layer kind, K SWA heads."),
     "patch": ("retrieval_heads.cli.interventions_cmd:patch",
               "Activation patching clean -> corrupted needle prompt: recovered logit difference."),
     "report": ("retrieval_heads.cli.scan_cmd:report",

@@ -238,7 +238,8 @@ def build_report(run_dir, out=None) -> Path:
     return out
 
 
-MEASURE_ORDER = ("mass", "copy_tf", "copy", "ablation")  # formation measures, in the compare page's order (mass: the primary)
+# formation measures, in the compare page's order (mass: the primary measure)
+MEASURE_ORDER = ("mass", "copy_tf", "copy", "ablation")
 
 
 def _last_tokens(t: dict) -> float:

@@ -85,7 +85,7 @@ def test_mistyped_command_gets_a_suggestion(capsys):
     err = capsys.readouterr().err
     assert e.value.code == 2
     assert err.strip() == ("error: no such command 'scna'. Did you mean 'scan'? Commands: ablate, compare, demo, "
-                           "eval, info, patch, report, scan, train (see 'retrieval-heads --help')")
+                           "eval, export, info, patch, report, scan, train (see 'retrieval-heads --help')")
     with pytest.raises(SystemExit):
         main(["xyzzy"])
     assert "Did you mean" not in capsys.readouterr().err
