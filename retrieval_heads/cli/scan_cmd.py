@@ -29,6 +29,19 @@ from .options import FLOAT_LIST, INT_LIST
 @click.option("--haystack", default=None, help="Haystack override (built-in name or path).")
 @click.option("--tasks", "tasks_file", default=None, type=click.Path(dir_okay=False),
               help="RULER-format .jsonl ({index, input, outputs, length}) scored instead of generated needles.")
+@click.option("--compat", type=click.Choice(["ours", "thunlp", "wu"]), default=None,
+              help="Score as the original code does: thunlp = the study (--query-offset 2 --answer-positions "
+                   "variants), wu = Retrieval_Head (--span-locate overlap --accept rouge) [default: ours]; "
+                   "single options below override the preset.")
+@click.option("--query-offset", type=click.IntRange(min=1), default=None,
+              help="Mass/entropy query row = len(prompt) - K (1 = last prompt token, ours; 2 = the study's).")
+@click.option("--answer-positions", type=click.Choice(["exact", "variants"]), default=None,
+              help="Mass over the gold spans (exact) or every occurrence of x, ' x', 'x.', ' x.', ': x', ': x.'.")
+@click.option("--span-locate", type=click.Choice(["exact", "overlap"]), default=None,
+              help="Answer span: exact tokens, or Wu's first window covering > 90% of the needle's token set.")
+@click.option("--accept", type=click.Choice(["exact", "rouge"]), default=None,
+              help="Answered: value in the answer (exact), or Wu's ROUGE-1 recall > 0.5 of a decode to "
+                   "newline or 50 tokens.")
 @click.option("--recurrent", is_flag=True, help="Also score M/D/L layers via their effective attention.")
 @click.option("--all-samples", is_flag=True, help="Average copy scores over all samples, not only correct ones.")
 @click.option("--max-new-tokens", default=None, type=int, help="Greedy decode steps [default: answer length + 1].")
@@ -50,7 +63,8 @@ from .options import FLOAT_LIST, INT_LIST
 @click.option("--tokenizer", default=None, help="HF checkpoints: tokenizer folder [default: the checkpoint's].")
 @click.option("--dtype", default=None, help="HF checkpoints: auto, float32, bfloat16 or float16 [default: auto].")
 @click.option("--device", default=None, help="HF checkpoints: cpu, cuda, ... [default: cuda if available].")
-def scan(run, variant, context_lens, depths, n_per_cell, seed, haystack, tasks_file, recurrent, all_samples,
+def scan(run, variant, context_lens, depths, n_per_cell, seed, haystack, tasks_file, compat, query_offset,
+         answer_positions, span_locate, accept, recurrent, all_samples,
          max_new_tokens, reference, threshold, causal, workers, batch_size, force, out, no_report, no_progress,
          trust_remote_code, tokenizer, dtype, device):
     """Score every checkpoint of RUN for retrieval heads; write tables and a report to RUN/scan/
@@ -71,7 +85,9 @@ def scan(run, variant, context_lens, depths, n_per_cell, seed, haystack, tasks_f
                                f"{run} holds none")
     settings = ScanSettings(variant=variant, context_lens=context_lens, depths=depths,
                             n_per_cell=n_per_cell, seed=seed, haystack=haystack, recurrent=recurrent,
-                            only_correct=not all_samples, max_new_tokens=max_new_tokens, tasks=tasks_file)
+                            only_correct=not all_samples, max_new_tokens=max_new_tokens, tasks=tasks_file,
+                            compat=compat, query_offset=query_offset, answer_positions=answer_positions,
+                            span_locate=span_locate, accept=accept)
     if tasks_file is not None and not is_hf_path(run):
         from ..tasks import load_jsonl
 

@@ -31,7 +31,7 @@ _LAZY = {
     "CausalScores": "causal", "causal_scores": "causal",
     "load_wu_scores": "wu", "wu_mean_scores": "wu", "wu_top_heads": "wu",
 }
-_SUBMODULES = ("causal", "formation", "metrics", "reference", "rows", "scores", "weights", "wu")
+_SUBMODULES = ("causal", "compat", "formation", "metrics", "reference", "rows", "scores", "weights", "wu")
 
 
 def __getattr__(name: str):

@@ -11,6 +11,9 @@ Hugging Face models only has to provide the same members)::
     windows                    list[int | None]: keys a query of each layer sees (incl. itself)
     eos                        stop token id (or None)
     decode(ids) -> str         token ids -> text (for the correctness check)
+    encode(text) -> list[int]  optional: text -> ids without special tokens (``detect.compat``'s
+                               answer spellings and overlap spans need it)
+    token_text(id) -> str      optional: one token's text, unstripped (else decode([id]))
     scorable_layers(recurrent) -> list[int]
     prefill_rows(tokens, query_pos, *, recurrent=False, fwd_hooks=()) -> dict[layer, rows]
         tokens (B, T); query_pos (B, nq) long; rows (B, H, nq, T), each row a probability
@@ -107,6 +110,16 @@ class HybridRows:
 
     def decode(self, ids) -> str:
         return self._decode(ids)
+
+    def encode(self, text: str) -> list[int]:
+        """Text -> token ids, no special tokens (answer spellings, ``detect.compat``)."""
+        from ..tasks import TOKENIZER
+
+        return TOKENIZER.encode(text)
+
+    def token_text(self, token: int) -> str:
+        """The text of one token, unstripped (``\\n`` ends an answer under ``accept="rouge"``)."""
+        return self._decode([token], stop_at_eos=False)
 
     def scorable_layers(self, recurrent: bool = False) -> list[int]:
         return [l for l, c in enumerate(self.layer_types)

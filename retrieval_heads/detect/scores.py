@@ -33,6 +33,10 @@ The metrics themselves (names, ranges, which are row functions) are the table in
 ``retrieval_heads.detect.metrics``; a metric registered there is computed and averaged here
 without further changes.
 
+Compat choices (``compat="thunlp"`` / ``"wu"`` or the keywords ``query_offset``,
+``answer_positions``, ``span_locate``, ``accept``) switch these rules to the original code's:
+``retrieval_heads.detect.compat`` says exactly what each changes. The defaults are ours.
+
 A sample whose answer span cannot be located (out of range, empty, beyond the query, or not
 holding its gold value) is *invalid*: it is excluded from every average and counted in
 ``n_invalid`` (with a warning; ``strict=True`` raises instead). It never counts as zeros.
@@ -48,6 +52,7 @@ import pandas as pd
 import torch
 
 from ..tasks import string_match_all
+from . import compat as compat_rules
 from .metrics import (
     REGISTRY,
     AnswerContext,
@@ -160,6 +165,8 @@ class HeadScores:
     only_correct: bool = True
     context_lens: list = field(default_factory=list)
     depths: list = field(default_factory=list)
+    accepted: torch.Tensor | None = None  # (n,) bool: the answer accepted by ``accept="rouge"``; None = exact
+    compat: dict = field(default_factory=dict)  # the scoring choices (``detect.compat.Compat``) used
 
     @property
     def n_samples(self) -> int:
@@ -171,7 +178,9 @@ class HeadScores:
 
     @property
     def correct(self) -> torch.Tensor:
-        return self.match > 0.5
+        """(n,) answered correctly: ``string_match_all > 0.5``, or accepted by ROUGE-1 recall under
+        ``accept="rouge"``."""
+        return self.accepted if self.accepted is not None else self.match > 0.5
 
     @property
     def n_correct(self) -> int:
@@ -261,7 +270,8 @@ class HeadScores:
             valid=torch.cat([p.valid for p in parts]), match=torch.cat([p.match for p in parts]),
             predictions=sum((p.predictions for p in parts), []), invalid=invalid,
             only_correct=p0.only_correct, context_lens=sum((p.context_lens for p in parts), []),
-            depths=sum((p.depths for p in parts), []))
+            depths=sum((p.depths for p in parts), []),
+            accepted=None if p0.accepted is None else torch.cat([p.accepted for p in parts]), compat=p0.compat)
 
 
 # --- the detector -------------------------------------------------------------------------
@@ -316,16 +326,59 @@ def _answer_metrics(out: dict, src, tokens: torch.Tensor, samples: list, b0: int
             out[m][b0:b0 + B, l] = REGISTRY[m].row(r, ctx)
 
 
+def _locate(tokens: list[int], sample, c, decode, encode) -> tuple[list, str | None]:
+    """The answer spans a sample is scored on under choices ``c`` and why they cannot be used
+    (or None): the gold spans (``span_locate="exact"``) or Wu's overlap windows."""
+    if c.span_locate == "exact":
+        return list(sample.answer_spans or []), span_problem(tokens, sample, decode)
+    spans = []
+    for v in getattr(sample, "values", []) or []:
+        sp = compat_rules.overlap_span(tokens, list(encode(v)))
+        if sp is None:
+            return [], f"needle {v!r} not located by the overlap rule (> 90% of its token set)"
+        spans.append(sp)
+    if not spans:
+        return [], "no gold value to locate"
+    from types import SimpleNamespace
+
+    return spans, span_problem(tokens, SimpleNamespace(answer_spans=spans, query_pos=sample.query_pos))
+
+
+def _answer_cut(src, gen: torch.Tensor) -> list[int]:
+    """Per sample, the number of decode steps up to and including the first token whose text
+    holds a newline (Wu's stop), or all of them."""
+    text = getattr(src, "token_text", None) or (lambda t: src.decode([t]))
+    ends: dict[int, bool] = {}
+    out = []
+    for row in gen.tolist():
+        n = len(row)
+        for i, t in enumerate(row):
+            if t not in ends:
+                ends[t] = compat_rules.ends_answer(text(t))
+            if ends[t]:
+                n = i + 1
+                break
+        out.append(n)
+    return out
+
+
 def score_heads(model, batch, *, methods=METHODS, recurrent: bool = False, only_correct: bool = True,
                 max_new_tokens: int | None = None, batch_size: int = 8, strict: bool = False,
-                fwd_hooks=()) -> HeadScores:
+                fwd_hooks=(), compat=None, query_offset: int | None = None, answer_positions: str | None = None,
+                span_locate: str | None = None, accept: str | None = None) -> HeadScores:
     """Score every head of ``model`` (a ``HybridLM`` or any row source, see ``detect.rows``)
     on a ``NeedleBatch``. ``methods`` picks ``copy`` (greedy decoding) and/or ``mass`` (or
     another retrieval metric of the table, ``metrics.retrieval_metrics``); every row metric
     (mass, entropy, entropy_norm, ...) and answer metric (copy_tf: one more teacher-forced
     pass) comes with any of them. ``recurrent=True`` also scores M/D/L layers through their
     effective attention. ``fwd_hooks`` are extra TransformerLens hooks active on every
-    forward pass (e.g. an ablation). Memory is O(T) per sample."""
+    forward pass (e.g. an ablation). Memory is O(T) per sample.
+
+    ``compat``: ``"ours"`` (default), ``"thunlp"`` or ``"wu"``, the scoring rules of the
+    original code; ``query_offset``, ``answer_positions``, ``span_locate``, ``accept`` override
+    single choices (``retrieval_heads.detect.compat``)."""
+    c = compat_rules.resolve(compat, query_offset=query_offset, answer_positions=answer_positions,
+                             span_locate=span_locate, accept=accept)
     methods = tuple(methods) if not isinstance(methods, str) else (methods,)
     names = retrieval_metrics()
     bad = [m for m in methods if m not in names]
@@ -343,47 +396,79 @@ def score_heads(model, batch, *, methods=METHODS, recurrent: bool = False, only_
     valid = torch.ones(n, dtype=torch.bool)
     invalid = []
     decode = getattr(src, "decode", None)
+    encode = getattr(src, "encode", None)
+    if encode is None and (c.span_locate == "overlap" or c.answer_positions == "variants"):
+        raise ValueError(f"{'span_locate' if c.span_locate == 'overlap' else 'answer_positions'}: this model "
+                         f"({type(src).__name__}) has no tokenizer to encode answers with")
+    spans = []
+    row_mask = torch.zeros(n, T, dtype=torch.bool)  # the answer positions of the row metrics (mass)
     for i, s in enumerate(batch.samples):
-        why = span_problem(tokens[i].tolist(), s, decode)
+        toks = tokens[i].tolist()
+        sp, why = _locate(toks, s, c, decode, encode)
         if why is None and "copy" in methods and s.query_pos != T - 1:
             why = f"query position {s.query_pos} is not the last prompt token ({T - 1}); copy needs it"
+        if why is None and s.query_pos - (c.query_offset - 1) < 0:
+            why = f"query offset {c.query_offset} reaches before the prompt (query position {s.query_pos})"
+        if why is None and c.answer_positions == "variants":
+            pos = compat_rules.variant_positions(toks, s.values, encode)
+            if not pos:
+                why = "no spelling of the answer (x, ' x', 'x.', ' x.', ': x', ': x.') occurs in the prompt"
+            row_mask[i, pos] = True
         if why is not None:
             if strict:
                 raise ValueError(f"sample {i}: {why}")
             valid[i] = False
             invalid.append((i, why))
+            row_mask[i] = False
+        spans.append(sp if why is None else [])
     if invalid:
         warnings.warn(f"{len(invalid)} of {n} sample(s) excluded: answer span not located "
                       f"(first: sample {invalid[0][0]}: {invalid[0][1]})", stacklevel=2)
     match = torch.full((n,), float("nan"))
+    accepted = torch.zeros(n, dtype=torch.bool) if c.accept == "rouge" else None
     preds = [None] * n
-    weights = torch.stack([span_weights(s.answer_spans, T) if valid[i] else torch.zeros(T)
-                           for i, s in enumerate(batch.samples)])  # (n, T)
-    spans_mask = weights > 0
+    weights = torch.stack([span_weights(sp, T) if valid[i] else torch.zeros(T)
+                           for i, sp in enumerate(spans)])  # (n, T)
+    spans_mask = row_mask if c.answer_positions == "variants" else weights > 0
     if max_new_tokens is None:
-        max_new_tokens = max(len(s.answer_tokens) for s in batch.samples) + 1
+        if c.accept == "rouge":  # Wu: up to 50 tokens (fewer where the model's context ends)
+            limit = _max_len(src)
+            max_new_tokens = compat_rules.WU_MAX_NEW_TOKENS if limit is None else \
+                max(1, min(compat_rules.WU_MAX_NEW_TOKENS, limit - T + 1))
+        else:
+            max_new_tokens = max(len(s.answer_tokens) for s in batch.samples) + 1
+    shift = c.query_offset - 1
     for b0 in range(0, n, batch_size):
         idx = list(range(b0, min(b0 + batch_size, n)))
         tok = tokens[idx]
-        qpos = [batch.samples[i].query_pos for i in idx]
+        qpos = [max(batch.samples[i].query_pos - shift, 0) for i in idx]  # the row metrics' query rows
         if "copy" in methods:
             def reduce(i, l, r):
-                return r if i == 0 else r.argmax(-1)
+                return r if i == 0 and not shift else r.argmax(-1)
             dec = src.decode_rows(tok, max_new_tokens, recurrent=recurrent, fwd_hooks=fwd_hooks, reduce=reduce)
-            _row_metrics(out, dec.rows[0], b0, spans_mask[idx], qpos, windows)
             gen = dec.generated.cpu()
+            alive = dec.alive.cpu()
+            if c.accept == "rouge":  # Wu: a sample's steps end with its first newline token
+                cut = _answer_cut(src, gen)
+                steps = torch.arange(gen.shape[1])[None, :]
+                alive = alive & (steps < torch.tensor(cut)[:, None])
+            else:
+                cut = [gen.shape[1]] * len(idx)
+            if not shift:
+                _row_metrics(out, dec.rows[0], b0, spans_mask[idx], qpos, windows)
             acc = torch.zeros(len(idx), L, H)
             for step, rows in enumerate(dec.rows):
-                alive = dec.alive[:, step].cpu()
                 for l, r in rows.items():
-                    am = (r.argmax(-1) if step == 0 else r).cpu()  # (B, H)
-                    c = copy_step(am, gen[:, step], tok.cpu(), weights[idx])
-                    acc[:, l] += c * alive[:, None]
+                    am = (r.argmax(-1) if step == 0 and not shift else r).cpu()  # (B, H)
+                    cs = copy_step(am, gen[:, step], tok.cpu(), weights[idx])
+                    acc[:, l] += cs * alive[:, step, None]
             for j, i in enumerate(idx):
                 out["copy"][i, layers] = acc[j, layers]
-                preds[i] = src.decode(gen[j].tolist())
+                preds[i] = src.decode(gen[j, :cut[j]].tolist())
                 match[i] = string_match_all(preds[i], batch.samples[i].values)
-        else:
+                if accepted is not None:
+                    accepted[i] = compat_rules.rouge_accepts(batch.samples[i].values, preds[i])
+        if "copy" not in methods or shift:
             rows = src.prefill_rows(tok, torch.tensor(qpos)[:, None], recurrent=recurrent, fwd_hooks=fwd_hooks)
             _row_metrics(out, {l: r[:, :, 0] for l, r in rows.items()}, b0, spans_mask[idx], qpos, windows)
         _answer_metrics(out, src, tok, [batch.samples[i] for i in idx], b0, valid, recurrent=recurrent,
@@ -393,7 +478,8 @@ def score_heads(model, batch, *, methods=METHODS, recurrent: bool = False, only_
     return HeadScores(layer_types=src.layer_types, scored_layers=layers, methods=methods,
                       per_sample=out, valid=valid, match=match, predictions=preds, invalid=invalid,
                       only_correct=only_correct, context_lens=[T] * n,
-                      depths=[getattr(s, "depth", float("nan")) for s in batch.samples])
+                      depths=[getattr(s, "depth", float("nan")) for s in batch.samples],
+                      accepted=accepted, compat=c.to_dict())
 
 
 def retrieval_scores(model, batch, method: str = "copy", **kw) -> torch.Tensor:

@@ -361,6 +361,18 @@ class HFModel(HookedRootModule):
             raise ValueError("decode: this HFModel has no tokenizer")
         return self.tokenizer.decode(ids[:cut], skip_special_tokens=True).strip()
 
+    def encode(self, text: str) -> list[int]:
+        """Text -> token ids without special tokens (``detect.compat``'s spellings and spans)."""
+        if self.tokenizer is None:
+            raise ValueError("encode: this HFModel has no tokenizer")
+        return list(self.tokenizer.encode(text, add_special_tokens=False))
+
+    def token_text(self, token: int) -> str:
+        """One token's text, unstripped (a newline ends an answer under ``accept="rouge"``)."""
+        if self.tokenizer is None:
+            raise ValueError("token_text: this HFModel has no tokenizer")
+        return self.tokenizer.decode([int(token)], skip_special_tokens=True)
+
     def scorable_layers(self, recurrent: bool = False) -> list[int]:
         if recurrent and not self._warned_recurrent and any(c in RECURRENT_KINDS for c in self.layer_types):
             warnings.warn("HF models: effective attention of recurrent layers is not implemented; "

@@ -58,7 +58,8 @@ def export_wu(run, out, *, scan_dir=None, batch_size: int = 8, echo=None) -> lis
         model = load_checkpoint(run / name)
         res = HeadScores.merge([score_heads(model, b, methods=("copy",), recurrent=settings.recurrent,
                                             only_correct=settings.only_correct,
-                                            max_new_tokens=settings.max_new_tokens, batch_size=batch_size)
+                                            max_new_tokens=settings.max_new_tokens, batch_size=batch_size,
+                                            **settings.compat_kw())
                                 for b in batches])
         f = out / f"{name}.json"
         write_json(f, wu_scores(res))

@@ -72,6 +72,9 @@ SCORES_COLUMNS = ["step", "tokens_seen", "layer", "head", "layer_type", "metric"
 NIAH_COLUMNS = ["step", "tokens_seen", "context_len", "depth", "accuracy", "n"]
 
 
+COMPAT_FIELDS = ("compat", "query_offset", "answer_positions", "span_locate", "accept")
+
+
 @dataclass
 class ScanSettings:
     """The needle set and scoring options; every checkpoint of a scan uses the same ones.
@@ -87,6 +90,12 @@ class ScanSettings:
     only_correct: bool = True
     max_new_tokens: int | None = None
     tasks: str | None = None  # a RULER-format .jsonl (tasks.load_jsonl) instead of the generated needles
+    # scoring rules of the original code (detect.compat): a preset and single overrides; None = ours
+    compat: str | None = None
+    query_offset: int | None = None
+    answer_positions: str | None = None
+    span_locate: str | None = None
+    accept: str | None = None
 
     def __post_init__(self):
         from ..tasks import VARIANTS
@@ -113,16 +122,34 @@ class ScanSettings:
 
             self.tasks = str(self.tasks)
             read_jsonl(self.tasks)  # ValueError naming the file and line of a bad record
+        self.rules()  # ValueError naming a bad compat choice
+
+    def rules(self):
+        """The scoring choices (``detect.compat.Compat``): the preset, overridden by single choices."""
+        from ..detect.compat import resolve
+
+        return resolve(self.compat, query_offset=self.query_offset, answer_positions=self.answer_positions,
+                       span_locate=self.span_locate, accept=self.accept)
+
+    def compat_kw(self) -> dict:
+        """``score_heads`` keywords of the scoring choices (empty for ours)."""
+        c = self.rules()
+        return {} if c.is_default else c.to_dict()
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
-        if d["tasks"] is None:
-            del d["tasks"]  # settings without a task file read as before it existed
+        for k in ("tasks", *COMPAT_FIELDS):
+            if d[k] is None:
+                del d[k]  # settings without a task file or compat choices read as before they existed
         return d
 
     def key(self) -> str:
         """sha256 of the settings and the scoring version (keys the cache)."""
         d = dict(self.to_dict(), version=SCORE_VERSION)
+        for k in COMPAT_FIELDS:  # keyed by the resolved choices: a preset and its spelled-out choices agree
+            d.pop(k, None)
+        if not self.rules().is_default:
+            d["compat_rules"] = self.rules().to_dict()
         if self.tasks is not None:  # the file's contents, not only its name
             d["tasks_sha256"] = hashlib.sha256(Path(self.tasks).read_bytes()).hexdigest()
         if attention_metrics() != _BUILTIN_ATTENTION:  # a registered metric: its own cache entries
@@ -199,7 +226,8 @@ def score_checkpoint(job: dict) -> dict:
     if job["need_scores"]:
         batches = settings.batches()
         res = HeadScores.merge([score_heads(model, b, recurrent=settings.recurrent, only_correct=settings.only_correct,
-                                            max_new_tokens=settings.max_new_tokens, batch_size=job["batch_size"])
+                                            max_new_tokens=settings.max_new_tokens, batch_size=job["batch_size"],
+                                            **settings.compat_kw())
                                 for b in batches])
         niah = niah_cells(res, batches, settings)
         payload = {
@@ -478,9 +506,11 @@ def scan(run_dir, settings: ScanSettings | None = None, *, reference="first", th
          thresholds: dict | None = None, causal: bool = False, **setting_kw) -> pd.DataFrame:
     """Scan every checkpoint of ``run_dir``; returns the tidy scores table (also written to
     ``RUN/scan/scores.parquet``). Setting keywords (``variant``, ``context_lens``, ``depths``,
-    ``n_per_cell``, ``seed``, ``haystack``, ``recurrent``, ``only_correct``, ``max_new_tokens``)
-    build a ``ScanSettings``. ``reference``: ``"first"`` (first readable checkpoint), a step
-    number or a checkpoint folder, for ``qk_distance``. ``workers > 1`` starts processes with
+    ``n_per_cell``, ``seed``, ``haystack``, ``recurrent``, ``only_correct``, ``max_new_tokens``,
+    ``tasks``; ``compat`` = "ours" | "thunlp" | "wu" and the single choices ``query_offset``,
+    ``answer_positions``, ``span_locate``, ``accept``: ``detect.compat``) build a ``ScanSettings``.
+    ``reference``: ``"first"`` (first readable checkpoint), a step number or a checkpoint folder,
+    for ``qk_distance``. ``workers > 1`` starts processes with
     ``mp_context`` ("spawn": safe, each worker imports the library, a few seconds; "fork":
     instant on Linux, but unsafe once the parent has run multi-threaded torch code).
     ``out``: write the tables, report, cache and lock into this folder instead of ``RUN/scan/``.
@@ -511,6 +541,11 @@ def scan(run_dir, settings: ScanSettings | None = None, *, reference="first", th
         if (settings.tasks if settings is not None else setting_kw.get("tasks")) is not None:
             raise ValueError("tasks: task files are scanned on our own run folders only so far; for a Hugging Face "
                              "model use rh.tasks.load_jsonl(path, model.tokenizer) with rh.score_heads")
+        chosen = {k: getattr(settings, k) for k in COMPAT_FIELDS} if settings is not None else {}
+        chosen.update({k: setting_kw[k] for k in COMPAT_FIELDS if k in setting_kw})
+        if not ScanSettings(**chosen).rules().is_default:
+            raise ValueError("compat: the original scoring rules are scanned on our own run folders only so far; "
+                             "for a Hugging Face model use rh.score_heads(model, batch, compat=...)")
         return hf_scan(run_dir, settings, reference=reference, threshold=threshold, batch_size=batch_size,
                        progress=progress, force=force, report=report, echo=echo, scan_dir=out, workers=workers,
                        log_progress=log_progress, thresholds=thresholds, **setting_kw)
