@@ -96,27 +96,45 @@ def _windows(full_window, efficient_window):
 @click.option("--full-window", default=None, type=int, help="Restrict full-attention layers to this many keys.")
 @click.option("--efficient-window", default=None, type=int,
               help="Restrict SWA windows / reset recurrent state to this many tokens.")
-@click.option("--out", default=None, help="Folder for niah.csv, loss.csv and summary.json.")
+@click.option("--tasks", "tasks_file", default=None, type=click.Path(dir_okay=False),
+              help="RULER-format .jsonl ({index, input, outputs, length}): accuracy over its records instead of "
+                   "generated needles (--context-lens, --depths, --variant, --n are then not used).")
+@click.option("--out", default=None, help="Folder for niah.csv, loss.csv and summary.json (and tasks.csv).")
 @click.option("--no-progress", is_flag=True)
 def eval_cmd(ckpt, context_lens, depths, variant, n, seed, loss_len, loss_rows, short_len, text, full_window,
-             efficient_window, out, no_progress):
+             efficient_window, tasks_file, out, no_progress):
     """NIAH accuracy per length and depth, long-context loss by position, short-context loss."""
     from ..eval import long_context_loss, niah_grid, short_context_loss, train_len
 
     _check_out(out)
     ck, model = _load(ckpt)
+    records = None
     lens = context_lens or _default_lens(model)
     with _windows(full_window, efficient_window)(model) as windows:
-        grid = niah_grid(model, lens, depths, variant, n, seed=seed, progress=not no_progress)
+        if tasks_file is not None:  # a RULER file: every record answered, cells by (length, depth)
+            from ..eval.niah import niah_tasks, task_cells
+
+            records = niah_tasks(model, tasks_file, details=True, progress=not no_progress)
+            grid, lens = task_cells(records), sorted(set(records["context_len"]))
+        else:
+            grid = niah_grid(model, lens, depths, variant, n, seed=seed, progress=not no_progress)
         L = loss_len or max(lens)
         lc = long_context_loss(model, context_len=L, n=loss_rows, text=text, seed=seed)
         sl = short_len or train_len(model) or min(256, L)
         short = short_context_loss(model, context_len=sl, n=max(loss_rows, 8), text=text, seed=seed)
-    pivot = grid.pivot(index="depth", columns="context_len", values="accuracy")
-    click.echo(f"NIAH accuracy ({variant}, {n} per cell; rows depth, columns length):")
+    shown = grid if records is None else grid.assign(  # records not located: a row of their own
+        depth=[d if d == d else "not located" for d in grid["depth"]])
+    pivot = shown.pivot(index="depth", columns="context_len", values="accuracy")
+    click.echo(f"NIAH accuracy ({variant}, {n} per cell; rows depth, columns length):" if records is None else
+               f"NIAH accuracy ({records.attrs['path']}, every record; rows depth, columns length):")
     click.echo(pivot.to_string(float_format=lambda v: f"{v:.2f}"))
-    click.echo("mean per length: " + ", ".join(f"{k}: {v:.3f}" for k, v in
-                                                grid.groupby("context_len")["accuracy"].mean().items()))
+    if records is not None:
+        from ..eval.niah import tasks_summary
+
+        click.echo(tasks_summary(records.attrs))
+    per_len = (grid.groupby("context_len")["accuracy"] if records is None
+               else records.groupby("context_len")["score"]).mean()  # a file: the mean over its records
+    click.echo("mean per length: " + ", ".join(f"{k}: {v:.3f}" for k, v in per_len.items()))
     click.echo(f"long-context loss ({L} tokens) by position: "
                + ", ".join(f"[{r.start},{r.end}) {r.loss:.3f}" for r in lc.itertuples()))
     click.echo(f"short-context loss ({sl} tokens): {short:.4f}")
@@ -126,10 +144,14 @@ def eval_cmd(ckpt, context_lens, depths, variant, n, seed, loss_len, loss_rows, 
 
         # each file whole or not at all: a full disk leaves no 0-byte or half-written table
         atomic_write(d / "niah.csv", lambda t: grid.to_csv(t, index=False))
+        if records is not None:
+            atomic_write(d / "tasks.csv", lambda t: records.to_csv(t, index=False))
         atomic_write(d / "loss.csv", lambda t: lc.to_csv(t, index=False))
         summary = {"checkpoint": str(ck), "step": model.checkpoint["step"], "windows": windows,
                    "niah_mean": float(grid["accuracy"].mean()), "short_loss": short, "short_len": sl,
                    "long_loss": float(lc["loss"].mean()), "long_len": L}
+        if records is not None:
+            summary["tasks"] = {k: records.attrs[k] for k in ("path", "accuracy", "n_records", "n_unlocated")}
         atomic_write(d / "summary.json", lambda t: Path(t).write_text(json.dumps(summary, indent=2)))
         click.echo(f"tables: {d}")
 

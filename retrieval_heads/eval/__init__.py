@@ -2,6 +2,7 @@
 
     import retrieval_heads as rh
     df   = rh.eval.niah_grid(model, context_lens=[256, 512, 1024], depths=[0, .5, 1], n=4)
+    df   = rh.eval.niah_tasks(model, "data/ruler_niah_single_1.jsonl")   # a RULER task file
     lc   = rh.eval.long_context_loss(model, context_len=1024, n=8, buckets=8)
     loss = rh.eval.short_context_loss(model, context_len=256)
 """
@@ -16,11 +17,12 @@ from .niah import (
     niah_accuracy,
     niah_grid,
     niah_scores,
+    niah_tasks,
     train_len,
 )
 
 __all__ = [
-    "niah_grid", "niah_accuracy", "niah_scores", "NiahScores",
+    "niah_grid", "niah_tasks", "niah_accuracy", "niah_scores", "NiahScores",
     "answer_metrics", "greedy_answers", "check_length", "train_len", "DEFAULT_DEPTHS",
     "long_context_loss", "short_context_loss", "token_losses", "text_rows", "heldout_bytes",
     "HELDOUT_FRACTION",

@@ -9,6 +9,9 @@
 Lengths past the training length are allowed (that is the point of a length-extrapolation
 test); lengths past ``model.cfg.max_seq_len`` raise a ``ValueError`` that says so.
 
+A RULER-format task file (``tasks.load_jsonl``) is evaluated record by record with
+``niah_tasks(model, "data/ruler_niah_single_1.jsonl")`` (``retrieval-heads eval CKPT --tasks FILE``).
+
 Every NIAH accuracy of the package (this grid, the training loop's evaluation, the scans'
 per-cell accuracy) is ``niah_scores(predictions, samples)``: RULER's ``string_match_all`` of
 each decoded answer, then ``.accuracy`` (the mean) or ``.cells(...)`` (per length and depth).
@@ -199,3 +202,84 @@ def niah_accuracy(model, context_lens, depths=DEFAULT_DEPTHS, variant: str = "si
     kw.setdefault("progress", False)
     df = niah_grid(model, context_lens, depths, variant, n, details=True, **kw)
     return float(df["score"].mean())
+
+
+def niah_tasks(model, tasks, *, max_new_tokens: int | None = None, batch_size: int = 8, details: bool = False,
+               progress: bool = True) -> pd.DataFrame:
+    """Accuracy (mean ``string_match_all`` of greedy output) on every record of a RULER-format
+    task file (a path or ``tasks.load_jsonl``'s result), per (prompt length, needle depth).
+
+    Accuracy needs only the prompt and the gold values, so every record is answered, located or
+    not; a record whose answer is not located in its prompt (``JsonlTasks.errors``) has depth NaN
+    (its own cells) and is counted. ``df.attrs``: ``accuracy`` (over every record), ``n_records``,
+    ``n_located``, ``n_unlocated``, ``errors`` ([line, why]), ``path``. ``details=True``: one row
+    per record (``line``, ``index``, ``located``, ``prediction``, ``values``, ``score``). A prompt
+    too long for the model is a ``ValueError`` naming its line."""
+    from types import SimpleNamespace
+
+    from ..tasks import NeedleBatch, load_jsonl, read_jsonl
+    from ..tasks.jsonl import JsonlTasks
+
+    if not isinstance(tasks, JsonlTasks):
+        tasks = load_jsonl(tasks)
+    located = {r.line: s for r, s in zip(tasks.records, tasks.samples)}
+    groups: dict[int, list] = {}
+    for r in read_jsonl(tasks.path)[:tasks.n_records]:
+        s = located.get(r.line)
+        if s is None:  # answered all the same: the prompt as load_jsonl encodes it (BOS + bytes)
+            toks = [TOKENIZER.BOS] + TOKENIZER.encode(r.input)
+            answer = ("" if r.input[-1].isspace() else " ") + ", ".join(r.outputs)
+            s = SimpleNamespace(tokens=toks, values=list(r.outputs), answer_tokens=TOKENIZER.encode(answer),
+                                context_len=len(toks), depth=math.nan)
+        groups.setdefault(len(s.tokens), []).append((r, s))
+    batches = []
+    for L, items in groups.items():  # check every length before any work
+        new = max_new_tokens or max(len(s.answer_tokens) for _, s in items) + 2
+        try:
+            check_length(model, L, new)
+        except ValueError as e:
+            raise ValueError(f"tasks: {tasks.path}:{items[0][0].line}: {e}") from None
+        batches.append((L, items, new))
+    tl = train_len(model)
+    was_training = model.training
+    model.eval()
+    rows = []
+    try:
+        for L, items, new in tqdm(batches, desc="tasks", disable=not progress):
+            samples = [s for _, s in items]
+            batch = NeedleBatch(torch.tensor([s.tokens for s in samples], dtype=torch.long), samples)
+            preds = greedy_answers(model, batch, new, batch_size)
+            for (r, s), p, score in zip(items, preds, niah_scores(preds, samples).scores):
+                rows.append({"variant": "jsonl", "line": r.line, "index": r.index, "context_len": L,
+                             "depth": s.depth, "located": r.line in located, "score": score, "prediction": p,
+                             "values": "|".join(s.values)})
+    finally:
+        model.train(was_training)
+    df = pd.DataFrame(rows).sort_values("line", ignore_index=True)
+    df["train_len"] = pd.array([tl] * len(df), dtype="Int64")
+    df["beyond_train"] = [tl is not None and L > tl for L in df["context_len"]]
+    df.attrs.update({"path": tasks.path, "n_records": len(df), "n_located": len(located),
+                     "n_unlocated": tasks.n_unlocated, "errors": [list(e) for e in tasks.errors],
+                     "accuracy": float(df["score"].mean()) if len(df) else math.nan})
+    return df if details else task_cells(df)
+
+
+def task_cells(records: pd.DataFrame) -> pd.DataFrame:
+    """``niah_tasks(..., details=True)``'s per-record table -> one row per (length, depth) cell
+    (``n``, ``accuracy``; depth NaN: the records whose answer was not located), attrs kept."""
+    out = (records.groupby(["variant", "context_len", "depth"], as_index=False, dropna=False)
+                  .agg(n=("score", "size"), accuracy=("score", "mean"), train_len=("train_len", "first"),
+                       beyond_train=("beyond_train", "first")))
+    out.attrs.update(records.attrs)
+    return out
+
+
+def tasks_summary(attrs: dict) -> str:
+    """One line: the accuracy over a task file's records and the records not located."""
+    s = (f"tasks {attrs['path']}: accuracy {attrs['accuracy']:.3f} over {attrs['n_records']} record(s), "
+         f"{attrs['n_located']} with located answers")
+    if attrs["n_unlocated"]:
+        line, why = attrs["errors"][0]
+        s += (f", {attrs['n_unlocated']} not located (answered all the same, depth NaN; "
+              f"first: line {line}: {why})")
+    return s
