@@ -17,10 +17,15 @@ from __future__ import annotations
 import importlib
 import importlib.abc
 import importlib.util
+import logging
 import sys
 
 from ._version import __version__
 from .config import ModelConfig, TrainConfig, parse_layout, parse_pos
+
+# the library's one logger ("retrieval_heads"; modules log to children of it): quiet unless the
+# application configures logging (the CLI does: --verbose / --quiet)
+logging.getLogger(__name__).addHandler(logging.NullHandler())
 
 # public name -> module that defines it (imported on first use)
 _LAZY = {

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import difflib
 import importlib
+import logging
 import sys
 
 import click
@@ -87,11 +88,42 @@ class LazyGroup(click.Group):
 @click.group(cls=LazyGroup)
 @click.version_option(__version__, "--version", prog_name="retrieval-heads", message="%(prog)s %(version)s")
 @click.option("--debug", is_flag=True, help="Show full tracebacks on errors.")
+@click.option("-v", "--verbose", count=True, help="Log the library's diagnostics to stderr (-vv: debug detail).")
+@click.option("-q", "--quiet", is_flag=True, help="Log errors only (no library warnings).")
 @click.pass_context
-def cli(ctx, debug):
+def cli(ctx, debug, verbose, quiet):
     """Find, track and intervene on retrieval heads in hybrid language models."""
     ctx.ensure_object(dict)
     ctx.obj["debug"] = debug
+    setup_logging(verbose, quiet)
+
+
+class _Stderr(logging.StreamHandler):
+    """Writes to ``sys.stderr`` as it is when a record is emitted (redirections included)."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value):
+        pass
+
+
+_LOG_HANDLER: _Stderr | None = None
+
+
+def setup_logging(verbose: int = 0, quiet: bool = False) -> None:
+    """The ``retrieval_heads`` logger to stderr, one ``level: message`` line per record: warnings by
+    default, info with ``-v``, debug with ``-vv``, errors only with ``--quiet``."""
+    global _LOG_HANDLER
+    log = logging.getLogger("retrieval_heads")
+    if _LOG_HANDLER is None:
+        _LOG_HANDLER = _Stderr()
+        _LOG_HANDLER.setFormatter(logging.Formatter("%(levelname)s: %(message)s"))
+        log.addHandler(_LOG_HANDLER)
+    level = logging.ERROR if quiet else (logging.DEBUG if verbose > 1 else logging.INFO if verbose else logging.WARNING)
+    log.setLevel(level)
 
 
 def _one_line(msg) -> str:

@@ -44,6 +44,7 @@ holding its gold value) is *invalid*: it is excluded from every average and coun
 
 from __future__ import annotations
 
+import logging
 import math
 import warnings
 from dataclasses import dataclass, field
@@ -67,6 +68,8 @@ from .metrics import (
 )
 from .metrics import metric as metric_spec
 from .rows import as_row_source
+
+log = logging.getLogger(__name__)
 
 # the built-in entries of the metric table (``metrics.retrieval_metrics()`` /
 # ``metrics.attention_metrics()`` include registered ones)
@@ -385,6 +388,8 @@ def score_heads(model, batch, *, methods=METHODS, recurrent: bool = False, only_
     if bad or not methods:
         raise ValueError(f"method: {bad or methods!r}; use one {'or both' if len(names) == 2 else 'or more'} "
                          f"of {names}")
+    if not c.is_default:
+        log.debug("score_heads: %s scoring rules %s", c.name(), c.to_dict())
     src = as_row_source(model)
     layers = src.scorable_layers(recurrent)
     L, H = src.n_layers, src.n_heads

@@ -19,6 +19,7 @@ each decoded answer, then ``.accuracy`` (the mean) or ``.cells(...)`` (per lengt
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -29,6 +30,7 @@ from tqdm.auto import tqdm
 
 from ..tasks import TOKENIZER, niah_batch, string_match_all
 
+log = logging.getLogger(__name__)
 DEFAULT_DEPTHS = (0.0, 0.25, 0.5, 0.75, 1.0)
 DEPTH_TOL = 1e-9  # a sample belongs to a requested depth when within this
 
@@ -261,6 +263,7 @@ def niah_tasks(model, tasks, *, max_new_tokens: int | None = None, batch_size: i
     df.attrs.update({"path": tasks.path, "n_records": len(df), "n_located": len(located),
                      "n_unlocated": tasks.n_unlocated, "errors": [list(e) for e in tasks.errors],
                      "accuracy": float(df["score"].mean()) if len(df) else math.nan})
+    log.info(tasks_summary(df.attrs))
     return df if details else task_cells(df)
 
 

@@ -42,6 +42,7 @@ import contextlib
 import dataclasses
 import hashlib
 import json
+import logging
 import math
 import os
 import sys
@@ -67,6 +68,7 @@ from ..storage.files import write_json, write_parquet
 from .cache import (CAUSAL_VERSION, SCORE_VERSION, _cache_file, _causal_file, _check_causal, _check_qk,
                     _check_scores, _HashCache, _load_cache, _qk_file, _read_hashes)
 
+log = logging.getLogger(__name__)
 _BUILTIN_ATTENTION = ("copy", "mass", "entropy", "entropy_norm")  # cache keys of scans before the registry
 SCORES_COLUMNS = ["step", "tokens_seen", "layer", "head", "layer_type", "metric", "value"]
 NIAH_COLUMNS = ["step", "tokens_seen", "context_len", "depth", "accuracy", "n"]
@@ -549,7 +551,10 @@ def scan(run_dir, settings: ScanSettings | None = None, *, reference="first", th
         return hf_scan(run_dir, settings, reference=reference, threshold=threshold, batch_size=batch_size,
                        progress=progress, force=force, report=report, echo=echo, scan_dir=out, workers=workers,
                        log_progress=log_progress, thresholds=thresholds, **setting_kw)
-    return run_scan(NativeRun(run_dir), make_settings(settings, setting_kw), reference=reference,
+    settings = make_settings(settings, setting_kw)
+    if not settings.rules().is_default:
+        log.info("scan %s: %s scoring rules %s", run_dir, settings.rules().name(), settings.rules().to_dict())
+    return run_scan(NativeRun(run_dir), settings, reference=reference,
                     threshold=threshold, workers=workers, batch_size=batch_size, progress=progress, force=force,
                     report=report, echo=echo, mp_context=mp_context, scan_dir=out, log_progress=log_progress,
                     thresholds=thresholds, causal=causal)

@@ -23,6 +23,7 @@ the prompt's length here is that of our tokenisation.
 from __future__ import annotations
 
 import json
+import logging
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +33,7 @@ import torch
 from .niah import NeedleBatch, NeedleSample
 from .tokenizer import TOKENIZER
 
+log = logging.getLogger(__name__)
 REQUIRED = ("input", "outputs")
 KNOWN = ("index", "input", "outputs", "length", "length_w_model_temp", "answer_prefix", "token_position_answer")
 
@@ -194,4 +196,5 @@ def load_jsonl(path, tokenizer=None, *, limit: int | None = None) -> JsonlTasks:
             keys=[], depth=round(first / max(len(ids), 1), 1) if ids else math.nan, needle_pos=first,
             context_len=len(ids), query_pos=len(ids) - 1, variant="jsonl", haystack=str(path)))
         tasks.records.append(r)
+    log.info("tasks %s", tasks.summary())
     return tasks
