@@ -7,6 +7,7 @@ CKPT is a checkpoint folder (``RUN/step_XXXXXX``) or a run folder (its last chec
     retrieval-heads ablate runs/x/step_002000 --top-k 4 --context-lens 512
     retrieval-heads ablate runs/x --top-k 1 --rank-by copy     # heads ranked by copy score
     retrieval-heads patch runs/x/step_002000 --kind heads --out patch/x
+    retrieval-heads eval runs/x --device auto                  # on the GPU when there is one (docs/GPU.md)
 """
 
 from __future__ import annotations
@@ -35,13 +36,36 @@ def resolve_checkpoint(path: str) -> Path:
     return ckpts[-1]
 
 
-def _load(path: str):
+def _device(device, dtype):
+    """(torch.device, dtype name or None) of --device/--dtype; a one-line error (cuda without
+    CUDA, an unknown value) before anything is loaded or written."""
+    from ..pipeline.scanner import scan_device, scan_dtype
+
+    return scan_device(device), scan_dtype(dtype)
+
+
+def _load(path: str, device=None, dtype=None):
+    """The checkpoint and its model on ``device`` (resolved by :func:`_device`) in ``dtype``."""
+    import torch
+
     from ..storage import load_checkpoint
 
     ck = resolve_checkpoint(path)
-    model = load_checkpoint(ck)
-    click.echo(f"checkpoint {ck} (step {model.checkpoint['step']}): {model.cfg.describe()}", err=True)
+    model = load_checkpoint(ck, device=device or "cpu")
+    if dtype is not None:
+        model = model.to(getattr(torch, dtype))
+    where = "" if device is None or device.type == "cpu" else f" on {device}"
+    where += f" in {dtype}" if dtype is not None else ""
+    click.echo(f"checkpoint {ck} (step {model.checkpoint['step']}){where}: {model.cfg.describe()}", err=True)
     return ck, model
+
+
+def device_options(f):
+    """--device and --dtype of eval, ablate and patch (docs/GPU.md)."""
+    f = click.option("--dtype", default=None,
+                     help="float32 or bf16 [default: float32]")(f)
+    return click.option("--device", default=None,
+                        help="cpu, cuda, cuda:N or auto (CUDA when present) [default: cpu]")(f)
 
 
 def _default_len(model) -> int:
@@ -101,13 +125,15 @@ def _windows(full_window, efficient_window):
                    "generated needles (--context-lens, --depths, --variant, --n are then not used).")
 @click.option("--out", default=None, help="Folder for niah.csv, loss.csv and summary.json (and tasks.csv).")
 @click.option("--no-progress", is_flag=True)
+@device_options
 def eval_cmd(ckpt, context_lens, depths, variant, n, seed, loss_len, loss_rows, short_len, text, full_window,
-             efficient_window, tasks_file, out, no_progress):
+             efficient_window, tasks_file, out, no_progress, device, dtype):
     """NIAH accuracy per length and depth, long-context loss by position, short-context loss."""
     from ..eval import long_context_loss, niah_grid, short_context_loss, train_len
 
+    device, dtype = _device(device, dtype)
     _check_out(out)
-    ck, model = _load(ckpt)
+    ck, model = _load(ckpt, device, dtype)
     records = None
     lens = context_lens or _default_lens(model)
     with _windows(full_window, efficient_window)(model) as windows:
@@ -180,8 +206,9 @@ def eval_cmd(ckpt, context_lens, depths, variant, n, seed, loss_len, loss_rows, 
 @click.option("--out", default=None, help="Folder for ablation.csv and ablation.html; RUN/interventions/NAME "
               "also puts the figure in `retrieval-heads report RUN`.")
 @click.option("--no-progress", is_flag=True)
+@device_options
 def ablate(ckpt, k, scores_path, rank_by, metric, method, context_lens, depths, variant, n, n_random, seed, out,
-           no_progress):
+           no_progress, device, dtype):
     """Ablate the top-K heads by --rank-by; controls: K random heads of the same layer kind, K SWA heads."""
     import torch
 
@@ -189,6 +216,7 @@ def ablate(ckpt, k, scores_path, rank_by, metric, method, context_lens, depths, 
     from ..interventions.scores import MissingScores
     from ..tasks import niah_batch
 
+    device, dtype = _device(device, dtype)
     _check_out(out)
     if rank_by and metric and rank_by != metric:
         raise click.UsageError(f"--rank-by {rank_by} and --metric {metric} disagree; --metric is the older name "
@@ -197,7 +225,7 @@ def ablate(ckpt, k, scores_path, rank_by, metric, method, context_lens, depths, 
     metric = rank_by or metric or "ablation"
     if scores_path and not Path(scores_path).exists():
         raise FileNotFoundError(f"--scores: {scores_path}: no such scan table or run folder")
-    ck, model = _load(ckpt)
+    ck, model = _load(ckpt, device, dtype)
     n_attn = len(model.cfg.attention_layers) * model.cfg.n_heads
     if k > n_attn:
         raise ValueError(f"--top-k: {k} heads asked for, but the model has {n_attn} attention heads "
@@ -287,12 +315,14 @@ def _print_ranking(model, scores, k: int, metric: str) -> None:
 @click.option("--backend", default="tl", show_default=True, type=click.Choice(["tl", "nnsight"]))
 @click.option("--out", default=None, help="Folder for patching.csv and patching.html.")
 @click.option("--no-progress", is_flag=True)
-def patch(ckpt, kind, context_len, depth, n, variant, seed, query_only, backend, out, no_progress):
+@device_options
+def patch(ckpt, kind, context_len, depth, n, variant, seed, query_only, backend, out, no_progress, device, dtype):
     """Activation patching clean -> corrupted needle prompt: recovered logit difference."""
     from ..interventions import activation_patching, needle_pairs
 
+    device, dtype = _device(device, dtype)
     _check_out(out)
-    ck, model = _load(ckpt)
+    ck, model = _load(ckpt, device, dtype)
     L = context_len or _default_len(model)
     pair = needle_pairs(n=n, context_len=L, seed=seed, variant=variant, depths=depth)
     at = [pair.query_pos] if query_only and kind != "position" else None

@@ -1,6 +1,7 @@
 """`retrieval-heads scan RUN`, `compare RUN...` and `report RUN`.
 
     retrieval-heads scan runs/x --context-lens 256,512 --workers 2
+    retrieval-heads scan runs/x --device auto               # on the GPU when there is one (docs/GPU.md)
     retrieval-heads scan runs/demo --out scans/demo     # a folder of runs: each to scans/demo/<run>
     retrieval-heads compare runs/w64 runs/w256 runs/w1024 --out laziness.html
     retrieval-heads report runs/x
@@ -61,8 +62,12 @@ from .options import FLOAT_LIST, INT_LIST
 @click.option("--no-progress", is_flag=True, help="Hide the progress bar.")
 @click.option("--trust-remote-code", is_flag=True, help="HF checkpoints: run modelling code shipped with them.")
 @click.option("--tokenizer", default=None, help="HF checkpoints: tokenizer folder [default: the checkpoint's].")
-@click.option("--dtype", default=None, help="HF checkpoints: auto, float32, bfloat16 or float16 [default: auto].")
-@click.option("--device", default=None, help="HF checkpoints: cpu, cuda, ... [default: cuda if available].")
+@click.option("--device", default=None,
+              help="cpu, cuda, cuda:N or auto (CUDA when present) [default: cpu for run folders, "
+                   "auto for HF checkpoints]. docs/GPU.md.")
+@click.option("--dtype", default=None,
+              help="float32 or bf16 (run folders: a setting, keyed in the cache; HF checkpoints also auto, "
+                   "float16) [default: float32; HF: auto].")
 def scan(run, variant, context_lens, depths, n_per_cell, seed, haystack, tasks_file, compat, query_offset,
          answer_positions, span_locate, accept, recurrent, all_samples,
          max_new_tokens, reference, threshold, causal, workers, batch_size, force, out, no_report, no_progress,
@@ -78,16 +83,24 @@ def scan(run, variant, context_lens, depths, n_per_cell, seed, haystack, tasks_f
     from ..hf.loader import is_hf_path
     from ..storage import list_checkpoints
 
-    hf_kw = {k: v for k, v in dict(trust_remote_code=trust_remote_code, tokenizer=tokenizer, dtype=dtype,
-                                   device=device).items() if v}
+    hf_kw = {k: v for k, v in dict(trust_remote_code=trust_remote_code, tokenizer=tokenizer).items() if v}
     if hf_kw and not is_hf_path(run):
         raise click.UsageError(f"--{next(iter(hf_kw)).replace('_', '-')} applies to Hugging Face checkpoints; "
                                f"{run} holds none")
+    if is_hf_path(run):
+        hf_kw.update({k: v for k, v in dict(dtype=dtype, device=device).items() if v})
+        dtype = None
+    else:  # our run folders: a bad --device/--dtype, or cuda without CUDA, fails here, before any write
+        from ..pipeline.scanner import scan_device, scan_dtype
+
+        device = str(scan_device(device))
+        dtype = scan_dtype(dtype)
+        hf_kw["device"] = device
     settings = ScanSettings(variant=variant, context_lens=context_lens, depths=depths,
                             n_per_cell=n_per_cell, seed=seed, haystack=haystack, recurrent=recurrent,
                             only_correct=not all_samples, max_new_tokens=max_new_tokens, tasks=tasks_file,
                             compat=compat, query_offset=query_offset, answer_positions=answer_positions,
-                            span_locate=span_locate, accept=accept)
+                            span_locate=span_locate, accept=accept, dtype=dtype)
     if tasks_file is not None and not is_hf_path(run):
         from ..tasks import load_jsonl
 

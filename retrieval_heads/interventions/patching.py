@@ -28,6 +28,7 @@ and ``"nnsight"`` (``nnsight.NNsight`` traces, see ``_nnsight_patching``).
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import pandas as pd
@@ -46,8 +47,9 @@ __all__ = ["KINDS", "NeedlePair", "needle_pairs", "logit_diff", "Patch", "patch_
 def logit_diff(logits: torch.Tensor, pair: NeedlePair) -> float:
     """Mean over pairs of logit[clean token] - logit[corrupt token] at the query position."""
     last = logits[:, pair.query_pos]  # (n, V)
-    idx = torch.arange(last.shape[0])
-    return float((last[idx, pair.clean_token] - last[idx, pair.corrupt_token]).mean().detach())
+    idx = torch.arange(last.shape[0], device=last.device)
+    ct, kt = pair.clean_token.to(last.device), pair.corrupt_token.to(last.device)
+    return float((last[idx, ct] - last[idx, kt]).mean().detach())
 
 
 # ---- what to patch ------------------------------------------------------------------------
@@ -157,11 +159,13 @@ def activation_patching(model, pair: NeedlePair, kind: str = "heads", *, positio
     patches = patch_list(model, kind, positions, at)
     was_training = model.training
     model.eval()
+    dev = model.device  # the prompts go where the model is (a GPU: eval/ablate/patch --device)
+    on_dev = dataclasses.replace(pair, clean=pair.clean.to(dev), corrupt=pair.corrupt.to(dev))
     try:
         if backend == "tl":
-            clean_ld, corrupt_ld, diffs = _run_tl(model, pair, patches, progress)
+            clean_ld, corrupt_ld, diffs = _run_tl(model, on_dev, patches, progress)
         elif backend == "nnsight":
-            clean_ld, corrupt_ld, diffs = _run_nnsight(model, pair, patches, progress)
+            clean_ld, corrupt_ld, diffs = _run_nnsight(model, on_dev, patches, progress)
         else:
             raise ValueError(f"backend: {backend!r}; use 'tl' or 'nnsight'")
     finally:

@@ -98,6 +98,9 @@ class ScanSettings:
     answer_positions: str | None = None
     span_locate: str | None = None
     accept: str | None = None
+    # the forward passes' dtype: None = float32 (every device); "bfloat16" (faster on a GPU, within the
+    # tolerance of docs/GPU.md). Part of the cache key when set; the device is not (see scan_device).
+    dtype: str | None = None
 
     def __post_init__(self):
         from ..tasks import VARIANTS
@@ -125,6 +128,10 @@ class ScanSettings:
             self.tasks = str(self.tasks)
             read_jsonl(self.tasks)  # ValueError naming the file and line of a bad record
         self.rules()  # ValueError naming a bad compat choice
+        self.dtype = scan_dtype(self.dtype)
+
+    def torch_dtype(self) -> torch.dtype:
+        return torch.float32 if self.dtype is None else getattr(torch, self.dtype)
 
     def rules(self):
         """The scoring choices (``detect.compat.Compat``): the preset, overridden by single choices."""
@@ -140,9 +147,9 @@ class ScanSettings:
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
-        for k in ("tasks", *COMPAT_FIELDS):
+        for k in ("tasks", *COMPAT_FIELDS, "dtype"):
             if d[k] is None:
-                del d[k]  # settings without a task file or compat choices read as before they existed
+                del d[k]  # settings without a task file, compat choices or dtype read as before they existed
         return d
 
     def key(self) -> str:
@@ -168,6 +175,37 @@ class ScanSettings:
 
         return niah_grid(context_lens=self.context_lens, depths=self.depths, n_per_cell=self.n_per_cell,
                          seed=self.seed, variant=self.variant, haystack=self.haystack)
+
+
+_DTYPES = {"auto": None, "fp32": None, "float32": None, "bf16": "bfloat16", "bfloat16": "bfloat16"}
+
+
+def scan_dtype(dtype) -> str | None:
+    """A native scan's dtype, normalised: None (float32, the default) or "bfloat16"; ValueError else.
+    ``"auto"``, ``"fp32"``, ``torch.float32`` read as None, so they key the cache as the default."""
+    if dtype is None:
+        return None
+    name = str(dtype).removeprefix("torch.")
+    if name not in _DTYPES:
+        raise ValueError(f"dtype: {dtype!r} is not a scan dtype; use float32 (fp32, the default) or bfloat16 (bf16)")
+    return _DTYPES[name]
+
+
+def scan_device(device=None, local_rank: int = 0) -> torch.device:
+    """The device of a native scan: ``None``/"cpu" -> CPU (the default: the tables are the same bits on
+    every machine), "cuda"/"cuda:N", or "auto" (``cuda:local_rank`` when CUDA is present, else CPU).
+    "cuda" without CUDA, or anything else, is a one-line ValueError naming the fix. The device is
+    not part of the cache key: fp32 scores on CUDA equal the CPU's within the tolerance of
+    docs/GPU.md, so either serves the other's cached entries (``force=True`` rescores)."""
+    from ..train.loop import resolve_device
+
+    if device is None:
+        return torch.device("cpu")
+    if isinstance(device, torch.device):
+        device = str(device)
+    if not isinstance(device, str):
+        raise ValueError(f"device: {device!r} is not a device; use auto, cpu, cuda or cuda:N")
+    return resolve_device(device.strip().lower(), local_rank)
 
 
 def _nan_to_none(x):
@@ -225,6 +263,13 @@ def score_checkpoint(job: dict) -> dict:
     settings = ScanSettings(**job["settings"])
     cfg = model.cfg
     writes = []  # (cache file, JSON) pairs
+    qk = None
+    if job["need_qk"]:  # weights only: on the CPU in float32 whatever the scan's device and dtype
+        ref = load_file(str(Path(job["ref_path"]) / "model.safetensors"))
+        qk = qk_distance(model, ref, cfg=cfg, recurrent=settings.recurrent)
+    device = job.get("device") or "cpu"
+    if device != "cpu" or settings.dtype is not None:
+        model = model.to(device=device, dtype=settings.torch_dtype())
     if job["need_scores"]:
         batches = settings.batches()
         res = HeadScores.merge([score_heads(model, b, recurrent=settings.recurrent, only_correct=settings.only_correct,
@@ -240,13 +285,12 @@ def score_checkpoint(job: dict) -> dict:
             "counts": {"n_samples": res.n_samples, "n_invalid": res.n_invalid, "n_correct": res.n_correct,
                        "n_counted": res.n_counted},
             "invalid": [list(x) for x in res.invalid], "niah": niah,
+            **({"device": device} if device != "cpu" else {}),  # where it was scored (not part of the key)
         }
         writes.append((job["cache_file"], payload))
     if job.get("need_causal"):
         writes.append((job["causal_file"], causal_entry(model, settings, job)))
-    if job["need_qk"]:
-        ref = load_file(str(Path(job["ref_path"]) / "model.safetensors"))
-        qk = qk_distance(model, ref, cfg=cfg, recurrent=settings.recurrent)
+    if qk is not None:
         writes.append((job["qk_file"], {k: _nan_to_none(v.tolist()) for k, v in qk.items()}))
     if job.get("deliver"):  # a worker process: the scan writes them, under its lock
         _exit_if_orphaned()
@@ -390,9 +434,14 @@ class NativeRun(CheckpointSource):
     kind = "checkpoint"
     parallel = True
 
-    def __init__(self, path):
+    def __init__(self, path, device="cpu"):
         super().__init__(path)
         self.name = self.path.name
+        self.device = str(device)  # a resolved device (scan_device): where the jobs score
+
+    def job(self, c, settings, skey, ref, cache_file, qk_file, need_scores, need_qk, batch_size):
+        return dict(super().job(c, settings, skey, ref, cache_file, qk_file, need_scores, need_qk, batch_size),
+                    device=self.device)
 
     def read(self, hashes: dict) -> list[Checkpoint]:
         paths = list_checkpoints(self.path)
@@ -505,7 +554,7 @@ def make_settings(settings: ScanSettings | None, setting_kw: dict) -> ScanSettin
 def scan(run_dir, settings: ScanSettings | None = None, *, reference="first", threshold: float = 0.1,
          workers: int = 1, batch_size: int = 8, progress: bool = True, force: bool = False,
          report: bool = True, echo=None, mp_context: str = "spawn", out=None, log_progress: bool = False,
-         thresholds: dict | None = None, causal: bool = False, **setting_kw) -> pd.DataFrame:
+         thresholds: dict | None = None, causal: bool = False, device=None, **setting_kw) -> pd.DataFrame:
     """Scan every checkpoint of ``run_dir``; returns the tidy scores table (also written to
     ``RUN/scan/scores.parquet``). Setting keywords (``variant``, ``context_lens``, ``depths``,
     ``n_per_cell``, ``seed``, ``haystack``, ``recurrent``, ``only_correct``, ``max_new_tokens``,
@@ -527,8 +576,11 @@ def scan(run_dir, settings: ScanSettings | None = None, *, reference="first", th
     a later causal scan of a scanned run adds only them) and the formation measure ``ablation``
     (threshold 1.0 nat; see docs/CAUSAL.md). ``df.attrs["scan"]`` holds counts
     (scored, cached, skipped) and the skipped checkpoints with their errors.
+    ``device``: "cpu" (default), "cuda", "cuda:N" or "auto" (CUDA when present); ``dtype``:
+    float32 (default) or "bf16" (a setting: keyed in the cache; the device is not). See docs/GPU.md.
     A Hugging Face checkpoint, or a folder of them, goes to ``retrieval_heads.pipeline.hf_scanner.hf_scan``
-    (same tables; extra keywords ``trust_remote_code``, ``tokenizer``, ``dtype``, ``device``)."""
+    (same tables; extra keywords ``trust_remote_code``, ``tokenizer``, ``dtype``, ``device``: there
+    the default device is CUDA when present)."""
     from ..hf.loader import is_hf_path
 
     if not isinstance(run_dir, (str, os.PathLike)):
@@ -548,13 +600,16 @@ def scan(run_dir, settings: ScanSettings | None = None, *, reference="first", th
         if not ScanSettings(**chosen).rules().is_default:
             raise ValueError("compat: the original scoring rules are scanned on our own run folders only so far; "
                              "for a Hugging Face model use rh.score_heads(model, batch, compat=...)")
+        if device is not None:
+            setting_kw["device"] = device
         return hf_scan(run_dir, settings, reference=reference, threshold=threshold, batch_size=batch_size,
                        progress=progress, force=force, report=report, echo=echo, scan_dir=out, workers=workers,
                        log_progress=log_progress, thresholds=thresholds, **setting_kw)
+    dev = scan_device(device)  # "cuda" without CUDA: a ValueError here, before anything is read or written
     settings = make_settings(settings, setting_kw)
     if not settings.rules().is_default:
         log.info("scan %s: %s scoring rules %s", run_dir, settings.rules().name(), settings.rules().to_dict())
-    return run_scan(NativeRun(run_dir), settings, reference=reference,
+    return run_scan(NativeRun(run_dir, device=dev), settings, reference=reference,
                     threshold=threshold, workers=workers, batch_size=batch_size, progress=progress, force=force,
                     report=report, echo=echo, mp_context=mp_context, scan_dir=out, log_progress=log_progress,
                     thresholds=thresholds, causal=causal)
@@ -572,11 +627,16 @@ def _check_options(workers, batch_size, threshold) -> None:
 def run_scan(source: CheckpointSource, settings: ScanSettings, *, reference="first", threshold: float = 0.1,
              workers: int = 1, batch_size: int = 8, progress: bool = True, force: bool = False,
              report: bool = True, echo=None, mp_context: str = "spawn", scan_dir=None,
-             log_progress: bool = False, thresholds: dict | None = None, causal: bool = False) -> pd.DataFrame:
+             log_progress: bool = False, thresholds: dict | None = None, causal: bool = False,
+             executor=None) -> pd.DataFrame:
     """The one scan loop, for any :class:`CheckpointSource`: read every checkpoint and check the
     settings (nothing is written before that), then under the lock plan what is not cached,
     score it (in ``workers`` processes where the source allows), assemble and write the tables
-    unless they are up to date, and build the report."""
+    unless they are up to date, and build the report.
+    ``executor(source, jobs)``: scores the planned jobs elsewhere instead (an iterable of the
+    results of ``score_checkpoint`` with ``job["deliver"]``, in any order; called once, under the
+    lock, even with no jobs): the ranks of ``pipeline.distributed``. The results' cache entries
+    are written here, as a worker pool's are."""
     echo = echo or _default_echo
     _check_options(workers, batch_size, threshold)
     thresholds = measure_thresholds(thresholds, causal=causal)
@@ -603,7 +663,7 @@ def run_scan(source: CheckpointSource, settings: ScanSettings, *, reference="fir
             write_json(cache_dir / "hashes.json", hashes)
         jobs = _plan(source, good, settings, skey, ref, cache_dir, batch_size, force, echo, causal=causal)
         errors = _run_jobs(source, jobs, workers=workers, mp_context=mp_context, progress=progress,
-                           log_progress=log_progress, echo=echo, n_total=len(ckpts))
+                           log_progress=log_progress, echo=echo, n_total=len(ckpts), executor=executor)
         n_scored = sum(j["need_scores"] or j.get("need_causal", False) for j in jobs)
         for c in good:
             if str(c.path) in errors:
@@ -680,8 +740,9 @@ def _plan(source, good, settings, skey, ref, cache_dir, batch_size, force, echo=
     return jobs
 
 
-def _run_jobs(source, jobs, *, workers, mp_context, progress, log_progress, echo, n_total) -> dict:
-    """Run the jobs (serially, or in a process pool of ``workers``); {path: error} of failures."""
+def _run_jobs(source, jobs, *, workers, mp_context, progress, log_progress, echo, n_total, executor=None) -> dict:
+    """Run the jobs (serially, in a process pool of ``workers``, or by ``executor``); {path: error}
+    of failures."""
     from tqdm import tqdm
 
     errors = {}
@@ -703,7 +764,12 @@ def _run_jobs(source, jobs, *, workers, mp_context, progress, log_progress, echo
     if log_progress and not progress:
         echo(f"scanning {len(jobs)} of {n_total} checkpoints ({n_total - len(jobs)} cached)"
              if jobs else f"scanning: all {n_total} checkpoints cached")
-    if workers > 1 and len(jobs) > 1:
+    if executor is not None:
+        for j in jobs:
+            j["deliver"] = True  # results come back to this process, which holds the lock, to be written
+        for r in executor(source, jobs):
+            advance(r)
+    elif workers > 1 and len(jobs) > 1:
         import concurrent.futures as cf_
         import multiprocessing as mp
 
