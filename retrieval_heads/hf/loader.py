@@ -197,9 +197,16 @@ def _dtype(dtype):
 
 
 def load_hf_model(path, *, device=None, dtype=None, attn_implementation: str | None = None,
-                  trust_remote_code: bool = False):
-    """The raw HF ``AutoModelForCausalLM`` of a local checkpoint folder, in eval mode."""
+                  trust_remote_code: bool = False, device_map=None):
+    """The raw HF ``AutoModelForCausalLM`` of a local checkpoint folder, in eval mode.
+
+    ``device_map`` (e.g. ``"auto"``; needs ``accelerate``): handed to ``from_pretrained``, which
+    spreads the layers over the GPUs (then the CPU) of a model larger than one GPU; the model is
+    then not moved, and ``device`` must be None. See docs/GPU.md."""
     _offline()
+    if device_map is not None and device is not None:
+        raise ValueError(f"device_map: {device_map!r} places the model itself; give device or device_map, "
+                         f"not both (device={device!r})")
     import torch
     from safetensors import SafetensorError
     from transformers import AutoModelForCausalLM
@@ -211,35 +218,39 @@ def load_hf_model(path, *, device=None, dtype=None, attn_implementation: str | N
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     if attn_implementation is None:
         attn_implementation = "eager" if cfg.get("attn_logit_softcapping") else "sdpa"
+    placed = {} if device_map is None else {"device_map": device_map}
     try:
         model = AutoModelForCausalLM.from_pretrained(
             str(path), local_files_only=True, use_safetensors=True, dtype=_dtype(dtype),
-            attn_implementation=attn_implementation, trust_remote_code=trust_remote_code)
+            attn_implementation=attn_implementation, trust_remote_code=trust_remote_code, **placed)
     except ValueError as e:
         if "attention implementation" not in str(e) or attn_implementation == "eager":
             raise
         model = AutoModelForCausalLM.from_pretrained(  # no SDPA for this architecture: eager
             str(path), local_files_only=True, use_safetensors=True, dtype=_dtype(dtype),
-            attn_implementation="eager", trust_remote_code=trust_remote_code)
+            attn_implementation="eager", trust_remote_code=trust_remote_code, **placed)
     except OSError as e:
         raise FileNotFoundError(f"{path}: cannot load the model offline ({e})") from None
     except SafetensorError as e:
         raise ValueError(f"{path}: unreadable safetensors weights ({e})") from None
+    if device_map is not None:  # placed by accelerate: moving it would undo the map
+        return model.eval()
     return model.to(device).eval()
 
 
 def load_hf(path, *, device=None, dtype=None, attn_implementation: str | None = None,
             trust_remote_code: bool = False, layout: str | None = None, tokenizer=None, step: int | None = None,
-            tokens_seen: int | None = None):
+            tokens_seen: int | None = None, device_map=None):
     """Load an HF checkpoint folder as an ``HFModel`` (see ``retrieval_heads.hf.model``).
 
     ``tokenizer``: a tokenizer object or folder (default: the checkpoint's own, or its parent's).
-    ``layout``: override the layout letters where the HF layer types are not ones we know."""
+    ``layout``: override the layout letters where the HF layer types are not ones we know.
+    ``device_map="auto"``: a model larger than one GPU, spread by accelerate (``load_hf_model``)."""
     from .model import HFModel
 
     path = Path(path)
     hf = load_hf_model(path, device=device, dtype=dtype, attn_implementation=attn_implementation,
-                       trust_remote_code=trust_remote_code)
+                       trust_remote_code=trust_remote_code, device_map=device_map)
     if tokenizer is None or isinstance(tokenizer, (str, Path)):
         tokenizer = load_tokenizer(tokenizer or path, trust_remote_code=trust_remote_code)
     if step is None:
@@ -247,7 +258,8 @@ def load_hf(path, *, device=None, dtype=None, attn_implementation: str | None = 
     return HFModel(hf, tokenizer, layout=layout, path=path, step=step, tokens_seen=tokens_seen)
 
 
-def load_bridge(path, *, device=None, dtype=None, trust_remote_code: bool = False, tokenizer=None):
+def load_bridge(path, *, device=None, dtype=None, trust_remote_code: bool = False, tokenizer=None,
+                device_map=None):
     """TransformerLens 4.x ``TransformerBridge`` around the checkpoint (eager attention, offline).
 
     Its attention materialises the T x T pattern; use ``load_hf`` for O(T) detection."""
@@ -255,7 +267,7 @@ def load_bridge(path, *, device=None, dtype=None, trust_remote_code: bool = Fals
     from transformer_lens.model_bridge.sources._bridge_builder import build_bridge_from_module
 
     model = load_hf_model(path, device=device, dtype=dtype, attn_implementation="eager",
-                          trust_remote_code=trust_remote_code)
+                          trust_remote_code=trust_remote_code, device_map=device_map)
     arch = (model.config.architectures or [type(model).__name__])[0]
     if arch not in SUPPORTED_ARCHITECTURES:
         raise ValueError(f"{path}: TransformerBridge has no adapter for {arch}; use load_hf (our adapter)")
