@@ -19,6 +19,17 @@ How to run::
     python analyses/mechanism.py --device cuda                      # full: trains gpu-small, then analyses it
     python analyses/mechanism.py --device cuda --run runs/x         # full analysis of an existing run
     python analyses/mechanism.py --smoke                            # seconds (tests): micro-trained model
+    python analyses/mechanism.py --quick --seed 3                   # one seed (--quick defaults to 0,1,2)
+
+Several seeds (issue 20): ``--seeds 0,1,2`` (the default in ``--quick`` and the full mode;
+``--seed S`` is one seed) runs the single-seed analysis once per seed -- training with that seed
+when no ``--run`` is given, else only the prompts and random head draws change -- ``--jobs`` at
+once in processes of one torch thread, each into ``--out``/seed_S/ (its tables, figures and
+results.json as a one-seed run writes them). ``--out``/results.json then holds ``per_seed``
+(each seed's ablation and receptive-field summaries) and ``aggregate``: per method, k and
+condition the NIAH accuracy over seeds (mean, 95% bootstrap interval, n), the contrast
+"k random SWA heads minus top-k F heads" per seed, and the verdict "reproduced on k of n seeds"
+(a seed whose unablated NIAH is below 0.5 has no contrast to show: not measurable).
 
 Writes to ``--out`` (default ``analyses/out/mechanism/``): ``scores.csv``, ``ablation.csv``,
 ``receptive_field.csv`` (tidy tables, also ``.parquet``), ``scores.html``, ``ablation.html``,
@@ -28,6 +39,7 @@ Writes to ``--out`` (default ``analyses/out/mechanism/``): ``scores.csv``, ``abl
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from pathlib import Path
@@ -43,7 +55,9 @@ from retrieval_heads.interventions import (ablate_heads, ablation_experiment, fo
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from analyses.common import (DEFAULT_TRAIN, last_checkpoint, parse_common, results_head, save_fig,  # noqa: E402
-                             save_table, script_log, train_preset, write_results)
+                             save_table, script_log, train_preset, write_json, write_results)
+from analyses.seeds import (default_jobs, format_summary, reproduced, run_in_processes, seed_jobs,  # noqa: E402
+                            seeds_from_args, summarize_values)
 
 NAME = "mechanism"
 # Without --run, a model is trained first: the tiny-deep preset in quick mode (SSSSSF, 8 heads of 8:
@@ -221,9 +235,17 @@ def main(argv=None):
     ap.add_argument("--full-windows", default="", help="w' for the F layers [default: window..train length]")
     ap.add_argument("--efficient-windows", default="", help="w'' for the efficient layers [default: 1..window/2]")
     ap.add_argument("--threshold", type=float, default=0.1, help="retrieval-head threshold on the mass score")
+    ap.add_argument("--seeds", default=None, help="comma-separated seeds [default: 0,1,2 in --quick and full, "
+                                                  "--seed in --smoke; --seed S alone = one seed]")
+    ap.add_argument("--jobs", type=int, default=0, help="seeds run at once, one thread each "
+                                                        "[0 = one per core in --quick, else 1]")
     a, mode_name, out = parse_common(ap, argv, NAME)
     mode = MODES[mode_name]
     t0 = time.time()
+    seeds = seeds_from_args(a, argv, mode_name)
+    if len(seeds) > 1:
+        return main_seeds(a, argv, mode_name, out, seeds, t0)
+    a.seed = seeds[0]
 
     if a.run:
         ckpt = last_checkpoint(a.run, f"--run {Path(a.run)}")
@@ -232,6 +254,7 @@ def main(argv=None):
         spec = TRAIN[mode_name]
         if a.preset:
             spec = {"preset": a.preset}
+        spec = {**spec, "seed": a.seed}  # the preset's seed is 0 (TrainConfig's default): seed 0 = as before
         run = train_preset(spec, out / "run", a.device, log, verbose=True)
         ckpt = last_checkpoint(run, f"--run {run}")
         train_s = time.time() - t0
@@ -308,6 +331,99 @@ def main(argv=None):
         "files": sorted({"scores.csv", "ablation.csv", "ablation_summary.csv", "receptive_field.csv", *files}),
     }
     return write_results(out, results, t0, log)
+
+
+# ----------------------------------------------------------------------------- several seeds
+def aggregate(per_seed: dict) -> dict:
+    """``{seed: one-seed results}`` -> per (method, k, condition) NIAH accuracy and long-context
+    loss over seeds, the SWA-minus-top-F contrast per seed and its verdict, and the
+    receptive-field accuracies over seeds."""
+    seeds = list(per_seed)
+    abl, contrast, verdicts = {}, {}, {}
+    methods = sorted({m for r in per_seed.values() for m in r["ablation"]})
+    for m in methods:
+        abl[m], contrast[m], verdicts[m] = {}, {}, {}
+        ks = sorted({int(k) for r in per_seed.values() for k in r["ablation"].get(m, {})})
+        for k in ks:
+            cells = {s: per_seed[s]["ablation"].get(m, {}).get(str(k), {}) for s in seeds}
+            conds = list(dict.fromkeys(c for cs in cells.values() for c in cs))
+            abl[m][str(k)] = {c: {v: summarize_values({s: (cells[s].get(c) or {}).get(v) for s in seeds
+                                                       if c in cells[s]}, digits=4)
+                                  for v in ("accuracy", "long_loss")} for c in conds}
+            gap, flag = {}, {}
+            for s in seeds:
+                c = cells[s]
+                base, top, swa = ((c.get(x) or {}).get("accuracy") for x in ("none", "top_full", "swa"))
+                if base is None or top is None or swa is None or base < 0.5:
+                    gap[s], flag[s] = None, None  # no contrast to show (or a condition not formed)
+                else:
+                    gap[s], flag[s] = swa - top, swa > top
+            contrast[m][str(k)] = summarize_values(gap, digits=4)
+            verdicts[m][str(k)] = reproduced(flag, f"{m} ablation, k={k}: top-k F heads cost more NIAH than "
+                                                   "k random SWA heads")
+    rf = {}
+    for s in seeds:
+        for r in per_seed[s]["receptive_field"]:
+            key = f"{r['module']} w={r['window']} @{r['context_len']}" if r["module"] != "none" else \
+                f"none @{r['context_len']}"
+            rf.setdefault(key, {})[s] = r["accuracy"]
+    return {"seeds": seeds, "unablated_niah": summarize_values(
+                {s: ((per_seed[s]["ablation"].get("zero") or next(iter(per_seed[s]["ablation"].values())))
+                     .get(str(per_seed[s]["ks"][0]), {}).get("none") or {}).get("accuracy") for s in seeds}, digits=4),
+            "ablation": abl, "contrast_swa_minus_top_full": contrast, "verdicts": verdicts,
+            "receptive_field_accuracy": {k: summarize_values(v, digits=4) for k, v in rf.items()}}
+
+
+def seed_table(per_seed: dict, agg: dict) -> tuple[pd.DataFrame, str]:
+    """Per seed and method: NIAH unablated / top-k F / k random SWA at each k, then the mean
+    [interval] (n) rows (a table), and its text with the verdicts."""
+    rows = []
+    for s, r in per_seed.items():
+        for m, byk in r["ablation"].items():
+            for k, c in byk.items():
+                rows.append({"seed": s, "method": m, "k": k, **{
+                    name: "-" if c.get(cond) is None else f"{c[cond]['accuracy']:.3f}"
+                    for name, cond in (("unablated", "none"), ("top-k F", "top_full"), ("k random SWA", "swa"),
+                                       ("k random any", "random_any"))}})
+    for m, byk in agg["ablation"].items():
+        for k, c in byk.items():
+            rows.append({"seed": "all", "method": m, "k": k, **{
+                name: "-" if cond not in c else format_summary(c[cond]["accuracy"])
+                for name, cond in (("unablated", "none"), ("top-k F", "top_full"), ("k random SWA", "swa"),
+                                   ("k random any", "random_any"))}})
+    df = pd.DataFrame(rows)
+    text = df.to_string(index=False)
+    for m, byk in agg["verdicts"].items():
+        for k, v in byk.items():
+            text += f"\n{v['verdict']}; SWA minus top-F NIAH {format_summary(agg['contrast_swa_minus_top_full'][m][k])}"
+    return df, text
+
+
+def main_seeds(a, argv, mode_name: str, out: Path, seeds: list[int], t0: float) -> dict:
+    """Each seed as a one-seed run into ``out/seed_S`` (in ``--jobs`` processes), then the aggregate."""
+    args = list(argv) if argv is not None else sys.argv[1:]
+    jobs = seed_jobs(NAME, args, seeds, out)
+    workers = default_jobs(a.jobs, len(jobs), mode_name)
+    log(f"{mode_name}: seeds {seeds}, {workers} at once; each into {out}/seed_S")
+    done = run_in_processes(jobs, workers, f"{NAME} worker") if workers > 1 else [main(j["argv"]) for j in jobs]
+    keep = ("checkpoint", "step", "model", "context_lens", "ks", "n_F_heads", "n_F_retrieval_heads_mass",
+            "n_F_retrieval_heads_copy", "n_S_retrieval_heads_mass", "ablation", "receptive_field", "wall_s")
+    per_seed = {str(s): {k: r.get(k) for k in keep} for s, r in zip(seeds, done)}
+    agg = aggregate(per_seed)
+    table, text = seed_table(per_seed, agg)
+    table.to_csv(out / "ablation_seeds.csv", index=False)
+    log("per seed and over seeds (mean [95% bootstrap interval] (n)), NIAH accuracy:\n" + text)
+    results = {**results_head(NAME, mode_name, a), "seeds": seeds,
+               "seed_scope": "evaluation prompts and random head draws only (given --run)" if a.run
+               else "training data, evaluation prompts and random head draws",
+               "per_seed": per_seed, "aggregate": agg,
+               "seed_outputs": {str(s): f"seed_{s}" for s in seeds},
+               "wall_s": {"total": round(time.time() - t0, 1), "jobs_at_once": workers,
+                          "per_seed": {str(s): r["wall_s"]["total"] for s, r in zip(seeds, done)}},
+               "files": ["ablation_seeds.csv", "results.json"]}
+    write_json(out / "results.json", results)
+    log(f"wrote {out} in {time.time() - t0:.0f}s")
+    return json.loads((out / "results.json").read_text())
 
 
 if __name__ == "__main__":

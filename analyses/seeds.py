@@ -114,13 +114,14 @@ def strip_options(argv: Sequence[str], names: Iterable[str]) -> list[str]:
 
 
 def default_jobs(jobs: int, n_items: int, mode_name: str) -> int:
-    """``--jobs``: 0 means one process per item up to the CPU count in ``--quick`` / ``--smoke``
-    (one torch thread each), one at a time in the full mode (one GPU)."""
+    """``--jobs``: 0 means one process per item up to the CPU count in ``--quick`` (one torch
+    thread each), one at a time in this process in ``--smoke`` (seconds of work: spawning would
+    cost more) and in the full mode (one GPU)."""
     if jobs < 0:
         raise ValueError("--jobs must be >= 0 (0 = one per core)")
     if jobs:
         return jobs
-    if mode_name == "full":
+    if mode_name != "quick":
         return 1
     return max(1, min(n_items, os.cpu_count() or 1))
 
