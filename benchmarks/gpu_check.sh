@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Device check of issue 8 (performance) on one GPU, in about 5-6 minutes: the GPU tests and
+# Device check of issues 8 and 18 on one GPU, in at most 8 minutes: the GPU tests and
 # the benchmark table, each step under `timeout`, then one summary table (PASS / FAIL /
 # ERROR against the targets) and one JSON.
 #
@@ -14,7 +14,11 @@
 # dense bf16 peak, 989 TFLOP/s for H100 SXM and H200); pytest -m gpu in two steps
 # (pytest_kernels: tests/model/test_gpu_kernels.py, with the fla tests; pytest_model:
 # tests/model/test_gpu.py and test_detect_gpu.py); mfu_compile (the same with torch.compile);
-# recurrent (torch chunked vs flash-linear-attention kernels; information only).
+# recurrent (torch chunked vs flash-linear-attention kernels; information only); scan (issue 18:
+# native checkpoints scanned on the CPU and on the GPU in fp32 and bf16, micro_run's tables
+# compared (target max |diff| <= 1e-4 in fp32), the sharded scan through torchrun with one
+# rank, and the CPU / GPU time of 3 `small`-preset checkpoints (target >= 20x); GPU runs only,
+# a CPU smoke leaves it out; docs/GPU.md).
 # A failing step does not stop the later ones; steps that the time budget leaves no room
 # for are reported as ERROR. Exit status: 0 when every target passed, 1 otherwise (CPU
 # smoke: 1 only when a step failed to produce its result), 2 without a GPU.
@@ -23,7 +27,7 @@
 #   OUT                      results folder (default benchmarks/results): gpu_check_<card>.json
 #                            (summary + raw step results) and gpu_check_<card>.log (all output)
 #   PYTHON                   interpreter (default python3)
-#   RH_GPU_CHECK_BUDGET_S    seconds for all steps together (default 360; smoke 240)
+#   RH_GPU_CHECK_BUDGET_S    seconds for all steps together (default 450; smoke 240)
 #   RH_GPU_CHECK_ALLOW_CPU=1 run the CPU smoke instead of stopping when no GPU is visible
 #   RH_GPU_CHECK_COMPILE=0   leave out the torch.compile MFU run
 #   RH_GPU_CHECK_TRAIN_ARGS  model of the SSSF-vs-FFFF step (default "--d-model 512 --n-heads 8
@@ -55,7 +59,7 @@ for a in "$@"; do
   esac
 done
 if [ "$SMOKE" != 1 ]; then SMOKE=0; fi
-STEPS_KNOWN=",preflight,attention,train,mfu,pytest_kernels,pytest_model,mfu_compile,recurrent,"
+STEPS_KNOWN=",preflight,attention,train,mfu,pytest_kernels,pytest_model,scan,mfu_compile,recurrent,"
 if [ -n "$ONLY" ]; then
   IFS=',' read -r -a _only <<<"$ONLY"
   for s in "${_only[@]}"; do
@@ -92,6 +96,7 @@ plan() {
     add_step mfu 120 "$T --device cuda --preset gpu-base --batch-size 16 --warmup 2 --iters 5 --peak-tflops auto --out $W/mfu.json"
     add_step pytest_kernels 150 "$PT_KERNELS"
     add_step pytest_model 150 "$PT_MODEL"
+    add_step scan 150 "$PY benchmarks/gpu_check_summary.py --scan-check $W/scan.json"
     if [ "$COMPILE" = 1 ]; then
       add_step mfu_compile 150 "$T --device cuda --preset gpu-base --batch-size 16 --warmup 2 --iters 5 --peak-tflops auto --compile --out $W/mfu_compile.json"
     fi
@@ -155,7 +160,7 @@ LOG="$RES/$STEM.log"
 : >"$LOG"
 : >"$WORK/steps.tsv"
 plan "$WORK"
-BUDGET=${RH_GPU_CHECK_BUDGET_S:-$([ "$SMOKE" = 1 ] && echo 240 || echo 360)}
+BUDGET=${RH_GPU_CHECK_BUDGET_S:-$([ "$SMOKE" = 1 ] && echo 240 || echo 450)}
 START=$(date +%s)
 DEADLINE=$((START + BUDGET))
 echo "gpu_check: card=$CARD smoke=$SMOKE budget=${BUDGET}s work=$WORK results=$RES" | tee -a "$LOG"

@@ -1,10 +1,11 @@
 """Summary of ``benchmarks/gpu_check.sh``: reads what its steps left in a work folder, prints
-one table of measured values against the targets of issue 8 (PASS / FAIL / ERROR) and
+one table of measured values against the targets of issues 8 and 18 (PASS / FAIL / ERROR) and
 writes one JSON with the table, the steps and every step's raw result.
 
     python benchmarks/gpu_check_summary.py --work /tmp/rh_gpu_check.X --card h100 \
         --out benchmarks/results/gpu_check_h100.json
     python benchmarks/gpu_check_summary.py --env /tmp/env.json     # the preflight step
+    python benchmarks/gpu_check_summary.py --scan-check /tmp/scan.json   # the native-scan step
 
 Exit status: 1 when a target is not PASS (a failed or missing measurement is ERROR); with
 ``--smoke`` (a CPU smoke run at toy sizes, where the GPU targets mean nothing) only ERROR
@@ -24,6 +25,10 @@ from pathlib import Path
 SWA_OVER_FULL = 8.0  # SWA (w=128) fwd+bwd at T=32768, bf16, 8 heads of 64 vs full causal SDPA
 SSSF_OVER_FFFF = 2.0  # training tokens/s at T=8192
 MFU_MIN = 0.25  # largest GPU preset (gpu-base)
+# issue 18: native scans on the GPU (docs/GPU.md states these tolerances against fp32 CPU scores)
+SCAN_SPEEDUP = 20.0  # CUDA fp32 scan of `small`-preset checkpoints vs the CPU scan of the same ones
+SCAN_FP32_TOL = 1e-4  # max |CUDA fp32 - CPU fp32| of every score and NIAH cell (micro_run, golden settings)
+SCAN_BF16_TOL = {"mass": 0.01, "entropy_norm": 0.02, "entropy": 0.05, "copy": 0.05, "copy_tf": 0.05}
 
 
 def _load(path: Path):
@@ -155,10 +160,169 @@ def _recurrent(work: Path, steps: dict):
     return _row(name, value, "info", "INFO", f"T={st['T']} {st['dtype']} {st.get('pass', 'fwd+bwd')}"), res
 
 
+def _scan(work: Path, steps: dict):
+    """Two rows of the native-scan step (issue 18): CUDA fp32 tables vs the CPU's, and the speed
+    ratio on `small`-preset checkpoints; bf16 and the torchrun check in the notes. No rows when the
+    step was neither planned nor run (CPU smoke, older work folders)."""
+    res = _load(work / "scan.json")
+    if res is None and "scan" not in steps:
+        return [], None
+    eq_name = "native scan CUDA fp32 vs CPU fp32, max |diff| (micro_run)"
+    sp_name = "native scan CPU / CUDA fp32 time, small preset (x faster)"
+    if not res or res.get("skipped"):
+        why = (res or {}).get("skipped") or _why(steps, "scan")
+        return [_row(eq_name, None, f"<= {SCAN_FP32_TOL:g}", "ERROR", why),
+                _row(sp_name, None, f">= {SCAN_SPEEDUP:g}", "ERROR", why)], res
+    rows = []
+    micro = res.get("micro") or {}
+    fp32 = (micro.get("fp32") or {}).get("max_abs")
+    if fp32 is None:
+        rows.append(_row(eq_name, None, f"<= {SCAN_FP32_TOL:g}", "ERROR", res.get("error") or "no comparison"))
+    else:
+        bf = micro.get("bf16") or {}
+        note = (f"NaN mismatches {micro['fp32']['nan_mismatch']}, formation step cpu {micro['formation'].get('cpu')} "
+                f"cuda {micro['formation'].get('cuda_fp32')}; bf16 max |diff| "
+                + ", ".join(f"{k} {v:.2g}" for k, v in (bf.get("per_metric") or {}).items())
+                + f" (within docs/GPU.md: {bf.get('within_tolerance')})")
+        if res.get("torchrun"):
+            note += f"; torchrun 1 rank cuda: {res['torchrun']}"
+        ok = fp32 <= SCAN_FP32_TOL and micro["fp32"]["nan_mismatch"] == 0
+        rows.append(_row(eq_name, f"{fp32:.2g}", f"<= {SCAN_FP32_TOL:g}", "PASS" if ok else "FAIL", note))
+    small = res.get("small") or {}
+    t = small.get("seconds") or {}
+    if "cpu" in t and "cuda_fp32" in t:
+        r = t["cpu"] / t["cuda_fp32"]
+        note = (f"{small['n_checkpoints']} checkpoints, context {small['context_lens']}: cpu {t['cpu']:.1f} s "
+                f"({small.get('cpu_threads')} threads), cuda fp32 {t['cuda_fp32']:.1f} s"
+                + (f", cuda bf16 {t['cuda_bf16']:.1f} s" if "cuda_bf16" in t else "")
+                + f"; fp32 max |diff| {small.get('fp32_max_abs', float('nan')):.2g}")
+        rows.append(_row(sp_name, round(r, 1), f">= {SCAN_SPEEDUP:g}", "PASS" if r >= SCAN_SPEEDUP else "FAIL", note))
+    else:
+        rows.append(_row(sp_name, None, f">= {SCAN_SPEEDUP:g}", "ERROR", res.get("error") or _why(steps, "scan")))
+    return rows, res
+
+
+def _table_diff(a, b) -> dict:
+    """Per-metric max |a - b| of two scores tables (same checkpoints), and NaN mismatches."""
+    key = ["step", "layer", "head", "metric"]
+    m = a.merge(b, on=key, suffixes=("_a", "_b"), how="outer")
+    nan = int((m["value_a"].isna() != m["value_b"].isna()).sum())
+    d = (m["value_a"] - m["value_b"]).abs()
+    per = {k: float(v) for k, v in d.groupby(m["metric"]).max().fillna(0.0).items()}
+    return {"max_abs": max(per.values(), default=0.0), "per_metric": per, "nan_mismatch": nan, "rows": len(m)}
+
+
+def _niah_diff(a: Path, b: Path) -> float:
+    import pandas as pd
+
+    x, y = pd.read_parquet(a / "niah.parquet"), pd.read_parquet(b / "niah.parquet")
+    m = x.merge(y, on=["step", "context_len", "depth"], suffixes=("_a", "_b"))
+    return float((m["accuracy_a"] - m["accuracy_b"]).abs().max()) if len(m) else 0.0
+
+
+def scan_check(out: Path, device: str = "cuda", n_small: int = 3) -> int:
+    """The native-scan step of gpu_check.sh (issue 18): micro_run (tests/fixtures, golden settings)
+    scanned on the CPU, on ``device`` in fp32 and in bf16 (tables compared), the same through
+    torchrun with one rank, then ``n_small`` random `small`-preset checkpoints (default settings:
+    the preset's 512-token context) timed on the CPU and on the device. Writes ``out`` (JSON).
+    Without CUDA it writes {"skipped": ...} and returns 0; ``device="cpu"`` runs the whole
+    comparison on the CPU (a check of this code, the figures mean nothing)."""
+    import os
+    import shutil
+    import subprocess
+    import tempfile
+
+    import torch
+
+    res = {"device_arg": device, "torch": torch.__version__}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if device != "cpu" and not torch.cuda.is_available():
+        res["skipped"] = "no CUDA: the native-scan comparison needs a GPU"
+        out.write_text(json.dumps(res, indent=2))
+        print(f"scan check: {res['skipped']}")
+        return 0
+    import retrieval_heads as rh
+    from retrieval_heads.storage.checkpoint import save_checkpoint
+    from retrieval_heads.train.presets import load_preset
+
+    if device != "cpu":
+        res["card"] = torch.cuda.get_device_name(0)
+    root = Path(__file__).resolve().parents[1]
+    tmp = Path(tempfile.mkdtemp(prefix="rh_scan_check."))
+    try:
+        micro = shutil.copytree(root / "tests" / "fixtures" / "micro_run", tmp / "micro_run")
+        golden = json.loads((root / "tests" / "fixtures" / "scan_golden" / "settings.json").read_text())["scan"]
+        kw = {k: golden.pop(k) for k in ("reference", "threshold", "batch_size")}
+        base = dict(progress=False, report=False, force=True, **kw, **golden)
+        tabs, secs, form = {}, {}, {}
+        for label, dev, dt in (("cpu", "cpu", None), ("cuda_fp32", device, None), ("cuda_bf16", device, "bf16")):
+            t0 = time.perf_counter()
+            df = rh.scan(micro, out=tmp / f"micro_{label}", device=dev, dtype=dt, **base)
+            secs[label] = time.perf_counter() - t0
+            tabs[label], form[label] = df, df.attrs["scan"]["formation"]["step"]
+        fp32 = _table_diff(tabs["cpu"], tabs["cuda_fp32"])
+        fp32["niah_max_abs"] = _niah_diff(tmp / "micro_cpu", tmp / "micro_cuda_fp32")
+        fp32["max_abs"] = max(fp32["max_abs"], fp32["niah_max_abs"])
+        bf16 = _table_diff(tabs["cpu"], tabs["cuda_bf16"])
+        bf16["niah_max_abs"] = _niah_diff(tmp / "micro_cpu", tmp / "micro_cuda_bf16")
+        bf16["within_tolerance"] = all(bf16["per_metric"].get(k, 0.0) <= v for k, v in SCAN_BF16_TOL.items())
+        res["micro"] = {"fp32": fp32, "bf16": bf16, "formation": form, "seconds": secs}
+        print(f"scan check, micro_run: fp32 max |diff| {fp32['max_abs']:.3g}, bf16 {bf16['per_metric']}")
+        # the sharded scan with one rank on the device (cuda:LOCAL_RANK), against the CPU tables
+        s = {**golden, **kw}
+        args = [str(micro), "--out", str(tmp / "dist"), "--device", device, "--no-report",
+                "--context-lens", ",".join(map(str, s["context_lens"])), "--depths", ",".join(map(str, s["depths"])),
+                "--n-per-cell", str(s["n_per_cell"]), "--seed", str(s["seed"]), "--threshold", str(s["threshold"]),
+                "--batch-size", str(s["batch_size"]), "--variant", s["variant"], "--reference", str(s["reference"])]
+        args += (["--recurrent"] if s["recurrent"] else []) + ([] if s["only_correct"] else ["--all-samples"])
+        try:
+            p = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=1",
+                                "-m", "retrieval_heads.pipeline.distributed", *args], capture_output=True, text=True,
+                               timeout=120, env=dict(os.environ))
+            if p.returncode == 0:
+                import pandas as pd
+
+                d = _table_diff(tabs["cpu"], pd.read_parquet(tmp / "dist" / "scores.parquet"))
+                res["torchrun"] = f"max |diff| vs cpu {d['max_abs']:.2g}"
+            else:
+                res["torchrun"] = f"exit {p.returncode}: {p.stderr.strip().splitlines()[-1:]}"
+        except subprocess.TimeoutExpired:
+            res["torchrun"] = "timed out after 120 s"
+        # speed: random `small`-preset checkpoints (the preset's shapes and context; weights untrained)
+        mcfg, tcfg = load_preset("small")
+        run = tmp / "small"
+        for i in range(n_small):
+            torch.manual_seed(i)
+            step = 200 * i
+            save_checkpoint(run, step, rh.HybridLM(mcfg), train_cfg=tcfg,
+                            tokens_seen=step * tcfg.batch_size * tcfg.context_len)
+        small = {"n_checkpoints": n_small, "cpu_threads": torch.get_num_threads(), "seconds": {}}
+        stabs = {}
+        for label, dev, dt in (("cuda_fp32", device, None), ("cpu", "cpu", None), ("cuda_bf16", device, "bf16")):
+            t0 = time.perf_counter()
+            df = rh.scan(run, out=tmp / f"small_{label}", device=dev, dtype=dt, progress=False, report=False,
+                         force=True, only_correct=False)
+            small["seconds"][label] = time.perf_counter() - t0
+            stabs[label] = df
+        small["context_lens"] = list(json.loads((tmp / "small_cpu" / "scan.json").read_text())
+                                     ["settings"]["context_lens"])
+        small["fp32_max_abs"] = _table_diff(stabs["cpu"], stabs["cuda_fp32"])["max_abs"]
+        small["bf16_per_metric"] = _table_diff(stabs["cpu"], stabs["cuda_bf16"])["per_metric"]
+        res["small"] = small
+        print(f"scan check, small preset: seconds {small['seconds']}")
+    except Exception as e:  # noqa: BLE001 - reported in the table as ERROR
+        res["error"] = f"{type(e).__name__}: {e}"
+        print(f"scan check: {res['error']}")
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    out.write_text(json.dumps(res, indent=2))
+    return 0 if "error" not in res else 1
+
+
 # the steps behind each summary row (a --only rerun reports the rows of unselected steps as
 # NOT SELECTED, which neither passes nor fails)
 ROW_STEPS = {"pytest_kernels": ("pytest_kernels",), "pytest_model": ("pytest_model",), "attention": ("attention",),
-             "train": ("train",), "mfu": ("mfu", "mfu_compile"), "recurrent": ("recurrent",)}
+             "train": ("train",), "mfu": ("mfu", "mfu_compile"), "recurrent": ("recurrent",), "scan": ("scan",)}
 
 
 def summarize(work: Path, card: str, out: Path | None, smoke: bool = False, only: str = "") -> dict:
@@ -174,6 +338,11 @@ def summarize(work: Path, card: str, out: Path | None, smoke: bool = False, only
             row = {**row, "value": None, "status": "NOT SELECTED", "note": f"not in --only {only}"}
         rows.append(row)
         raw[key] = res
+    scan_rows, raw["scan"] = _scan(work, steps)  # issue 18; absent when the step was not planned
+    for row in scan_rows:
+        if selected and "scan" not in selected:
+            row = {**row, "value": None, "status": "NOT SELECTED", "note": f"not in --only {only}"}
+        rows.append(row)
     targets = [r for r in rows if r["status"] not in ("INFO", "NOT SELECTED")]
     if smoke:
         ok = all(r["status"] != "ERROR" for r in targets)
@@ -249,9 +418,15 @@ def main(argv=None) -> int:
     ap.add_argument("--out", "--json", dest="out", default=None, help="summary JSON path")
     ap.add_argument("--smoke", action="store_true", help="CPU smoke run: only ERROR fails")
     ap.add_argument("--only", default="", help="comma-separated steps that ran (gpu_check.sh --only)")
+    ap.add_argument("--scan-check", default=None, metavar="JSON",
+                    help="the native-scan step (issue 18): CPU vs CUDA scans, written to this JSON")
+    ap.add_argument("--scan-check-device", default="cuda",
+                    help="device of --scan-check (cpu: run the comparison code on the CPU; figures meaningless)")
     args = ap.parse_args(argv)
     if args.env:
         return environment(Path(args.env))
+    if args.scan_check:
+        return scan_check(Path(args.scan_check), device=args.scan_check_device)
     if not args.work:
         ap.error("--work is required (or --env)")
     res = summarize(Path(args.work), args.card, Path(args.out) if args.out else None, smoke=args.smoke,
