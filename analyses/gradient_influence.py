@@ -19,6 +19,14 @@ How to run::
     python analyses/gradient_influence.py --quick --runs /work/tiny_run@0 /work/tiny_run@1000 /work/tiny_run
     python analyses/gradient_influence.py --device cuda --runs runs/w16 runs/w64 runs/w256
     python analyses/gradient_influence.py --smoke                      # seconds (tests): micro-trained model
+    python analyses/gradient_influence.py --quick --seeds 0,1,2        # three trained models (the --quick default)
+
+Several seeds (issue 20): ``--seeds`` (default 0,1,2 in ``--quick`` and full; ``--seed S`` = one
+seed) runs the one-seed analysis per seed into ``--out``/seed_S/ (training with that seed when no
+``--runs`` are given, else only the text rows and needle prompts change), ``--jobs`` at once;
+``--out``/results.json holds ``per_seed`` and ``aggregate``: per run (by its position in
+``--runs``), source and objective, the beyond-window share, d50 and d90 over seeds (mean, 95%
+bootstrap interval, n); ``summary_seeds.csv`` has one row per seed and the ``all`` rows.
 
 Writes ``influence.csv`` (+ ``.parquet``: run, source, objective, distance, grad_norm,
 grad_norm_rel), ``summary.csv``, ``influence.html`` (PNG where kaleido works) and
@@ -28,6 +36,7 @@ grad_norm_rel), ``summary.csv``, ``influence.html`` (PNG where kaleido works) an
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from pathlib import Path
@@ -41,7 +50,8 @@ import retrieval_heads as rh
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from analyses.common import (DEFAULT_TRAIN, last_checkpoint, parse_common, results_head, save_fig,  # noqa: E402
-                             save_table, script_log, train_preset, write_results)
+                             save_table, script_log, train_preset, write_json, write_results)
+from analyses.seeds import format_summary, run_per_seed, seeds_from_args, summarize_values  # noqa: E402
 
 NAME = "gradient_influence"
 LAST = 20  # positions whose output is differentiated
@@ -115,12 +125,20 @@ def main(argv=None):
     ap.add_argument("--context-len", type=int, default=0, help="row length [default: each run's training length]")
     ap.add_argument("--objective", default="both", choices=["logit_sum", "nll", "both"])
     ap.add_argument("--sources", default="text,needle", help="text (held-out essay rows) and/or needle prompts")
+    ap.add_argument("--seeds", default=None, help="comma-separated seeds [default: 0,1,2 in --quick and full, "
+                                                  "--seed in --smoke; --seed S alone = one seed]")
+    ap.add_argument("--jobs", type=int, default=0, help="seeds run at once, one thread each "
+                                                        "[0 = one per core in --quick, else 1]")
     a, mode_name, out = parse_common(ap, argv, NAME)
     mode = MODES[mode_name]
     t0 = time.time()
+    seeds = seeds_from_args(a, argv, mode_name)
+    if len(seeds) > 1:
+        return main_seeds(a, argv, mode_name, out, seeds, t0)
+    a.seed = seeds[0]
     specs = list(a.runs)
     if not specs:
-        specs = [str(train_preset(DEFAULT_TRAIN[mode_name], out / "run", a.device, log))]
+        specs = [str(train_preset({**DEFAULT_TRAIN[mode_name], "seed": a.seed}, out / "run", a.device, log))]
     train_s = time.time() - t0
     objectives = ["logit_sum", "nll"] if a.objective == "both" else [a.objective]
     sources = [s.strip() for s in a.sources.split(",") if s.strip()]
@@ -180,6 +198,57 @@ def main(argv=None):
         "files": sorted({"influence.csv", "summary.csv", *files}),
     }
     return write_results(out, results, t0, log)
+
+
+# ----------------------------------------------------------------------------- several seeds
+STATS = ("beyond_window_share", "d50", "d90")
+
+
+def aggregate(per_seed: dict) -> list[dict]:
+    """``{seed: one-seed summary rows}`` -> one row per (run index, source, objective) with each
+    of ``STATS`` over seeds (``summarize_values``). Runs are matched by their position in the
+    seed's list (the same ``--runs``, or the one model each seed trained)."""
+    cells: dict = {}
+    for s, rows in per_seed.items():
+        n_sources_obj = {}
+        for r in rows:
+            key = (r["source"], r["objective"])
+            i = n_sources_obj.get(key, 0)
+            n_sources_obj[key] = i + 1
+            cells.setdefault((i, *key), {})[s] = r
+    out = []
+    for (i, src, obj), by_seed in sorted(cells.items(), key=lambda kv: kv[0]):
+        first = next(iter(by_seed.values()))
+        out.append({"run_index": i, "run": first["run"], "step": first["step"], "source": src, "objective": obj,
+                    **{st: summarize_values({s: by_seed.get(s, {}).get(st) for s in per_seed}, digits=4)
+                       for st in STATS}})
+    return out
+
+
+def main_seeds(a, argv, mode_name: str, out: Path, seeds: list[int], t0: float) -> dict:
+    """Each seed as a one-seed run into ``out/seed_S``, then the aggregate (results.json, summary_seeds.csv)."""
+    done, workers = run_per_seed(NAME, argv, seeds, out, a.jobs, mode_name, main, log)
+    per_seed = {str(s): [{k: v for k, v in r.items() if k != "share_by_distance"} for r in res["summary"]]
+                for s, res in zip(seeds, done)}
+    agg = aggregate(per_seed)
+    rows = [{"seed": s, **{k: r[k] for k in ("run", "source", "objective", *STATS)}}
+            for s, rs in per_seed.items() for r in rs]
+    rows += [{"seed": "all", "run": r["run"], "source": r["source"], "objective": r["objective"],
+              **{st: format_summary(r[st], "{:.3f}" if st == STATS[0] else "{:.1f}") for st in STATS}} for r in agg]
+    table = pd.DataFrame(rows)
+    table.to_csv(out / "summary_seeds.csv", index=False)
+    with pd.option_context("display.width", 250, "display.max_colwidth", 60):
+        log("per seed and over seeds (mean [95% bootstrap interval] (n)):\n" + table.to_string(index=False))
+    results = {**results_head(NAME, mode_name, a), "seeds": seeds,
+               "seed_scope": "text rows and needle prompts only (given --runs)" if a.runs
+               else "training data, text rows and needle prompts",
+               "per_seed": per_seed, "aggregate": agg, "seed_outputs": {str(s): f"seed_{s}" for s in seeds},
+               "wall_s": {"total": round(time.time() - t0, 1), "jobs_at_once": workers,
+                          "per_seed": {str(s): r["wall_s"]["total"] for s, r in zip(seeds, done)}},
+               "files": ["results.json", "summary_seeds.csv"]}
+    write_json(out / "results.json", results)
+    log(f"wrote {out} in {time.time() - t0:.0f}s")
+    return json.loads((out / "results.json").read_text())
 
 
 if __name__ == "__main__":

@@ -20,6 +20,14 @@ How to run::
     python analyses/probing.py --quick                               # trains a quick model first
     python analyses/probing.py --device cuda --run runs/x            # full: more samples, all checkpoints
     python analyses/probing.py --smoke                               # seconds (tests)
+    python analyses/probing.py --quick --seeds 0,1,2                 # three seeds (the --quick default)
+
+Several seeds (issue 20): ``--seeds`` (default 0,1,2 in ``--quick`` and full; ``--seed S`` = one
+seed) runs the one-seed analysis per seed into ``--out``/seed_S/ (training with that seed when
+no ``--run`` is given; the value sets, prompts and splits follow the seed too), ``--jobs`` at
+once; ``--out``/results.json holds ``per_seed`` and ``aggregate``: final-step probe accuracy per
+value set and hook over seeds (mean, 95% bootstrap interval, n), final NIAH, and the verdict
+"the value is decoded only from the F layers' residual" per seed ("reproduced on k of n seeds").
 
 Writes ``probes.csv`` (+ ``.parquet``), ``probes.html`` (PNG where kaleido works) and
 ``results.json`` to ``--out`` (default ``analyses/out/probing/``).
@@ -28,7 +36,9 @@ Writes ``probes.csv`` (+ ``.parquet``), ``probes.html`` (PNG where kaleido works
 from __future__ import annotations
 
 import argparse
+import json
 import random
+import re
 import sys
 import time
 from pathlib import Path
@@ -42,7 +52,8 @@ import retrieval_heads as rh
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from analyses.common import (DEFAULT_TRAIN, parse_common, results_head, run_checkpoints, save_fig,  # noqa: E402
-                             save_table, script_log, train_preset, write_results)
+                             save_table, script_log, train_preset, write_json, write_results)
+from analyses.seeds import format_summary, reproduced, run_per_seed, seeds_from_args, summarize_values  # noqa: E402
 
 NAME = "probing"
 N_VALUES = 8
@@ -204,13 +215,21 @@ def main(argv=None):
     ap.add_argument("--steps", default="", help="checkpoint steps to probe, e.g. 1000,1500,2000 "
                                                 "[default: spread over the run]")
     ap.add_argument("--context-len", type=int, default=0, help="prompt length [default: training length]")
+    ap.add_argument("--seeds", default=None, help="comma-separated seeds [default: 0,1,2 in --quick and full, "
+                                                  "--seed in --smoke; --seed S alone = one seed]")
+    ap.add_argument("--jobs", type=int, default=0, help="seeds run at once, one thread each "
+                                                        "[0 = one per core in --quick, else 1]")
     a, mode_name, out = parse_common(ap, argv, NAME)
     mode = MODES[mode_name]
     t0 = time.time()
+    seeds = seeds_from_args(a, argv, mode_name)
+    if len(seeds) > 1:
+        return main_seeds(a, argv, mode_name, out, seeds, t0)
+    a.seed = seeds[0]
     if a.run:
         run = Path(a.run)
     else:
-        run = train_preset(DEFAULT_TRAIN[mode_name], out / "run", a.device, log)
+        run = train_preset({**DEFAULT_TRAIN[mode_name], "seed": a.seed}, out / "run", a.device, log)
     train_s = time.time() - t0
     if a.steps:
         want = {int(s) for s in a.steps.split(",")}
@@ -265,6 +284,77 @@ def main(argv=None):
         "files": sorted({"probes.csv", *files}),
     }
     return write_results(out, results, t0, log)
+
+
+# ----------------------------------------------------------------------------- several seeds
+def _layer_kinds(model_desc: str) -> str:
+    """``"layout=SSSF d_model=..."`` -> ``"SSSF"``."""
+    m = re.search(r"layout=(\S+)", model_desc or "")
+    return m.group(1) if m else ""
+
+
+def only_f_decodes(final_acc: dict, layout: str, chance: float) -> bool | None:
+    """One seed's verdict on a value set: the best probe is on an ``F`` layer's residual, and the
+    embedding and every layer before the first ``F`` layer stay below twice chance."""
+    if "F" not in layout or not final_acc:
+        return None
+    first_f = layout.index("F")
+
+    def layer(hook):
+        m = re.match(r"blocks\.(\d+)\.", hook)
+        return int(m.group(1)) if m else -1
+
+    best = max(final_acc, key=lambda h: final_acc[h])
+    before = [v for h, v in final_acc.items() if layer(h) < first_f]
+    return layer(best) >= 0 and layout[layer(best)] == "F" and all(v < 2 * chance for v in before)
+
+
+def aggregate(per_seed: dict) -> dict:
+    """``{seed: one-seed results}`` -> final-step accuracy per value set and hook over seeds,
+    final NIAH over seeds, and the 'only the F layers decode' verdict per value set."""
+    seeds = list(per_seed)
+    tasks = list(dict.fromkeys(t for r in per_seed.values() for t in r["final_test_acc"]))
+    acc = {t: {h: summarize_values({s: per_seed[s]["final_test_acc"].get(t, {}).get(h) for s in seeds}, digits=4)
+               for h in dict.fromkeys(h for r in per_seed.values() for h in r["final_test_acc"].get(t, {}))}
+           for t in tasks}
+    niah = summarize_values({s: (per_seed[s]["niah_acc"] or {}).get(str(max(per_seed[s]["steps"])))
+                             if per_seed[s]["steps"] else None for s in seeds}, digits=4)
+    verdicts = {t: reproduced({s: only_f_decodes(per_seed[s]["final_test_acc"].get(t, {}),
+                                                 _layer_kinds(per_seed[s]["model"]), per_seed[s]["chance"])
+                               for s in seeds}, f"{t} values decoded only from the F layers' residual")
+                for t in tasks}
+    return {"seeds": seeds, "final_test_acc": acc, "final_niah": niah,
+            "best_layer": {t: {s: per_seed[s]["best_layer"].get(t) for s in seeds} for t in tasks},
+            "verdicts": verdicts}
+
+
+def main_seeds(a, argv, mode_name: str, out: Path, seeds: list[int], t0: float) -> dict:
+    """Each seed as a one-seed run into ``out/seed_S``, then the aggregate (results.json, probes_seeds.csv)."""
+    done, workers = run_per_seed(NAME, argv, seeds, out, a.jobs, mode_name, main, log)
+    keep = ("run", "model", "values", "context_len", "chance", "steps", "niah_acc", "final_test_acc", "best_layer",
+            "f_attention", "wall_s")
+    per_seed = {str(s): {k: r.get(k) for k in keep} for s, r in zip(seeds, done)}
+    agg = aggregate(per_seed)
+    rows = [{"seed": s, "task": t, "hook": h, "final_test_acc": v}
+            for s, r in per_seed.items() for t, d in r["final_test_acc"].items() for h, v in d.items()]
+    table = pd.DataFrame(rows)
+    table.to_csv(out / "probes_seeds.csv", index=False)
+    show = table.pivot_table(index=["task", "hook"], columns="seed", values="final_test_acc")
+    show["all"] = [format_summary(agg["final_test_acc"][t][h]) for t, h in show.index]
+    log("final-step probe accuracy per seed and over seeds (mean [95% bootstrap interval] (n)):\n"
+        + show.to_string(float_format=lambda v: f"{v:.3f}")
+        + f"\nfinal NIAH {format_summary(agg['final_niah'])}"
+        + "".join(f"\n{v['verdict']}" for v in agg["verdicts"].values()))
+    results = {**results_head(NAME, mode_name, a), "seeds": seeds,
+               "seed_scope": "value sets, prompts and splits only (given --run)" if a.run
+               else "training data, value sets, prompts and splits",
+               "per_seed": per_seed, "aggregate": agg, "seed_outputs": {str(s): f"seed_{s}" for s in seeds},
+               "wall_s": {"total": round(time.time() - t0, 1), "jobs_at_once": workers,
+                          "per_seed": {str(s): r["wall_s"]["total"] for s, r in zip(seeds, done)}},
+               "files": ["probes_seeds.csv", "results.json"]}
+    write_json(out / "results.json", results)
+    log(f"wrote {out} in {time.time() - t0:.0f}s")
+    return json.loads((out / "results.json").read_text())
 
 
 if __name__ == "__main__":

@@ -156,6 +156,21 @@ def run_in_processes(jobs: list[dict], workers: int, what: str, on_result=None) 
     return map_in_processes(call_script, jobs, workers=workers, threads=1, what=what, on_result=on_result)
 
 
+def run_per_seed(script: str, argv, seeds: Sequence[int], out: str | Path, jobs: int, mode_name: str,
+                 main, log=print) -> tuple[list, int]:
+    """Run ``analyses/<script>.py`` once per seed, as a one-seed run into ``out/seed_S``: in this
+    process through ``main`` when one job at a time, else in spawned processes. Returns the
+    one-seed results (in the order of ``seeds``) and the number of processes used."""
+    import sys
+
+    args = list(argv) if argv is not None else sys.argv[1:]
+    todo = seed_jobs(script, args, seeds, out)
+    workers = default_jobs(jobs, len(todo), mode_name)
+    log(f"{mode_name}: seeds {list(seeds)}, {workers} at once; each into {Path(out)}/seed_S")
+    done = run_in_processes(todo, workers, f"{script} worker") if workers > 1 else [main(j["argv"]) for j in todo]
+    return done, workers
+
+
 # ----------------------------------------------------------------------------- aggregation
 def _finite(v) -> bool:
     try:

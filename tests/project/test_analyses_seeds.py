@@ -108,3 +108,45 @@ def test_mechanism_aggregate_hand_made():
     top = agg["ablation"]["zero"]["1"]["top_full"]["accuracy"]
     assert top["per_seed"] == {"0": 0.0, "1": 0.0, "2": 0.8} and abs(top["mean"] - 0.8 / 3) < 1e-4
     assert agg["unablated_niah"]["n"] == 3 and agg["receptive_field_accuracy"]["none @160"]["n"] == 3
+
+
+def test_probing_two_seeds_smoke(tmp_path):
+    out = tmp_path / "probe"
+    res = load_analysis("probing").main(["--smoke", "--seeds", "0,1", "--out", str(out)])
+    assert res["seeds"] == [0, 1] and set(res["per_seed"]) == {"0", "1"}
+    assert json.loads((out / "results.json").read_text()) == res
+    assert res["per_seed"]["0"]["values"] != res["per_seed"]["1"]["values"]  # the value sets follow the seed
+    table = pd.read_csv(out / "probes_seeds.csv")
+    assert set(table["seed"]) == {0, 1} and set(table["task"]) == {"hard", "easy"}
+    agg = res["aggregate"]
+    easy = agg["final_test_acc"]["easy"]
+    assert set(easy) == {"hook_embed"} | {f"blocks.{l}.hook_resid_post" for l in range(4)}
+    assert set(easy["hook_embed"]) == SUMMARY and easy["hook_embed"]["n"] == 2
+    assert agg["final_niah"]["n"] == 2 and set(agg["verdicts"]) == {"hard", "easy"}
+    assert agg["verdicts"]["easy"]["n"] == 2
+
+
+def test_probing_only_f_verdict():
+    probing = load_analysis("probing")
+    acc = {"hook_embed": 0.12, "blocks.0.hook_resid_post": 0.2, "blocks.1.hook_resid_post": 0.1,
+           "blocks.2.hook_resid_post": 0.95, "blocks.3.hook_resid_post": 0.9}
+    assert probing.only_f_decodes(acc, "SSFS", 0.125) is True
+    assert probing.only_f_decodes({**acc, "blocks.1.hook_resid_post": 0.25}, "SSFS", 0.125) is False  # 2x chance
+    assert probing.only_f_decodes({**acc, "blocks.3.hook_resid_post": 0.99}, "SSFS", 0.125) is False  # best on S
+    assert probing.only_f_decodes(acc, "SSSS", 0.125) is None
+    assert probing._layer_kinds("layout=SSSF d_model=64 heads=4") == "SSSF"
+
+
+def test_gradient_influence_two_seeds_smoke(tmp_path):
+    out = tmp_path / "gi"
+    res = load_analysis("gradient_influence").main(["--smoke", "--seeds", "0,1", "--objective", "nll",
+                                                    "--out", str(out)])
+    assert res["seeds"] == [0, 1] and json.loads((out / "results.json").read_text()) == res
+    assert all(len(rows) == 2 for rows in res["per_seed"].values())  # text and needle, one objective
+    agg = res["aggregate"]
+    assert [(r["run_index"], r["source"], r["objective"]) for r in agg] == [(0, "needle", "nll"), (0, "text", "nll")]
+    share = agg[1]["beyond_window_share"]
+    want = [r["beyond_window_share"] for s in ("0", "1") for r in res["per_seed"][s] if r["source"] == "text"]
+    assert share["n"] == 2 and abs(share["mean"] - round(sum(want) / 2, 4)) < 1e-9
+    table = pd.read_csv(out / "summary_seeds.csv")
+    assert list(table["seed"].astype(str)) == ["0", "0", "1", "1", "all", "all"]
