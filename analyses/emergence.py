@@ -18,6 +18,15 @@ How to run::
     python analyses/emergence.py --quick                  # CPU, ~4 min (micro sizes, 500 steps: NIAH not formed yet)
     python analyses/emergence.py --device cuda            # GPU, gpu-small-sized hybrids, 3 sizes
     python analyses/emergence.py --quick --hybrids S:8,M --sizes 16,32,48 --out /tmp/emg
+    python analyses/emergence.py --quick --seed 1            # one seed (--quick defaults to 0,1,2)
+
+Several seeds (issue 20): ``--seeds`` (default 0,1,2 in ``--quick`` and full; ``--seed S`` = one
+seed, the training seed of every run) runs the one-seed analysis per seed, one seed after the
+other (each with ``--jobs`` runs at once), into ``--out``/seed_S/; ``--out``/results.json then
+holds ``per_seed`` and ``aggregate``: per layout at the main size the final NIAH and long-context
+loss over seeds (mean, 95% bootstrap interval, n), the step of NIAH >= 0.5 with censoring (k/n,
+Kaplan-Meier median, "not learned by step N"), convergence to F "reproduced on k of n seeds"
+(not measurable on a seed where F itself did not learn), and each fit's exponents over seeds.
 
 Writes under ``--out`` (default ``analyses/out/emergence/``): ``runs.csv/.parquet`` (one row per
 run), ``evals.parquet`` (one row per run x checkpoint), ``position_loss.parquet`` (final loss per
@@ -36,6 +45,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from analyses.seeds import (  # noqa: E402
+    format_summary,
+    reproduced,
+    seeds_from_args,
+    strip_options,
+    summarize_learning,
+    summarize_values,
+)
 from analyses.common import (  # noqa: E402
     RunLog,
     analysis_parser,
@@ -117,7 +134,7 @@ def build(a):
         base, tc = rh.train.presets.load_preset(a.preset or mode["preset"])
         tc = tc.replace(**mode["train"])
     base, tc = apply_overrides(base, tc, a.set)
-    changes = {"device": a.device}
+    changes = {"device": a.device, "seed": a.seed}
     if a.steps:
         changes.update(steps=a.steps, save_every=max(1, a.steps // 10), eval_every=max(1, a.steps // 10))
     tc = tc.replace(**changes)
@@ -183,6 +200,7 @@ def one_run(job: dict) -> dict:
            "final_niah_acc_train_eval": float(last["niah_acc"]), "final_niah_acc": final_niah,
            "final_long_loss": rows[-1]["long_loss"], "final_heldout_loss": rows[-1]["heldout_loss"],
            "niah50_tokens": int(reach["tokens_seen"].iloc[0]) if len(reach) else None,
+           "niah50_step": int(reach["step"].iloc[0]) if len(reach) else None, "seed": tc.seed,
            "train_s": round(r["train_s"], 1), "eval_s": round(t(), 1)}
     return {"row": row, "evals": ev.to_dict("records"),
             "pos": [dict(p, label=job["label"], main=job["main"]) for p in pos_rows]}
@@ -345,6 +363,9 @@ def main(argv=None) -> dict:
     ap.add_argument("--set", default=None, help="config overrides: train.lr=0.01,model.d_model=64")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--jobs", type=int, default=1, help="runs trained in parallel (one thread each)")
+    ap.add_argument("--seed", type=int, default=0, help="training seed of every run (one seed)")
+    ap.add_argument("--seeds", default=None, help="comma-separated seeds, run one after the other "
+                                                  "[default: 0,1,2 in --quick and full, --seed in --smoke]")
     ap.add_argument("--out", default=None, help="output folder [analyses/out/emergence]")
     ap.add_argument("--machine", default=None, help="free-text machine description for results.json")
     ap.add_argument("--record", default=None,
@@ -356,6 +377,10 @@ def main(argv=None) -> dict:
     timer = Timer()
     out = out_dir(NAME, a.out)
     mode = "smoke" if a.smoke else "quick" if a.quick else "full"
+    seeds = seeds_from_args(a, argv, mode)
+    if len(seeds) > 1:
+        return main_seeds(a, argv, mode, out, seeds, timer)
+    a.seed = seeds[0]
     base, tc, jobs, info = build(a)
     for j in jobs:
         j["run_dir"] = str(out / "runs" / f"{j['spec'].replace(':', '')}_d{j['d_model']}")
@@ -435,6 +460,77 @@ def main(argv=None) -> dict:
         cols = [c for c in ("family", "status", "B", "alpha", "C", "beta", "rmse_log", "holdout_largest_rmse_log")
                 if c in fits]
         print(fits[cols].to_string(index=False), flush=True)
+    print(f"[emergence] wall {timer():.0f} s; wrote {out}", flush=True)
+    return jsonable(res)
+
+
+# ------------------------------------------------------------------------------ several seeds
+def aggregate(per_seed: dict) -> dict:
+    """``{seed: one-seed results}`` -> per layout at the main size: final NIAH and long-context
+    loss over seeds, NIAH >= 0.5 step with censoring, convergence verdicts; fits over seeds."""
+    seeds = list(per_seed)
+    main = {s: [r for r in per_seed[s]["runs"] if r["main"]] for s in seeds}
+    labels = list(dict.fromkeys(r["label"] for rs in main.values() for r in rs))
+
+    def cell(s, lab, key):
+        return next((r.get(key) for r in main[s] if r["label"] == lab), None)
+
+    layouts = {}
+    for lab in labels:
+        have = [s for s in seeds if any(r["label"] == lab for r in main[s])]
+        conv = {s: cell(s, lab, "converged") for s in have}
+        layouts[lab] = {
+            "final_niah_acc": summarize_values({s: cell(s, lab, "final_niah_acc") for s in have}, digits=4),
+            "final_long_loss": summarize_values({s: cell(s, lab, "final_long_loss") for s in have}, digits=4),
+            "niah50": summarize_learning({s: cell(s, lab, "niah50_step") for s in have},
+                                         {s: cell(s, lab, "steps") for s in have}),
+            "converged_to_F": (None if all(cell(s, lab, "family") == "F" for s in have)  # F is the reference
+                               else reproduced(conv, f"{lab} final NIAH within tol of F's")),
+        }
+    fams = list(dict.fromkeys(f["family"] for s in seeds for f in per_seed[s]["fits"]))
+    fits = {}
+    for fam in fams:
+        rows = {s: next((f for f in per_seed[s]["fits"] if f["family"] == fam), {}) for s in seeds}
+        fits[fam] = {k: summarize_values({s: r.get(k) for s, r in rows.items()}, digits=4)
+                     for k in ("alpha", "beta", "rmse_log")}
+        fits[fam]["status"] = {s: r.get("status") for s, r in rows.items()}
+    return {"seeds": seeds, "layouts": layouts, "fits": fits}
+
+
+def main_seeds(a, argv, mode: str, out: Path, seeds: list[int], timer) -> dict:
+    """Each seed as a one-seed run into ``out/seed_S`` (one after the other; ``--jobs`` inside
+    each), then the aggregate (results.json, runs_seeds.csv)."""
+    import pandas as pd
+
+    args = strip_options(list(argv) if argv is not None else sys.argv[1:], ["--seeds", "--seed", "--out", "--record"])
+    print(f"[emergence] {mode}: seeds {seeds}, one after the other; each into {out}/seed_S", flush=True)
+    done = [main([*args, "--seed", str(s), "--out", str(out / f"seed_{s}")]) for s in seeds]
+    per_seed = {str(s): {k: r[k] for k in ("runs", "fits", "final_niah_per_layout", "converged_within_tol_of_F",
+                                           "niah50_tokens_per_layout", "wall_s")} for s, r in zip(seeds, done)}
+    agg = aggregate(per_seed)
+    rows = [{"seed": s, "label": r["label"], "final_niah_acc": round(r["final_niah_acc"], 3),
+             "niah>=0.5 at step": r["niah50_step"] if r["niah50_step"] is not None else f"not by {r['steps']}",
+             "final_long_loss": round(r["final_long_loss"], 4),
+             "convergence": r["convergence_status"]}
+            for s, d in per_seed.items() for r in d["runs"] if r["main"]]
+    rows += [{"seed": "all", "label": lab, "final_niah_acc": format_summary(v["final_niah_acc"]),
+              "niah>=0.5 at step": f"{v['niah50']['learned_text']}, KM median {v['niah50']['km_median_text']}",
+              "final_long_loss": format_summary(v["final_long_loss"], "{:.4f}"),
+              "convergence": (v["converged_to_F"]["verdict"].split(": ", 1)[-1] if v["converged_to_F"]
+                              else "(the reference)")} for lab, v in agg["layouts"].items()]
+    table = pd.DataFrame(rows)
+    table.to_csv(out / "runs_seeds.csv", index=False)
+    with pd.option_context("display.width", 250, "display.max_colwidth", 70):
+        print(table.to_string(index=False), flush=True)
+    res = {"analysis": NAME, "mode": mode,
+           "command": "python analyses/emergence.py " + shlex.join(argv if argv is not None else sys.argv[1:]),
+           "machine": a.machine or f"{platform.machine()} {platform.system()}, {os.cpu_count()} cpus",
+           "seeds": seeds, "seed_scope": "training seed of every run (evaluation sets fixed)",
+           "per_seed": per_seed, "aggregate": agg, "seed_outputs": {str(s): f"seed_{s}" for s in seeds},
+           "wall_s": round(timer(), 1), "files": ["results.json", "runs_seeds.csv"]}
+    write_json(out / "results.json", res)
+    if a.record:
+        write_json(a.record, res)
     print(f"[emergence] wall {timer():.0f} s; wrote {out}", flush=True)
     return jsonable(res)
 

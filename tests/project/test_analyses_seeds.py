@@ -150,3 +150,22 @@ def test_gradient_influence_two_seeds_smoke(tmp_path):
     assert share["n"] == 2 and abs(share["mean"] - round(sum(want) / 2, 4)) < 1e-9
     table = pd.read_csv(out / "summary_seeds.csv")
     assert list(table["seed"].astype(str)) == ["0", "0", "1", "1", "all", "all"]
+
+
+def test_emergence_two_seeds_smoke(tmp_path):
+    out = tmp_path / "emg"
+    res = load_analysis("emergence").main(["--smoke", "--seeds", "0,1", "--out", str(out)])
+    assert res["seeds"] == [0, 1] and set(res["per_seed"]) == {"0", "1"}
+    for s in (0, 1):  # every run of a seed trained with that seed
+        assert {r["seed"] for r in res["per_seed"][str(s)]["runs"]} == {s}
+        assert (out / f"seed_{s}" / "runs.parquet").is_file()
+    lay = res["aggregate"]["layouts"]
+    assert set(lay) == {"SF w=8", "MF", "FF"}
+    assert lay["MF"]["final_niah_acc"]["n"] == 2 and set(lay["MF"]["final_long_loss"]) == SUMMARY
+    assert lay["MF"]["niah50"]["learned_text"] == "0/2" and lay["MF"]["niah50"]["per_seed"]["1"]["censored_at"] == 3
+    # F never learns in 3 steps: convergence is not measurable on either seed; F is the reference itself
+    assert lay["MF"]["converged_to_F"]["verdict"].endswith("reproduced on 0 of 0 seeds (not measurable on seeds 0, 1)")
+    assert lay["FF"]["converged_to_F"] is None
+    assert res["aggregate"]["fits"]["F"]["alpha"]["n"] == 2
+    table = pd.read_csv(out / "runs_seeds.csv")
+    assert list(table["seed"].astype(str)).count("all") == 3 and len(table) == 9
