@@ -112,5 +112,6 @@ def test_seed_arguments():
     assert seeds.seeds_from_args(A, ["--smoke"], "smoke") == [4]
     A.seeds = "1,2"
     assert seeds.seeds_from_args(A, ["--smoke", "--seed", "4"], "smoke") == [1, 2]
-    assert seeds.default_jobs(0, 3, "full") == 1 and seeds.default_jobs(0, 3, "smoke") == 1 and seeds.default_jobs(2, 3, "quick") == 2
+    assert seeds.default_jobs(0, 3, "full") == 1 and seeds.default_jobs(0, 3, "smoke") == 1
+    assert seeds.default_jobs(2, 3, "quick") == 2 and seeds.default_jobs(0, 1, "quick") == 1
     assert seeds.call_script({"script": "seeds", "fn": "parse_seeds", "argv": "0-1"}) == [0, 1]
