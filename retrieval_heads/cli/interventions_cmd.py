@@ -231,6 +231,11 @@ def ablate(ckpt, k, scores_path, rank_by, metric, method, context_lens, depths, 
         raise ValueError(f"--top-k: {k} heads asked for, but the model has {n_attn} attention heads "
                          f"({len(model.cfg.attention_layers)} attention layers x {model.cfg.n_heads})")
     lens = context_lens or (_default_len(model),)
+    from ..eval.niah import check_length
+    from ..tasks.plan import get_variant
+
+    for L in lens:  # before any scoring: a prompt (+ its answer) the model cannot hold is the user's error
+        check_length(model, L, get_variant(variant).value_len + 2)
     scores = None
     scan = Path(scores_path) if scores_path else ck.parent / "scan" / "scores.parquet"
     if scan.exists() or scan.is_dir():
