@@ -67,8 +67,9 @@ FULL = "full"  # label of the all-full-attention reference in the `window` colum
 # quick: the CPU recipe (tuning log: analyses/results/logs/laziness_tuning_2026-12-03.md). The `tiny`
 # model (SSSF, d_model 64, 4 heads, NoPE on F) at context 144 with a constant learning rate after
 # warmup; half of the rows are needle prompts (noise haystack: the needle's value lies 52-86
-# tokens before the answer, beyond every window), 6 of 16 are induction rows (a random string of
-# 8-48 bytes repeated), the rest noise text. Windows 2-32 (16x) at context 144 (4.5x the largest).
+# tokens before the answer, beyond every window), the other half induction rows (a random string of
+# 8-48 bytes repeated); no plain-text rows (with 2 of 16 rows of noise text, formation came 2-5x
+# later: tuning log). Windows 2-32 (16x) at context 144 (4.5x the largest).
 # Runs stop once their first F head has held the mass measure for 3 checkpoints.
 QUICK = dict(preset="laziness-cpu", max_steps=None, windows=(2, 4, 8, 32), seeds=(0, 1, 2), full_ref=True,
              scan=dict(depths=(0.1, 0.3, 0.5, 0.7, 0.9), n_per_cell=1))
