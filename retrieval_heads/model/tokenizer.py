@@ -1,8 +1,8 @@
 """The tokenizer a ``HybridLM`` carries (``model.tokenizer``): UTF-8 bytes 0..255 plus the four
-special ids of ``retrieval_heads.tasks.tokenizer`` (PAD 256, BOS 257, EOS 258, SEP 259).
+special ids of ``retrieval_heads.byte_vocab`` (PAD 256, BOS 257, EOS 258, SEP 259).
 
-It lives here (the model layer may import only the configuration) and mirrors the task
-tokenizer id for id; ``tests/model/test_tl_fit.py`` checks that the two agree. It answers the
+It encodes and decodes through ``byte_vocab``, as the task tokenizer does, so the two agree id
+for id (``tests/model/test_tl_fit.py`` checks it). It answers the
 calls TransformerLens habits expect (``tokenizer(text)["input_ids"]``, ``encode``,
 ``decode``, ``bos_token_id``, ``eos_token_id``, ``pad_token_id``).
 
@@ -15,10 +15,13 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+from .. import byte_vocab
+from ..byte_vocab import decode_bytes, encode_bytes
+
 
 class ByteCodec:
-    PAD, BOS, EOS, SEP = 256, 257, 258, 259
-    vocab_size = 260
+    PAD, BOS, EOS, SEP = byte_vocab.PAD, byte_vocab.BOS, byte_vocab.EOS, byte_vocab.SEP
+    vocab_size = byte_vocab.VOCAB_SIZE
     bos_token_id, eos_token_id, pad_token_id = BOS, EOS, PAD
     bos_token, eos_token, pad_token = "<bos>", "<eos>", "<pad>"
     padding_side = "right"
@@ -28,18 +31,11 @@ class ByteCodec:
         return self.vocab_size
 
     def encode(self, text: str, add_special_tokens: bool = False) -> list[int]:
-        ids = list(text.encode("utf-8"))
+        ids = encode_bytes(text)
         return [self.BOS] + ids if add_special_tokens else ids
 
     def decode(self, tokens: Iterable[int], skip_special_tokens: bool = True, stop_at_eos: bool = True) -> str:
-        out = bytearray()
-        for t in tokens:
-            t = int(t)
-            if t == self.EOS and stop_at_eos:
-                break
-            if 0 <= t < 256:
-                out.append(t)
-        return out.decode("utf-8", errors="replace")
+        return decode_bytes(tokens, stop_at_eos=stop_at_eos)
 
     def batch_decode(self, batch, **kw) -> list[str]:
         return [self.decode(row, **kw) for row in batch]

@@ -14,26 +14,19 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+from .. import byte_vocab
+from ..byte_vocab import decode_bytes, encode_bytes
+
 
 class ByteTokenizer:
-    PAD = 256
-    BOS = 257
-    EOS = 258
-    SEP = 259
-    vocab_size = 260
+    PAD, BOS, EOS, SEP = byte_vocab.PAD, byte_vocab.BOS, byte_vocab.EOS, byte_vocab.SEP
+    vocab_size = byte_vocab.VOCAB_SIZE
 
     def encode(self, text: str) -> list[int]:
-        return list(text.encode("utf-8"))
+        return encode_bytes(text)
 
     def decode(self, tokens: Iterable[int], stop_at_eos: bool = True) -> str:
-        out = bytearray()
-        for t in tokens:
-            t = int(t)
-            if t == self.EOS and stop_at_eos:
-                break
-            if 0 <= t < 256:
-                out.append(t)
-        return out.decode("utf-8", errors="replace")
+        return decode_bytes(tokens, stop_at_eos=stop_at_eos)
 
     def span(self, text: str, start_char: int, end_char: int) -> tuple[int, int]:
         """Token span [s, e) of the characters text[start_char:end_char]."""

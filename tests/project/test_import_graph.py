@@ -17,7 +17,7 @@ PKG = Path(__file__).resolve().parents[2] / "retrieval_heads"
 
 # lowest first; a part may import the parts of lower layers
 LAYERS = [
-    {"_version", "config", "labels", "stats", "paths"},
+    {"_version", "config", "labels", "stats", "paths", "byte_vocab"},
     {"model", "tasks"},
     {"storage", "detect", "eval"},
     {"interventions", "hf", "train", "plots", "laziness_plots"},  # plots reads the metric table (detect.metrics)
@@ -29,7 +29,8 @@ LAYERS = [
 LAYER = {part: i for i, parts in enumerate(LAYERS) for part in parts}
 # the pure core: imports nothing above the model, the tasks and the configuration
 CORE_ALLOWED = {"detect": {"config", "labels", "model", "tasks", "detect", "paths"},
-                "model": {"config", "model"}, "tasks": {"config", "tasks", "paths"}, "config": {"config"}}
+                "model": {"config", "model", "byte_vocab"}, "tasks": {"config", "tasks", "paths", "byte_vocab"},
+                "config": {"config"}}
 
 
 def _part(module: str) -> str:
