@@ -163,7 +163,8 @@ def one_run(job: dict) -> dict:
 
     mc, tc = rh.ModelConfig.from_dict(job["model"]), rh.TrainConfig.from_dict(job["train"])
     r = train_and_scan(mc, tc, job["run_dir"], scan_kw=job["scan"], stop_when_formed=job["stop_when_formed"],
-                       stop_measure=job["stop_measure"], max_steps=job["max_steps"],
+                       stop_measure=job["stop_measure"], stop_niah=job.get("stop_niah"),
+                       max_steps=job["max_steps"],
                        log=RunLog(f"{NAME} {Path(job['run_dir']).name}"))
     m = r["metrics"]
     last = m.iloc[-1]
@@ -323,6 +324,10 @@ def main(argv=None) -> dict:
                          "(0 = off) [quick 3, otherwise 0]")
     ap.add_argument("--stop-measure", default="mass", choices=MEASURES,
                     help="formation measure that --stop-when-formed watches [mass]")
+    ap.add_argument("--stop-niah", type=float, default=None,
+                    help="with --stop-when-formed, also require the trainer's NIAH accuracy at the stopping "
+                         "checkpoint to be at least this (an attention pattern that does not retrieve yet can "
+                         "fade again) [quick 0.5, otherwise none; -1 = off]")
     ap.add_argument("--thresholds", default=None,
                     help="formation thresholds, e.g. mass=0.5,copy_tf=0.1,copy=0.1 [the scan's defaults]")
     ap.add_argument("--full-ref", action=argparse.BooleanOptionalAction, default=None,
@@ -355,9 +360,11 @@ def main(argv=None) -> dict:
     a.jobs = a.jobs or ((os.cpu_count() or 1) if a.quick else 1)  # full mode: one GPU, one run at a time
     cfgs = run_configs(mc, tc, windows, seeds, full_ref=full_ref, reference_pos=a.reference_pos)
     stop = a.stop_when_formed if a.stop_when_formed is not None else (3 if a.quick else 0)
+    stop_niah = a.stop_niah if a.stop_niah is not None else (0.5 if a.quick else None)
+    stop_niah = None if (stop_niah is None or stop_niah < 0 or not stop) else stop_niah
     jobs = [{"label": lab, "window": w, "model": m.to_dict(), "train": t.to_dict(), "scan": scan_kw,
-             "stop_when_formed": stop or None, "stop_measure": a.stop_measure, "max_steps": max_steps,
-             "run_dir": str(out / "runs" / f"{lab}_seed{t.seed}")} for lab, w, _, m, t in cfgs]
+             "stop_when_formed": stop or None, "stop_measure": a.stop_measure, "stop_niah": stop_niah,
+             "max_steps": max_steps, "run_dir": str(out / "runs" / f"{lab}_seed{t.seed}")} for lab, w, _, m, t in cfgs]
     # the longest runs first: the pool's last job is then a short one
     jobs.sort(key=lambda j: -(j["window"] or 10**9))
     print(f"[laziness] {mode}: {len(jobs)} runs ({', '.join(dict.fromkeys(j['label'] for j in jobs))} "
@@ -385,10 +392,11 @@ def main(argv=None) -> dict:
                 "full_reference_layout": _reference_layout(mc.layout) if full_ref else None,
                 "full_reference_pos": a.reference_pos if full_ref else None,
                 "scan": scan_kw, "thresholds": thresholds, "stop_when_formed": stop or None,
-                "stop_measure": a.stop_measure, "max_steps": max_steps,
+                "stop_measure": a.stop_measure, "stop_niah": stop_niah, "max_steps": max_steps,
                 "formation": "per measure: the first checkpoint from which some full-attention head's score stays "
                              "at or above its threshold to the end of the run (a run stopped early by "
-                             "--stop-when-formed ends K checkpoints after that); runs where none does are "
+                             "--stop-when-formed ends K checkpoints after that, and with --stop-niah only once "
+                             "the trainer's NIAH accuracy there is at least that); runs where none does are "
                              "censored at their last checkpoint"}
     wall = timer()
     head = (f"{len(runs)} runs: windows {', '.join(map(str, windows))}"

@@ -47,7 +47,7 @@ def metrics_frame(run_dir):
 def train_and_scan(model_cfg, train_cfg, run_dir, *, scan: bool = True, scan_kw: dict | None = None,
                    stop_when_formed: int | None = None, max_steps: int | None = None, progress: bool = False,
                    log=print, log_every: int | None = None, report: bool = False,
-                   stop_measure: str | None = None) -> dict:
+                   stop_measure: str | None = None, stop_niah: float | None = None) -> dict:
     """Train (or resume / reuse a finished run in ``run_dir``) and optionally scan it.
 
     ``stop_when_formed=k`` trains in chunks of ``k`` checkpoints, scanning after each, and stops
@@ -55,8 +55,11 @@ def train_and_scan(model_cfg, train_cfg, run_dir, *, scan: bool = True, scan_kw:
     checkpoints: by the copy score (formation.json's ``run`` entry), or by the formation
     measure ``stop_measure`` ("mass", "copy_tf", "copy": formation.json's ``measures``); the
     schedule (``train_cfg.steps``) is unchanged, the run is
-    just cut short (``stopped_early``). ``max_steps`` stops every run after that step (the
-    schedule is still that of ``train_cfg.steps``; a later call with a larger cap continues the
+    just cut short (``stopped_early``). ``stop_niah=x`` also requires the trainer's NIAH
+    accuracy at that checkpoint (``metrics.jsonl``) to be at least ``x``: an attention pattern
+    that has formed but does not retrieve yet can fade again, and stopping on it would record
+    a formation that the rest of the budget might have undone. ``max_steps`` stops every run
+    after that step (the schedule is still that of ``train_cfg.steps``; a later call with a larger cap continues the
     same run exactly). Returns ``{"run_dir", "train_s", "scan_s", "formation":
     formation.json's "run" entry (or its ``stop_measure`` entry) or None, "stopped_early",
     "metrics": DataFrame}``. A finished
@@ -111,11 +114,22 @@ def train_and_scan(model_cfg, train_cfg, run_dir, *, scan: bool = True, scan_kw:
             do_train(stop, f"training {run_dir.name} to step {stop} of {train_cfg.steps}")
             do_scan()
             f = res["formation"]
-            if f.get("step") is not None and sum(1 for s in ck if f["step"] < s <= stop) >= stop_when_formed:
+            held = f.get("step") is not None and sum(1 for s in ck if f["step"] < s <= stop) >= stop_when_formed
+            if held and stop_niah is not None:
+                held = _last_niah_acc(run_dir) >= stop_niah
+            if held:
                 res["stopped_early"] = stop < train_cfg.steps
                 break
     res["metrics"] = metrics_frame(run_dir)
     return res
+
+
+def _last_niah_acc(run_dir: Path) -> float:
+    """The trainer's NIAH accuracy at the newest evaluation of ``run_dir`` (-1.0 if none)."""
+    m = metrics_frame(run_dir)
+    if "niah_acc" not in m or m["niah_acc"].dropna().empty:
+        return -1.0
+    return float(m["niah_acc"].dropna().iloc[-1])
 
 
 def _set_threads(threads: int | None) -> None:
