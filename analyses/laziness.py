@@ -327,7 +327,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--stop-niah", type=float, default=None,
                     help="with --stop-when-formed, also require the trainer's NIAH accuracy at the stopping "
                          "checkpoint to be at least this (an attention pattern that does not retrieve yet can "
-                         "fade again) [quick 0.5, otherwise none; -1 = off]")
+                         "fade again; at small windows the mass pattern can form long before the model "
+                         "retrieves, so this makes those runs train their whole budget) [off]")
     ap.add_argument("--thresholds", default=None,
                     help="formation thresholds, e.g. mass=0.5,copy_tf=0.1,copy=0.1 [the scan's defaults]")
     ap.add_argument("--full-ref", action=argparse.BooleanOptionalAction, default=None,
@@ -360,8 +361,7 @@ def main(argv=None) -> dict:
     a.jobs = a.jobs or ((os.cpu_count() or 1) if a.quick else 1)  # full mode: one GPU, one run at a time
     cfgs = run_configs(mc, tc, windows, seeds, full_ref=full_ref, reference_pos=a.reference_pos)
     stop = a.stop_when_formed if a.stop_when_formed is not None else (3 if a.quick else 0)
-    stop_niah = a.stop_niah if a.stop_niah is not None else (0.5 if a.quick else None)
-    stop_niah = None if (stop_niah is None or stop_niah < 0 or not stop) else stop_niah
+    stop_niah = None if (a.stop_niah is None or a.stop_niah < 0 or not stop) else a.stop_niah
     jobs = [{"label": lab, "window": w, "model": m.to_dict(), "train": t.to_dict(), "scan": scan_kw,
              "stop_when_formed": stop or None, "stop_measure": a.stop_measure, "stop_niah": stop_niah,
              "max_steps": max_steps, "run_dir": str(out / "runs" / f"{lab}_seed{t.seed}")} for lab, w, _, m, t in cfgs]
