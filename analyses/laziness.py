@@ -64,15 +64,16 @@ NAME = "laziness"
 FULL = "full"  # label of the all-full-attention reference in the `window` column's string form
 
 # ---------------------------------------------------------------------------------------- settings
-# quick: the CPU recipe (tuning log: analyses/results/logs/laziness_tuning_2026-12-03.md). The `tiny`
-# model (SSSF, d_model 64, 4 heads, NoPE on F) at context 144 with a constant learning rate after
-# warmup; half of the rows are needle prompts (noise haystack: the needle's value lies 52-86
-# tokens before the answer, beyond every window), the other half induction rows (a random string of
-# 8-48 bytes repeated); no plain-text rows (with 2 of 16 rows of noise text, formation came 2-5x
-# later: tuning log). Windows 2-32 (16x) at context 144 (4.5x the largest).
-# Runs stop once their first F head has held the mass measure for 3 checkpoints.
+# quick: the CPU recipe, preset laziness-cpu (tuning log: analyses/results/logs/laziness_tuning_2026-12-03.md).
+# SSSF, d_model 64, 8 heads of 8 (with 4 heads one run in 15 stayed censored per sweep), NoPE on F,
+# context 144, batch 8, constant learning rate after warmup, a 4000-step budget; half of the rows
+# are needle prompts (noise haystack: the needle's value lies 52-86 tokens before the answer, beyond
+# every window), the other half induction rows (a random string of 8-48 bytes repeated); no
+# plain-text rows (with 2 of 16 rows of noise text, formation came 2-5x later: tuning log). Windows
+# 2-32 (16x) at context 144 (4.5x the largest). Two scan samples per depth. Runs stop once their
+# first F head has held the mass measure for 3 checkpoints.
 QUICK = dict(preset="laziness-cpu", max_steps=None, windows=(2, 4, 8, 32), seeds=(0, 1, 2), full_ref=True,
-             scan=dict(depths=(0.1, 0.3, 0.5, 0.7, 0.9), n_per_cell=1))
+             scan=dict(depths=(0.1, 0.3, 0.5, 0.7, 0.9), n_per_cell=2))
 # smoke: a few steps, to test the pipeline and the output schema (numbers are meaningless)
 SMOKE = dict(
     model=dict(layout="SF", d_model=16, n_heads=2, d_mlp=32, pos={"F": "nope", "S": "rope"}, max_seq_len=192),
