@@ -344,7 +344,13 @@ def score_curves(curves: pd.DataFrame, measure: str, *, threshold: float | None 
     over seeds), band = min-max over seeds; a dashed line at ``threshold`` unless None."""
     c = _check(curves, CURVE_COLUMNS, "score_curves: curves")
     note = _note(title_note)
-    d = c[(c["measure"] == measure)].dropna(subset=["best_f_score"])
+    rows = c[c["measure"] == measure]
+    d = rows.dropna(subset=["best_f_score"])
+    if d.empty and not rows.empty:  # the measure is there, but undefined at every checkpoint
+        why = (" (Wu's copy score counts only correctly answered samples: no run answered one)"
+               if measure == "copy" else "")
+        return _empty(f"Best F-head '{measure}' score: undefined at every checkpoint of every run{note}",
+                      f"{len(rows)} checkpoints, none with a score{why}")
     if d.empty:
         have = ", ".join(map(str, dict.fromkeys(c["measure"]))) or "none"
         return _empty(f"Best F-head score: no curve of measure {measure!r} in the table{note}",

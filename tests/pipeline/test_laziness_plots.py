@@ -150,6 +150,10 @@ def test_score_curves_median_and_band_per_window():
     assert fig.layout.xaxis.tickformat == "~s"
     assert lp.score_curves(curves, "copy_tf").layout.title.text.startswith(
         "Best F-head score: no curve of measure 'copy_tf'")
+    undefined = curves[curves["measure"] == "copy"].assign(best_f_score=np.nan)  # no sample ever answered
+    fig = lp.score_curves(undefined, "copy")
+    assert fig.layout.title.text.startswith("Best F-head 'copy' score: undefined at every checkpoint")
+    assert "no run answered one" in fig.layout.annotations[0].text and not fig.data
 
 
 def test_niah_curves_count_each_checkpoint_once():
