@@ -57,8 +57,11 @@ def demo_figure(runs: dict[str, dict], measure: str = "mass") -> go.Figure:
         when = (f"formed at {f['tokens_seen']:,} tokens" if f.get("formed") else
                 f"censored at {f['censored_at_tokens']:,}" if f.get("censored_at_tokens") is not None else "")
         titles.append(f"{name}: F-head {measure}" + (f"<br><sub>{when}</sub>" if when else ""))
+    niah_max = max((float(runs[n]["niah"]["accuracy"].max()) for n in names if len(runs[n]["niah"])), default=0.0)
+    niah_title = "NIAH accuracy (scan)" + ("<br><sub>0 at every checkpoint: no run retrieves yet</sub>"
+                                           if niah_max == 0 else "")
     fig = make_subplots(rows=1, cols=len(names) + 1, shared_yaxes=False,
-                        subplot_titles=titles + ["NIAH accuracy (scan)"])
+                        subplot_titles=titles + [niah_title])
     colors = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e"]
     for i, name in enumerate(names):
         t = runs[name]
@@ -83,7 +86,7 @@ def demo_figure(runs: dict[str, dict], measure: str = "mass") -> go.Figure:
     fig.update_xaxes(title_text="tokens seen", tickformat="~s", rangemode="tozero", row=1, col=len(names) + 1)
     fig.update_yaxes(range=[0, 1.05], row=1, col=len(names) + 1)
     fig.update_layout(title=f"Large-Window Laziness: the {measure} score of every full-attention head over training",
-                      height=450, width=max(1000, 330 * (len(names) + 1)))
+                      height=480, autosize=True, legend=dict(orientation="h", y=-0.22, title_text="NIAH: "))
     return fig
 
 
