@@ -308,7 +308,8 @@ def write_page(out: Path, formation, curves, st, settings_html: str, thresholds:
     return page
 
 
-def main(argv=None) -> dict:
+def build_parser():
+    """The command line of this script (``main`` parses with it; tests build configs from it)."""
     ap = analysis_parser(__doc__, quick="CPU recipe: 4 windows x 3 seeds + the full-attention reference "
                                         "(< 15 min on 2 cores)",
                          preset="preset for the full mode [gpu-small]")
@@ -344,7 +345,11 @@ def main(argv=None) -> dict:
     ap.add_argument("--out", default=None, help="output folder [analyses/out/laziness]")
     ap.add_argument("--machine", default=None, help="free-text machine description for results.json")
     ap.add_argument("--record", default=None, help="also write results.json here (e.g. analyses/results/laziness.json)")
-    a = ap.parse_args(argv)
+    return ap
+
+
+def main(argv=None) -> dict:
+    a = build_parser().parse_args(argv)
     setup_threads(1)
     import pandas as pd
 
