@@ -50,6 +50,7 @@ import retrieval_heads as rh
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from analyses.common import (  # noqa: E402
+    apply_overrides,
     jsonable,
     last_checkpoint,
     parse_common,
@@ -275,6 +276,8 @@ def main(argv=None):
     ap.add_argument("--preset", default=None, help="preset to train [default: tiny (quick), gpu-small (full)]")
     ap.add_argument("--steps", type=int, default=0, help="training steps [default: the mode's]")
     ap.add_argument("--window", type=int, default=0, help="SWA window [default: the preset's]")
+    ap.add_argument("--set", default=None, help="config overrides for both arms, e.g. "
+                                                "model.n_heads=8,model.n_kv_heads=8,train.batch_size=8")
     ap.add_argument("--seeds", default=None, help="comma-separated seeds [default: 0,1,2 in --quick and full, "
                                                   "--seed in --smoke; --seed S alone = one seed]")
     ap.add_argument("--jobs", type=int, default=0, help="(seed, arm) runs at once, one thread each "
@@ -295,6 +298,10 @@ def main(argv=None):
         train_cfg = train_cfg.replace(steps=a.steps)
     if a.window:
         model_cfg = model_cfg.replace(window=a.window)
+    try:
+        model_cfg, train_cfg = apply_overrides(model_cfg, train_cfg, a.set)
+    except ValueError as e:
+        raise SystemExit(f"error: {e}") from None
     jobs = [{"script": NAME, "fn": "arm_job", "pass_job": True, "seed": s, "arm": name, "mode": mode,
              "device": a.device, "given": getattr(a, name),
              "model": model_cfg.replace(pos=dict(POS[name])).to_dict(), "train": train_cfg.replace(seed=s).to_dict(),

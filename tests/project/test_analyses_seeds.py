@@ -13,6 +13,16 @@ from helpers import load_analysis
 SUMMARY = {"per_seed", "n", "n_missing", "mean", "ci_low", "ci_high", "std", "level"}
 
 
+def test_nope_set_overrides_both_arms_and_refuses_unknown_fields(tmp_path):
+    import pytest
+
+    nope = load_analysis("nope")
+    with pytest.raises(SystemExit, match=r"--set: unknown model field\(s\) \['n_head'\]"):
+        nope.main(["--smoke", "--set", "model.n_head=8", "--out", str(tmp_path / "bad")])
+    res = nope.main(["--smoke", "--set", "train.batch_size=2", "--out", str(tmp_path / "ok")])
+    assert res["train_config"]["batch_size"] == 2
+
+
 def test_nope_two_seeds_smoke(tmp_path):
     out = tmp_path / "nope"
     # --jobs 2: the (seed, arm) runs go through the process pool (spawned workers import analyses.nope)
