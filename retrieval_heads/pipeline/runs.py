@@ -59,8 +59,8 @@ def train_and_scan(model_cfg, train_cfg, run_dir, *, scan: bool = True, scan_kw:
     accuracy at that checkpoint (``metrics.jsonl``) to be at least ``x``: an attention pattern
     that has formed but does not retrieve yet can fade again, and stopping on it would record
     a formation that the rest of the budget might have undone. ``max_steps`` stops every run
-    after that step (the schedule is still that of ``train_cfg.steps``; a later call with a larger cap continues the
-    same run exactly). Returns ``{"run_dir", "train_s", "scan_s", "formation":
+    after that step (the schedule is still that of ``train_cfg.steps``; a later call with a
+    larger cap continues the same run exactly). Returns ``{"run_dir", "train_s", "scan_s", "formation":
     formation.json's "run" entry (or its ``stop_measure`` entry) or None, "stopped_early",
     "metrics": DataFrame}``. A finished
     run with the same configs is reused and the scan's cache makes a re-scan cheap. Without
