@@ -347,8 +347,11 @@ def score_curves(curves: pd.DataFrame, measure: str, *, threshold: float | None 
     rows = c[c["measure"] == measure]
     d = rows.dropna(subset=["best_f_score"])
     if d.empty and not rows.empty:  # the measure is there, but undefined at every checkpoint
-        why = (" (Wu's copy score counts only correctly answered samples: no run answered one)"
-               if measure == "copy" else "")
+        from .detect.metrics import REGISTRY
+
+        spec = REGISTRY.get(measure)
+        why = (f" ({measure} counts only correctly answered samples: no run answered one)"
+               if spec is not None and spec.over == "counted" else "")
         return _empty(f"Best F-head '{measure}' score: undefined at every checkpoint of every run{note}",
                       f"{len(rows)} checkpoints, none with a score{why}")
     if d.empty:
