@@ -51,7 +51,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from analyses.common import (DEFAULT_TRAIN, last_checkpoint, parse_common, results_head, save_fig,  # noqa: E402
                              save_table, script_log, train_preset, write_json, write_results)
-from analyses.seeds import format_summary, run_per_seed, seeds_from_args, summarize_values  # noqa: E402
+from analyses.seeds import SEED_FIELD, fill_seed, format_summary, run_per_seed, seeds_from_args, summarize_values  # noqa: E402
 
 NAME = "gradient_influence"
 LAST = 20  # positions whose output is differentiated
@@ -121,7 +121,8 @@ def summarize(df: pd.DataFrame, window: int) -> dict:
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--runs", nargs="*", default=[], help="runs / checkpoints (RUN, RUN@STEP); default: train one")
+    ap.add_argument("--runs", nargs="*", default=[], help="runs / checkpoints (RUN, RUN@STEP; {seed} = each seed's, "
+                                                           "e.g. runs/nope_seed{seed}@2000); default: train one")
     ap.add_argument("--context-len", type=int, default=0, help="row length [default: each run's training length]")
     ap.add_argument("--objective", default="both", choices=["logit_sum", "nll", "both"])
     ap.add_argument("--sources", default="text,needle", help="text (held-out essay rows) and/or needle prompts")
@@ -136,7 +137,7 @@ def main(argv=None):
     if len(seeds) > 1:
         return main_seeds(a, argv, mode_name, out, seeds, t0)
     a.seed = seeds[0]
-    specs = list(a.runs)
+    specs = [fill_seed(r, a.seed) for r in a.runs]
     if not specs:
         specs = [str(train_preset({**DEFAULT_TRAIN[mode_name], "seed": a.seed}, out / "run", a.device, log))]
     train_s = time.time() - t0
@@ -231,6 +232,10 @@ def main_seeds(a, argv, mode_name: str, out: Path, seeds: list[int], t0: float) 
     per_seed = {str(s): [{k: v for k, v in r.items() if k != "share_by_distance"} for r in res["summary"]]
                 for s, res in zip(seeds, done)}
     agg = aggregate(per_seed)
+    for r in agg:  # a run named per seed ({seed} in --runs): label the over-seeds row by its template
+        template = a.runs[r["run_index"]] if r["run_index"] < len(a.runs) else ""
+        if SEED_FIELD in template:
+            r["run"] = f"{Path(template.rsplit('@', 1)[0]).name}: {r['run'].split(': ', 1)[-1]}"
     rows = [{"seed": s, **{k: r[k] for k in ("run", "source", "objective", *STATS)}}
             for s, rs in per_seed.items() for r in rs]
     rows += [{"seed": "all", "run": r["run"], "source": r["source"], "objective": r["objective"],

@@ -56,7 +56,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from analyses.common import (DEFAULT_TRAIN, last_checkpoint, parse_common, results_head, save_fig,  # noqa: E402
                              save_table, script_log, train_preset, write_json, write_results)
-from analyses.seeds import (default_jobs, format_summary, reproduced, run_in_processes, seed_jobs,  # noqa: E402
+from analyses.seeds import (default_jobs, fill_seed, format_summary, reproduced, run_in_processes, seed_jobs,  # noqa: E402
                             seeds_from_args, summarize_values)
 
 NAME = "mechanism"
@@ -225,7 +225,8 @@ def figures(out: Path, scores_df, summ, rf, title) -> list[str]:
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--run", help="checkpoint folder or run folder (its last checkpoint); default: train one")
+    ap.add_argument("--run", help="checkpoint folder or run folder (its last checkpoint; {seed} = each seed's, "
+                                  "e.g. runs/nope_seed{seed}); default: train one")
     ap.add_argument("--preset", default=None, help="preset to train when --run is not given "
                                                      "(default: tiny with a short context in quick mode, "
                                                      "gpu-small in full)")
@@ -248,6 +249,7 @@ def main(argv=None):
     a.seed = seeds[0]
 
     if a.run:
+        a.run = fill_seed(a.run, a.seed)
         ckpt = last_checkpoint(a.run, f"--run {Path(a.run)}")
         train_s = 0.0
     else:

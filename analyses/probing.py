@@ -53,7 +53,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from analyses.common import (DEFAULT_TRAIN, parse_common, results_head, run_checkpoints, save_fig,  # noqa: E402
                              save_table, script_log, train_preset, write_json, write_results)
-from analyses.seeds import format_summary, reproduced, run_per_seed, seeds_from_args, summarize_values  # noqa: E402
+from analyses.seeds import fill_seed, format_summary, reproduced, run_per_seed, seeds_from_args, summarize_values  # noqa: E402
 
 NAME = "probing"
 N_VALUES = 8
@@ -211,7 +211,8 @@ def pick_checkpoints(path: Path, n: int) -> list[Path]:
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--run", help="checkpoint folder or run folder; default: train one")
+    ap.add_argument("--run", help="checkpoint folder or run folder ({seed} = each seed's, e.g. "
+                                  "runs/nope_seed{seed}); default: train one")
     ap.add_argument("--steps", default="", help="checkpoint steps to probe, e.g. 1000,1500,2000 "
                                                 "[default: spread over the run]")
     ap.add_argument("--context-len", type=int, default=0, help="prompt length [default: training length]")
@@ -227,7 +228,7 @@ def main(argv=None):
         return main_seeds(a, argv, mode_name, out, seeds, t0)
     a.seed = seeds[0]
     if a.run:
-        run = Path(a.run)
+        run = Path(fill_seed(a.run, a.seed))
     else:
         run = train_preset({**DEFAULT_TRAIN[mode_name], "seed": a.seed}, out / "run", a.device, log)
     train_s = time.time() - t0

@@ -16,7 +16,8 @@ Aggregation (pure numpy / pandas through :mod:`retrieval_heads.stats`; no model 
 - :func:`reproduced`: a verdict string, "reproduced on k of n seeds".
 
 Running: :func:`parse_seeds`, :func:`seeds_from_args` (``--seeds`` with ``--seed`` kept as a
-single-seed alias), :func:`seed_jobs` (the per-seed output folders and argument lists) and
+single-seed alias), :func:`seed_jobs` (the per-seed output folders and argument lists; ``{seed}`` in an argument,
+e.g. ``--run runs/nope_seed{seed}``, becomes each seed: :func:`fill_seed`) and
 :func:`run_in_processes` (each seed in its own spawned process of one torch thread, through
 ``map_in_processes``; the worker :func:`call_script` imports ``analyses.<script>`` there).
 
@@ -131,13 +132,28 @@ def seed_out(out: str | Path, seed: int) -> Path:
     return Path(out) / f"seed_{seed}"
 
 
+SEED_FIELD = "{seed}"
+
+
+def fill_seed(text, seed: int) -> str:
+    """``text`` with every ``{seed}`` replaced by ``seed``: one command can name a run folder
+    per seed, e.g. ``--run runs/nope_seed{seed}`` (a path without ``{seed}`` is every seed's).
+
+        >>> fill_seed("runs/nope_seed{seed}@2000", 2)
+        'runs/nope_seed2@2000'
+    """
+    return str(text).replace(SEED_FIELD, str(int(seed)))
+
+
 def seed_jobs(script: str, argv: Sequence[str], seeds: Sequence[int], out: str | Path,
               fn: str = "main") -> list[dict]:
     """One job per seed for :func:`call_script`: the script's ``argv`` without ``--seeds``,
-    ``--seed``, ``--out`` and ``--jobs``, plus ``--seed S --out OUT/seed_S``."""
+    ``--seed``, ``--out`` and ``--jobs``, with ``{seed}`` filled in (:func:`fill_seed`), plus
+    ``--seed S --out OUT/seed_S``."""
     base = strip_options(argv, ["--seeds", "--seed", "--out", "--jobs"])
     return [{"script": script, "fn": fn, "seed": int(s),
-             "argv": [*base, "--seed", str(s), "--out", str(seed_out(out, s))]} for s in seeds]
+             "argv": [*(fill_seed(t, s) for t in base), "--seed", str(s), "--out", str(seed_out(out, s))]}
+            for s in seeds]
 
 
 def call_script(job: dict):

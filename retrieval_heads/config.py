@@ -353,6 +353,10 @@ class ModelConfig(_JSONMixin):
         )
 
 
+# learning-rate schedules after the linear warmup (``retrieval_heads.train.loop.lr_at``)
+LR_SCHEDULES = ("cosine", "wsd")
+
+
 @dataclass
 class TrainConfig(_JSONMixin):
     """Training hyper-parameters. See ``retrieval_heads.train`` for the loop.
@@ -367,8 +371,10 @@ class TrainConfig(_JSONMixin):
     grad_accum: int = 1
     context_len: int = 256
     lr: float = 3e-3
-    min_lr_ratio: float = 0.1
+    min_lr_ratio: float = 0.1  # the schedule's last learning rate, as a fraction of lr (1.0 = constant)
     warmup_steps: int = 50
+    lr_schedule: str = "cosine"  # after warmup: "cosine" to min_lr_ratio, or "wsd" (constant, then decay)
+    decay_fraction: float = 0.3  # "wsd": the last fraction of the steps decays linearly to min_lr_ratio
     weight_decay: float = 0.1
     beta1: float = 0.9
     beta2: float = 0.95
@@ -399,7 +405,9 @@ class TrainConfig(_JSONMixin):
         if self.seed >= 2**63:  # torch.manual_seed takes < 2**64; keep room for derived seeds
             raise ValueError(f"seed: must be < 2**63, got {self.seed}")
         _check_float("lr", self.lr)
-        for name in ("min_lr_ratio", "niah_fraction", "niah_context_weight", "induction_fraction"):
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ValueError(f"lr_schedule: {self.lr_schedule!r}; use one of {', '.join(LR_SCHEDULES)}")
+        for name in ("min_lr_ratio", "decay_fraction", "niah_fraction", "niah_context_weight", "induction_fraction"):
             v = getattr(self, name)
             _check_float(name, v, positive=False)
             if not 0.0 <= v <= 1.0:

@@ -88,9 +88,21 @@ RESUME_ONLY = "resume_only"  # config.json "extra" key of a visible checkpoint o
 
 # ----------------------------------------------------------------------------- schedules
 def lr_at(cfg: TrainConfig, step: int) -> float:
-    """Learning rate of the update that turns step ``step`` into ``step + 1`` (0-based)."""
+    """Learning rate of the update that turns step ``step`` into ``step + 1`` (0-based).
+
+    A linear warmup over ``warmup_steps``, then ``lr_schedule``: ``"cosine"`` decays from
+    ``lr`` to ``lr * min_lr_ratio`` over the remaining steps; ``"wsd"`` (warmup-stable-decay)
+    holds ``lr`` and decays linearly to ``lr * min_lr_ratio`` over the last ``decay_fraction``
+    of the steps (the first ``steps * (1 - decay_fraction)`` steps are those of a constant-LR
+    run). ``min_lr_ratio = 1`` is a constant learning rate with either."""
     if step < cfg.warmup_steps:
         return cfg.lr * (step + 1) / cfg.warmup_steps
+    if cfg.lr_schedule == "wsd":
+        start = max(cfg.warmup_steps, round(cfg.steps * (1 - cfg.decay_fraction)))
+        if step < start:
+            return cfg.lr
+        progress = min((step - start + 1) / max(cfg.steps - start, 1), 1.0)
+        return cfg.lr * (1 - (1 - cfg.min_lr_ratio) * progress)
     span = max(cfg.steps - cfg.warmup_steps, 1)
     progress = min((step - cfg.warmup_steps) / span, 1.0)
     ratio = cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))

@@ -134,6 +134,12 @@ def test_probing_two_seeds_smoke(tmp_path):
     assert set(easy["hook_embed"]) == SUMMARY and easy["hook_embed"]["n"] == 2
     assert agg["final_niah"]["n"] == 2 and set(agg["verdicts"]) == {"hard", "easy"}
     assert agg["verdicts"]["easy"]["n"] == 2
+    # the runs just trained, named per seed with {seed}: each seed probes its own run
+    again = load_analysis("probing").main(["--smoke", "--seeds", "0,1", "--run", str(out / "seed_{seed}" / "run"),
+                                           "--out", str(tmp_path / "given")])
+    assert [again["per_seed"][s]["run"] for s in ("0", "1")] == [str(out / f"seed_{s}" / "run") for s in (0, 1)]
+    assert again["seed_scope"] == "value sets, prompts and splits only (given --run)"
+    assert again["per_seed"]["1"]["final_test_acc"] == res["per_seed"]["1"]["final_test_acc"]
 
 
 def test_probing_only_f_verdict():
@@ -160,6 +166,18 @@ def test_gradient_influence_two_seeds_smoke(tmp_path):
     assert share["n"] == 2 and abs(share["mean"] - round(sum(want) / 2, 4)) < 1e-9
     table = pd.read_csv(out / "summary_seeds.csv")
     assert list(table["seed"].astype(str)) == ["0", "0", "1", "1", "all", "all"]
+    # each seed's own run through {seed}; the over-seeds rows are labelled by the template
+    for s in (0, 1):
+        (tmp_path / f"r{s}").symlink_to(out / f"seed_{s}" / "run")
+    again = load_analysis("gradient_influence").main(["--smoke", "--seeds", "0,1", "--objective", "nll", "--runs",
+                                                      str(tmp_path / "r{seed}"), "--out", str(tmp_path / "g2")])
+    assert [again["per_seed"][s][0]["run"].split(":")[0] for s in ("0", "1")] == ["r0", "r1"]
+    assert {r["run"].split(":")[0] for r in again["aggregate"]} == {"r{seed}"}
+
+    def numbers(rows):
+        return [{k: v for k, v in r.items() if k not in ("run", "checkpoint")} for r in rows]
+
+    assert numbers(again["per_seed"]["1"]) == numbers(res["per_seed"]["1"])  # seed 1's run, seed 1's prompts
 
 
 def test_emergence_two_seeds_smoke(tmp_path):

@@ -103,6 +103,10 @@ def test_seed_arguments():
     jobs = seeds.seed_jobs("nope", ["--quick", "--seeds", "0,1", "--seed=4", "--jobs", "2", "--out", "o"], [0, 1], "o")
     assert [j["seed"] for j in jobs] == [0, 1]
     assert jobs[1]["argv"] == ["--quick", "--seed", "1", "--out", "o/seed_1"]
+    # {seed} names one run per seed; a path without it is shared by every seed
+    jobs = seeds.seed_jobs("probing", ["--run", "r/nope_seed{seed}", "--runs", "a@10", "b{seed}@20"], [2, 5], "o")
+    assert jobs[0]["argv"][:5] == ["--run", "r/nope_seed2", "--runs", "a@10", "b2@20"]
+    assert jobs[1]["argv"][:5] == ["--run", "r/nope_seed5", "--runs", "a@10", "b5@20"]
 
     class A:
         seeds, seed = None, 4

@@ -40,6 +40,26 @@ def test_lr_schedule():
     assert lrs == sorted(lrs, reverse=True)
 
 
+def test_wsd_schedule_holds_then_decays_linearly():
+    c = rh.TrainConfig(steps=100, lr=1e-3, warmup_steps=10, min_lr_ratio=0.1, lr_schedule="wsd", decay_fraction=0.2)
+    assert lr_at(c, 0) == pytest.approx(1e-4) and lr_at(c, 9) == pytest.approx(1e-3)  # the same warmup
+    const = c.replace(min_lr_ratio=1.0)
+    # stable phase: exactly the constant-LR run's rates up to step 80 = 100 * (1 - 0.2)
+    assert [lr_at(c, s) for s in range(80)] == [lr_at(const, s) for s in range(80)]
+    assert lr_at(c, 79) == 1e-3 and lr_at(c, 80) == pytest.approx(1e-3 * (1 - 0.9 / 20))
+    assert lr_at(c, 89) == pytest.approx(1e-3 * (1 - 0.9 * 10 / 20))  # linear, halfway
+    assert lr_at(c, 99) == pytest.approx(1e-4) and lr_at(c, 150) == pytest.approx(1e-4)  # the last update: min_lr
+    decay = [lr_at(c, s) for s in range(79, 100)]
+    assert decay == sorted(decay, reverse=True) and len(set(decay)) == len(decay)
+    assert all(lr_at(const, s) == 1e-3 for s in range(10, 100))  # min_lr_ratio 1: constant
+    with pytest.raises(ValueError, match="lr_schedule: 'step'; use one of cosine, wsd"):
+        rh.TrainConfig(lr_schedule="step")
+    with pytest.raises(ValueError, match=r"decay_fraction: must lie in \[0, 1\]"):
+        rh.TrainConfig(lr_schedule="wsd", decay_fraction=1.5)
+    # old configs (no lr_schedule field) load as cosine
+    assert rh.TrainConfig.from_dict({"steps": 5}).lr_schedule == "cosine"
+
+
 def test_checkpoint_schedule_resolves_early_training():
     c = rh.TrainConfig(steps=1000, save_every=100)
     s = checkpoint_steps(c)
