@@ -8,7 +8,7 @@ Stable surface (other analysis scripts import it): ``setup_threads``, ``out_dir`
 ``map_in_processes`` (the last five from ``retrieval_heads.pipeline.runs``);
 and, for the scripts that analyse one trained run (``mechanism``, ``nope``, ``probing``,
 ``gradient_influence``): ``DEFAULT_TRAIN``, ``script_log``, ``parse_common``, ``results_head``,
-``write_results``, ``save_table``, ``save_fig``, ``machine_info``, ``train_preset``,
+``write_results``, ``save_table``, ``save_fig``, ``machine_info``, ``preset_configs``, ``train_preset``,
 ``run_checkpoints``, ``last_checkpoint``.
 
 A script in ``analyses/`` imports these as ``from analyses.common import ...`` after putting the
@@ -152,14 +152,21 @@ def non_embedding_params(model_cfg) -> int:
 # mechanism.py, nope.py, probing.py, gradient_influence.py: a --quick/--smoke/full mode, one
 # output folder of tables (CSV + parquet), figures (HTML + PNG) and a results.json.
 
-# The model that mechanism / probing / gradient_influence train when no run is given, per mode:
-# the tiny preset (SSSF, d_model 64, window 16, NoPE F) at context 160 with a constant learning
-# rate, 2500 steps (the training settings of nope.py's NoPE-F run, which had training NIAH 0 up to step 2100, 0.94
-# at 2300, 1.0 at 2400-2500; about 4-5 CPU-minutes); ``train_preset`` takes one entry.
-# (mechanism.py trains tiny-deep instead in quick mode.)
+# The CPU recipe of every --quick analysis that trains a hybrid (issue 20): the tiny preset (SSSF,
+# d_model 64, window 16, NoPE on F) with 8 heads of 8, context 144, batch 8, 3600 steps and a
+# warmup-stable-decay learning rate (3e-3, then a linear decay to 10% over the last 30% of the
+# steps). nope.py's NoPE-F arm is exactly this run for the same seed, so probing.py and
+# gradient_influence.py --quick train what nope.py --quick trains (and can be given those runs
+# with --run 'OUT/runs/nope_seed{seed}'). Measured with 3 seeds in analyses/RESULTS.md (NoPE).
+QUICK_RECIPE = dict(preset="tiny", model=dict(n_heads=8, n_kv_heads=8), context_len=144, batch_size=8,
+                    steps=3600, lr_schedule="wsd", decay_fraction=0.3, min_lr_ratio=0.1, eval_every=100,
+                    save_every=500)
+
+# The model that mechanism / probing / gradient_influence train when no run is given, per mode
+# (``train_preset`` takes one entry; mechanism.py trains tiny-deep instead in quick mode).
 DEFAULT_TRAIN = {
     "smoke": dict(preset="tiny", context_len=160, batch_size=4, steps=2),
-    "quick": dict(preset="tiny", context_len=160, batch_size=16, steps=2500, min_lr_ratio=1.0),
+    "quick": QUICK_RECIPE,
     "full": dict(preset="gpu-small"),
 }
 
@@ -274,6 +281,18 @@ def save_fig(fig, out: str | Path, name: str, log=print, png_state: dict | None 
     return files
 
 
+def preset_configs(spec: dict, device: str = "cpu"):
+    """(ModelConfig, TrainConfig) of ``spec`` = ``{"preset": name, "model": {ModelConfig overrides}
+    (optional), **TrainConfig overrides}`` on ``device`` (what :func:`train_preset` trains)."""
+    import retrieval_heads as rh
+
+    spec = dict(spec)
+    model_cfg, train_cfg = rh.train.presets.load_preset(spec.pop("preset"))
+    model_over = spec.pop("model", {})
+    model_cfg = model_cfg.replace(**model_over) if model_over else model_cfg
+    return model_cfg, train_cfg.replace(device=device, **spec)
+
+
 def train_preset(spec: dict, run_dir: str | Path, device: str, log=print, *, verbose: bool = False) -> Path:
     """Train (or resume / reuse a finished run in ``run_dir``) ``spec`` = ``{"preset": name,
     "model": {ModelConfig overrides} (optional), **TrainConfig overrides}`` on ``device``;
@@ -282,11 +301,7 @@ def train_preset(spec: dict, run_dir: str | Path, device: str, log=print, *, ver
     lines (``progress_every``) through ``log``."""
     import retrieval_heads as rh
 
-    spec = dict(spec)
-    model_cfg, train_cfg = rh.train.presets.load_preset(spec.pop("preset"))
-    model_over = spec.pop("model", {})
-    model_cfg = model_cfg.replace(**model_over) if model_over else model_cfg
-    train_cfg = train_cfg.replace(device=device, **spec)
+    model_cfg, train_cfg = preset_configs(spec, device)
     shape = f" (context {train_cfg.context_len}, batch {train_cfg.batch_size})" if verbose else ""
     log(f"training {model_cfg.describe()} for {train_cfg.steps} steps{shape} into {run_dir}")
     t = Timer()

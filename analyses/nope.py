@@ -15,7 +15,9 @@ Several seeds (issue 20): ``--seeds 0,1,2`` (the default in ``--quick`` and the 
 evaluated as a single-seed run is, with that seed for training data and evaluation prompts --
 ``--jobs`` of them at once in processes of one torch thread. Reported per seed and aggregated
 (``analyses/seeds.py``): NIAH per length and arm (mean, 95% bootstrap interval, n); the step
-each arm learned NIAH at 1x (training NIAH >= ``--learned-at`` from then on; a seed that never
+each arm learned NIAH at 1x (``--learned-rule``: by default the first evaluation with training
+NIAH >= ``--learned-at`` whose mean over it and every later evaluation is also >= ``--learned-at``;
+``every`` asks for every later evaluation; ``learned.csv`` holds both; a seed that never
 does is censored at its budget: k/n learned, Kaplan-Meier median, share of the budget); the
 short-context loss per arm and the paired relative difference NoPE vs RoPE with its interval;
 verdicts "reproduced on k of n seeds".
@@ -50,6 +52,7 @@ import retrieval_heads as rh
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from analyses.common import (  # noqa: E402
+    QUICK_RECIPE,
     apply_overrides,
     jsonable,
     last_checkpoint,
@@ -75,19 +78,20 @@ from analyses.seeds import (  # noqa: E402
 NAME = "nope"
 ARMS = ("rope", "nope")
 POS = {"rope": {"F": "rope", "S": "rope"}, "nope": {"F": "nope", "S": "rope"}}
-# (preset, TrainConfig overrides); quick: the tiny preset (SSSF, d_model 64, window 16) with 8 heads
-# of 8 (MODEL below) at context 160, batch 8, a constant learning rate, 4000 steps. Measured with 3
-# seeds (analyses/RESULTS.md, 2026-12-03): both arms learn NIAH on every seed (first >= 0.9 at
-# steps 1700-2300); the earlier quick recipe (4 heads, batch 16, 2500 steps) left NoPE-F untrained
-# on 2 of 3 seeds at window 8 and on seed 5 at window 16.
+# (preset, TrainConfig overrides); quick: common.QUICK_RECIPE, the CPU recipe every --quick analysis
+# trains (tiny with 8 heads of 8, context 144, batch 8, 3600 steps, warmup-stable-decay learning
+# rate), so the NoPE-F arm of a seed is the run probing.py / gradient_influence.py --quick train.
+# Measured with 3 seeds in analyses/RESULTS.md (NoPE, 2026-12-03), next to the earlier recipes
+# (4 heads, batch 16, 2500 steps: NoPE-F untrained on 2 of 3 seeds at window 8 and on seed 5 at
+# window 16; 8 heads with a constant learning rate for 4000 steps: 18 min).
+_QUICK = {k: v for k, v in QUICK_RECIPE.items() if k not in ("preset", "model")}
 TRAIN = {
     "smoke": ("tiny", dict(context_len=160, batch_size=4, steps=2, eval_every=1, save_every=2)),
-    "quick": ("tiny", dict(context_len=160, batch_size=8, steps=4000, min_lr_ratio=1.0, eval_every=100,
-                             save_every=500)),
+    "quick": (QUICK_RECIPE["preset"], _QUICK),
     "full": ("gpu-small", dict()),
 }
 # ModelConfig overrides per mode (applied after the preset, before --window and --set)
-MODEL = {"quick": dict(n_heads=8, n_kv_heads=8)}
+MODEL = {"quick": dict(QUICK_RECIPE["model"])}
 MODES = {
     "smoke": dict(n=1, depths=[0.5], short_rows=2, long_rows=1, mults=[1, 2]),
     "quick": dict(n=4, depths=[0.1, 0.3, 0.5, 0.7, 0.9], short_rows=32, long_rows=8, mults=[1, 2, 4]),
@@ -106,19 +110,53 @@ def first_step(curve: pd.DataFrame, thr: float):
     return None if hit.empty else int(hit["step"].iloc[0])
 
 
-def learned_step(curve: pd.DataFrame, thr: float):
-    """The first evaluated step from which training NIAH stays >= ``thr`` at every later
-    evaluation (the project's formation rule); None when it never does (censored)."""
+LEARNED_RULES = {
+    "mean": "training NIAH >= the threshold at this evaluation and on average over it and every later one",
+    "every": "training NIAH >= the threshold at this and every later evaluation",
+}
+
+
+def learned_step(curve: pd.DataFrame, thr: float, rule: str = "mean"):
+    """The first evaluated step from which the arm has learned NIAH at 1x; None when it never
+    does (censored). ``rule="every"``: training NIAH stays >= ``thr`` at every later evaluation
+    (one evaluation below ``thr``, however late, moves the step past it); ``rule="mean"``: NIAH
+    >= ``thr`` at that evaluation and its mean over that and every later evaluation >= ``thr``
+    (isolated dips after learning are tolerated, a relapse that lasts is not).
+
+        >>> c = pd.DataFrame({"step": [0, 100, 200, 300, 400], "niah_acc": [0.0, 0.95, 0.8, 1.0, 1.0]})
+        >>> learned_step(c, 0.9, "every"), learned_step(c, 0.9, "mean")
+        (300, 100)
+    """
+    if rule not in LEARNED_RULES:
+        raise ValueError(f"learned rule: {rule!r}; use one of {', '.join(LEARNED_RULES)}")
     if curve is None or not len(curve) or "niah_acc" not in curve:
         return None
     c = curve.dropna(subset=["niah_acc"]).sort_values("step")
-    below = (c["niah_acc"] < thr).to_numpy()
-    if not len(c) or below[-1]:
-        return None
-    idx = len(below) - 1
-    while idx > 0 and not below[idx - 1]:
-        idx -= 1
-    return int(c["step"].iloc[idx])
+    acc = c["niah_acc"].to_numpy(dtype=float)
+    steps = c["step"].to_numpy()
+    for i in range(len(acc)):
+        rest = acc[i:]
+        if acc[i] >= thr and (rest.min() >= thr if rule == "every" else rest.mean() >= thr):
+            return int(steps[i])
+    return None
+
+
+def base_configs(a, mode_name: str):
+    """(ModelConfig, TrainConfig) both arms share before ``pos`` and the seed are set: the mode's
+    preset and overrides (``TRAIN``, ``MODEL``), then ``--preset``, ``--steps``, ``--window``,
+    ``--set`` from the parsed arguments ``a``."""
+    preset, over = TRAIN[mode_name]
+    model_cfg, train_cfg = rh.train.presets.load_preset(a.preset or preset)
+    train_cfg = train_cfg.replace(device=a.device, **over)
+    model_cfg = model_cfg.replace(**MODEL.get(mode_name, {}))
+    if a.steps:
+        train_cfg = train_cfg.replace(steps=a.steps)
+    if a.window:
+        model_cfg = model_cfg.replace(window=a.window)
+    try:
+        return apply_overrides(model_cfg, train_cfg, a.set)
+    except ValueError as e:
+        raise SystemExit(f"error: {e}") from None
 
 
 def run_dir(out: Path, arm: str, seed: int) -> Path:
@@ -250,6 +288,10 @@ def print_table(by_len: pd.DataFrame, losses: pd.DataFrame, learned: pd.DataFram
             row[f"NIAH {L}"] = "-" if v.empty else f"{float(v.iloc[0]):.2f}"
         lr = learned[(learned["seed"] == s) & (learned["pos_F"] == arm)]
         row["learned at 1x"] = agg["learned_niah_1x"][arm]["per_seed"][str(s)]["text"] if len(lr) else "-"
+        other = next((c for c in learned.columns if c.startswith("learned_step_")), None)
+        if other and len(lr):
+            v = lr[other].iloc[0]
+            row[f"{other.split('_')[-1]} rule"] = "never" if pd.isna(v) else f"step {int(v)}"
         sl = losses[(losses["seed"] == s) & (losses["pos_F"] == arm)]["short_context_loss"]
         row["short loss"] = f"{float(sl.iloc[0]):.4f}" if len(sl) else "-"
         rows.append(row)
@@ -286,26 +328,18 @@ def main(argv=None):
     ap.add_argument("--jobs", type=int, default=0, help="(seed, arm) runs at once, one thread each "
                                                         "[0 = one per core in --quick, else 1]")
     ap.add_argument("--learned-at", type=float, default=0.9,
-                    help="an arm has learned NIAH at 1x from the first evaluation from which its training "
-                         "NIAH stays at or above this [0.9]")
+                    help="the training-NIAH threshold of 'learned at 1x' [0.9]")
+    ap.add_argument("--learned-rule", choices=sorted(LEARNED_RULES), default="mean",
+                    help="mean: NIAH >= --learned-at at an evaluation and on average from then on (isolated "
+                         "dips tolerated); every: >= --learned-at at every later evaluation [mean]")
     a, mode_name, out = parse_common(ap, argv, NAME)
     mode = MODES[mode_name]
     seeds = seeds_from_args(a, argv, mode_name)
     t0 = time.time()
 
     # ---- the (seed, arm) jobs
-    preset, over = TRAIN[mode_name]
-    model_cfg, train_cfg = rh.train.presets.load_preset(a.preset or preset)
-    train_cfg = train_cfg.replace(device=a.device, seed=seeds[0], **over)
-    model_cfg = model_cfg.replace(**MODEL.get(mode_name, {}))
-    if a.steps:
-        train_cfg = train_cfg.replace(steps=a.steps)
-    if a.window:
-        model_cfg = model_cfg.replace(window=a.window)
-    try:
-        model_cfg, train_cfg = apply_overrides(model_cfg, train_cfg, a.set)
-    except ValueError as e:
-        raise SystemExit(f"error: {e}") from None
+    model_cfg, train_cfg = base_configs(a, mode_name)
+    train_cfg = train_cfg.replace(seed=seeds[0])
     jobs = [{"script": NAME, "fn": "arm_job", "pass_job": True, "seed": s, "arm": name, "mode": mode,
              "device": a.device, "given": getattr(a, name),
              "model": model_cfg.replace(pos=dict(POS[name])).to_dict(), "train": train_cfg.replace(seed=s).to_dict(),
@@ -325,9 +359,11 @@ def main(argv=None):
     for r in done:
         c = curves[(curves["seed"] == r["seed"]) & (curves["pos_F"] == r["arm"])] if len(curves) else pd.DataFrame()
         budget = int(r["info"]["step"]) if not len(c) else int(max(c["step"].max(), r["info"]["step"]))
-        step = learned_step(c, a.learned_at)
-        learned.append({"seed": r["seed"], "pos_F": r["arm"], "threshold": a.learned_at, "learned": step is not None,
-                        "learned_step": step, "budget": budget,
+        step = learned_step(c, a.learned_at, a.learned_rule)
+        other = "every" if a.learned_rule == "mean" else "mean"
+        learned.append({"seed": r["seed"], "pos_F": r["arm"], "threshold": a.learned_at, "rule": a.learned_rule,
+                        "learned": step is not None, "learned_step": step, "budget": budget,
+                        f"learned_step_{other}": learned_step(c, a.learned_at, other),
                         "share_of_budget": None if step is None else step / budget,
                         "first_step_0.5": first_step(c, 0.5) if len(c) else None,
                         "first_step_0.9": first_step(c, 0.9) if len(c) else None})
@@ -393,6 +429,7 @@ def main(argv=None):
                        f"evaluation prompts only for the given {given[0]} run"),
         "train_config": train_cfg.to_dict() if len(given) < 2 else None,
         "learned_at": a.learned_at,
+        "learned_rule": {"name": a.learned_rule, "definition": LEARNED_RULES[a.learned_rule]},
     }
     if len(seeds) == 1:  # the single-seed keys, as before
         results.update(per_seed(seeds[0]))

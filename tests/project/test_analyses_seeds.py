@@ -46,6 +46,8 @@ def test_nope_two_seeds_smoke(tmp_path):
         (0, "nope"), (0, "rope"), (1, "nope"), (1, "rope")]
     learned = pd.read_csv(out / "learned.csv")
     assert len(learned) == 4 and not learned["learned"].any() and (learned["budget"] == 2).all()
+    assert (learned["rule"] == "mean").all() and learned["learned_step_every"].isna().all()
+    assert res["learned_rule"]["name"] == "mean"
     assert set(pd.read_csv(out / "loss.csv")["seed"]) == {0, 1}
     agg = res["aggregate"]
     assert agg["seeds"] == [0, 1]
@@ -72,6 +74,17 @@ def test_nope_learned_step_rule():
     assert nope.first_step(curve, 0.9) == 200 and nope.learned_step(curve, 0.9) == 400
     assert nope.learned_step(curve.iloc[:3], 0.9) is None  # ends below: censored
     assert nope.learned_step(curve.assign(niah_acc=1.0), 0.9) == 100
+    assert nope.learned_step(curve, 0.9, "every") == 400
+    # an isolated dip after learning: "every" waits past it, "mean" (the default) does not
+    dip = pd.DataFrame({"step": [100, 200, 300, 400, 500, 600], "niah_acc": [0.0, 0.95, 0.85, 1.0, 1.0, 1.0]})
+    assert nope.learned_step(dip, 0.9, "every") == 400 and nope.learned_step(dip, 0.9) == 200
+    # a relapse that lasts to the end is not learned by either rule
+    relapse = pd.DataFrame({"step": [100, 200, 300, 400, 500], "niah_acc": [0.0, 1.0, 1.0, 0.5, 0.5]})
+    assert nope.learned_step(relapse, 0.9) is None and nope.learned_step(relapse, 0.9, "every") is None
+    import pytest
+
+    with pytest.raises(ValueError, match="learned rule: 'median'; use one of mean, every"):
+        nope.learned_step(dip, 0.9, "median")
 
 
 def test_mechanism_two_seeds_smoke(tmp_path):
@@ -197,3 +210,24 @@ def test_emergence_two_seeds_smoke(tmp_path):
     assert res["aggregate"]["fits"]["F"]["alpha"]["n"] == 2
     table = pd.read_csv(out / "runs_seeds.csv")
     assert list(table["seed"].astype(str)).count("all") == 3 and len(table) == 9
+
+
+def test_quick_recipe_is_shared_by_nope_probing_and_gradient_influence():
+    """nope.py --quick's NoPE-F arm is the run probing.py / gradient_influence.py --quick train
+    (common.QUICK_RECIPE), so 'OUT/runs/nope_seed{seed}' can stand in for their training."""
+    import argparse
+
+    from analyses.common import DEFAULT_TRAIN, QUICK_RECIPE, preset_configs
+
+    nope = load_analysis("nope")
+    a = argparse.Namespace(preset=None, device="cpu", steps=0, window=0, set=None)
+    model_cfg, train_cfg = nope.base_configs(a, "quick")
+    arm = model_cfg.replace(pos=dict(nope.POS["nope"]))
+    for script in ("probing", "gradient_influence"):
+        assert load_analysis(script).DEFAULT_TRAIN["quick"] is QUICK_RECIPE
+    m2, t2 = preset_configs(DEFAULT_TRAIN["quick"], "cpu")
+    assert arm == m2 and train_cfg == t2
+    assert (t2.lr_schedule, t2.steps, t2.batch_size, m2.n_heads) == ("wsd", 3600, 8, 8)
+    # --set still reaches both arms
+    a.set = "train.steps=10"
+    assert nope.base_configs(a, "quick")[1].steps == 10
