@@ -27,14 +27,14 @@ How to run::
     python analyses/nope.py --quick                                   # CPU: 2 arms x seeds 0,1,2, then evaluates
     python analyses/nope.py --quick --seed 5                          # one seed
     python analyses/nope.py --quick --rope runs/r --nope runs/n       # evaluate existing runs only
+    python analyses/nope.py --quick --rope 'o/runs/rope_seed{seed}' --nope 'o/runs/nope_seed{seed}'  # ... of 3 seeds
     python analyses/nope.py --device cuda                             # full: gpu-small (window 64) x {RoPE, NoPE}
     python analyses/nope.py --smoke                                   # seconds (tests)
 
 Writes ``niah.csv``, ``loss.csv``, ``long_loss.csv``, ``training.csv``, ``learned.csv`` (+
 ``.parquet``; every table has a ``seed`` column), ``niah.html``, ``training.html``,
 ``long_loss.html`` (PNG where kaleido works) and ``results.json`` to ``--out`` (default
-``analyses/out/nope/``); runs go to ``--out``/runs/ (``rope``, ``nope`` for seed 0,
-``rope_seedS``, ``nope_seedS`` for the others).
+``analyses/out/nope/``); runs go to ``--out``/runs/``rope_seedS`` and ``nope_seedS``.
 """
 
 from __future__ import annotations
@@ -66,6 +66,7 @@ from analyses.common import (  # noqa: E402
 )
 from analyses.seeds import (  # noqa: E402
     default_jobs,
+    fill_seed,
     format_summary,
     paired_relative_difference,
     reproduced,
@@ -160,7 +161,13 @@ def base_configs(a, mode_name: str):
 
 
 def run_dir(out: Path, arm: str, seed: int) -> Path:
-    return out / "runs" / (arm if seed == 0 else f"{arm}_seed{seed}")
+    """``OUT/runs/ARM_seedS`` (so ``--run 'OUT/runs/nope_seed{seed}'`` names them all in the other
+    scripts); an output folder from before 2026-12-03 holds seed 0 in ``OUT/runs/ARM``, which is
+    reused when it holds a run."""
+    legacy = out / "runs" / arm
+    if seed == 0 and (legacy / "run.json").exists():
+        return legacy
+    return out / "runs" / f"{arm}_seed{seed}"
 
 
 def arm_job(job: dict) -> dict:
@@ -316,8 +323,9 @@ def print_table(by_len: pd.DataFrame, losses: pd.DataFrame, learned: pd.DataFram
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--rope", help="existing run (RoPE on F) instead of training one")
-    ap.add_argument("--nope", help="existing run (NoPE on F) instead of training one")
+    ap.add_argument("--rope", help="existing run (RoPE on F) instead of training one ({seed} = each seed's, "
+                                   "e.g. out/runs/rope_seed{seed})")
+    ap.add_argument("--nope", help="existing run (NoPE on F) instead of training one ({seed} = each seed's)")
     ap.add_argument("--preset", default=None, help="preset to train [default: tiny (quick), gpu-small (full)]")
     ap.add_argument("--steps", type=int, default=0, help="training steps [default: the mode's]")
     ap.add_argument("--window", type=int, default=0, help="SWA window [default: the preset's]")
@@ -341,7 +349,7 @@ def main(argv=None):
     model_cfg, train_cfg = base_configs(a, mode_name)
     train_cfg = train_cfg.replace(seed=seeds[0])
     jobs = [{"script": NAME, "fn": "arm_job", "pass_job": True, "seed": s, "arm": name, "mode": mode,
-             "device": a.device, "given": getattr(a, name),
+             "device": a.device, "given": fill_seed(getattr(a, name), s) if getattr(a, name) else None,
              "model": model_cfg.replace(pos=dict(POS[name])).to_dict(), "train": train_cfg.replace(seed=s).to_dict(),
              "run_dir": str(run_dir(out, name, s))} for s in seeds for name in ARMS]
     workers = default_jobs(a.jobs, len(jobs), mode_name)

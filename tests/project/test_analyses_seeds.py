@@ -39,7 +39,14 @@ def test_nope_two_seeds_smoke(tmp_path):
         assert set(p["short_context_loss"]) == {"rope", "nope"}
         assert p["learned_niah_1x"]["rope"]["text"] == "not learned by step 2"
     assert res["per_seed"]["1"]["runs"]["nope"].endswith("nope_seed1")
-    assert res["per_seed"]["0"]["runs"]["nope"].endswith("runs/nope")  # seed 0 keeps the single-seed folder
+    assert res["per_seed"]["0"]["runs"]["nope"].endswith("runs/nope_seed0")  # every seed: ARM_seedS
+    # existing runs of every seed through {seed}: evaluated, not trained again
+    again = load_analysis("nope").main(["--smoke", "--seeds", "0,1", "--rope", str(out / "runs" / "rope_seed{seed}"),
+                                        "--nope", str(out / "runs" / "nope_seed{seed}"), "--out", str(tmp_path / "n2")])
+    assert again["seed_scope"] == "evaluation prompts only (given runs)"
+    assert again["per_seed"]["1"]["runs"] == res["per_seed"]["1"]["runs"]
+    assert again["per_seed"]["1"]["niah_acc"] == res["per_seed"]["1"]["niah_acc"]
+    assert not (tmp_path / "n2" / "runs").exists()
     # every table carries the seed: one row per (seed, arm[, length, depth])
     niah = pd.read_csv(out / "niah.csv")
     assert sorted(niah.groupby(["seed", "pos_F"]).size().index.tolist()) == [
