@@ -50,6 +50,10 @@ def _preset_epilog() -> str:
 @click.option("--batch-size", type=int, help="Global batch (rows per optimizer step, all ranks).")
 @click.option("--grad-accum", type=int, help="Micro-steps per optimizer step.")
 @click.option("--lr", type=float, help="Peak learning rate.")
+@click.option("--lr-schedule", type=click.Choice(["cosine", "wsd"]),
+              help="After warm-up: cosine decay, or wsd (constant, then a linear decay over --decay-fraction).")
+@click.option("--min-lr-ratio", type=float, help="Last learning rate as a fraction of --lr (1 = constant).")
+@click.option("--decay-fraction", type=float, help="wsd: the last fraction of the steps that decays.")
 @click.option("--niah-fraction", type=float, help="Fraction of rows that are needle tasks.")
 @click.option("--induction-fraction", type=float, help="Fraction of rows that are repeated random strings.")
 @click.option("--variant", help="Needle variant used in training and evaluation (e.g. single_1).")
@@ -59,8 +63,8 @@ def _preset_epilog() -> str:
 @click.option("--overwrite", is_flag=True, help="Replace the run in --out.")
 @click.option("--no-progress", is_flag=True, help="No progress bar: one line per 5% of the steps instead.")
 def train(preset, out, steps, layout, window, pos, context_len, seed, device, save_every, eval_every,
-          batch_size, grad_accum, lr, niah_fraction, induction_fraction, variant, haystack, stop_at,
-          resume, overwrite, no_progress):
+          batch_size, grad_accum, lr, lr_schedule, min_lr_ratio, decay_fraction, niah_fraction,
+          induction_fraction, variant, haystack, stop_at, resume, overwrite, no_progress):
     """Train a small hybrid LM on LM text + needle tasks, with checkpoints for scanning."""
     from ..tasks.mixture import answer_reserve
     from ..train.loop import dist_env
@@ -77,8 +81,8 @@ def train(preset, out, steps, layout, window, pos, context_len, seed, device, sa
         mchanges["pos"] = {**model_cfg.pos, **parse_pos(pos)}
     tchanges = {k: v for k, v in dict(
         steps=steps, context_len=context_len, seed=seed, device=device, save_every=save_every,
-        eval_every=eval_every, batch_size=batch_size, grad_accum=grad_accum, lr=lr,
-        niah_fraction=niah_fraction, induction_fraction=induction_fraction, niah_variant=variant,
+        eval_every=eval_every, batch_size=batch_size, grad_accum=grad_accum, lr=lr, lr_schedule=lr_schedule,
+        min_lr_ratio=min_lr_ratio, decay_fraction=decay_fraction, niah_fraction=niah_fraction, induction_fraction=induction_fraction, niah_variant=variant,
         haystack=haystack).items() if v is not None}
     cfg = cfg.replace(**tchanges)
     need = cfg.context_len + answer_reserve(cfg.niah_variant)

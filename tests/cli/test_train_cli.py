@@ -53,6 +53,23 @@ def test_train_cli_end_to_end(tmp_path, preset, capsys):
     assert [p.name for p in rh.list_checkpoints(out)][-1] == "step_000002"
 
 
+def test_learning_rate_schedule_options(tmp_path, preset, capsys):
+    out = tmp_path / "wsd"
+    code, _, err = run(["train", "--preset", preset, "--out", str(out), "--steps", "4", "--no-progress",
+                        "--lr", "0.01", "--lr-schedule", "wsd", "--decay-fraction", "0.5", "--min-lr-ratio", "0"], capsys)
+    assert code == 0, err
+    t = json.loads((out / "run.json").read_text())["train"]
+    assert (t["lr_schedule"], t["decay_fraction"], t["min_lr_ratio"]) == ("wsd", 0.5, 0.0)
+    # warm-up over 2 steps (the preset's), then the decay over the last 2 of 4: 0.005, 0.01, 0.005, 0
+    assert [rh.train.lr_at(rh.TrainConfig(**t), s) for s in range(4)] == pytest.approx([0.005, 0.01, 0.005, 0.0])
+    assert read_metrics(out)[-1]["lr"] == pytest.approx(0.0, abs=1e-12)  # the last update's rate
+    code, _, err = run(["train", "--preset", preset, "--out", str(tmp_path / "x"), "--lr-schedule", "step"], capsys)
+    assert code == 2 and "'step' is not one of 'cosine', 'wsd'" in err and not (tmp_path / "x").exists()
+    code, _, err = run(["train", "--preset", preset, "--out", str(tmp_path / "y"), "--decay-fraction", "2"], capsys)
+    assert code == 2 and "decay_fraction: must lie in [0, 1], got 2" in err and err.count("\n") == 1
+    assert not (tmp_path / "y").exists()
+
+
 def test_layout_override(tmp_path, preset, capsys):
     out = tmp_path / "r"
     code, stdout, err = run(["train", "--preset", preset, "--out", str(out), "--steps", "1",
