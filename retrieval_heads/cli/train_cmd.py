@@ -82,7 +82,8 @@ def train(preset, out, steps, layout, window, pos, context_len, seed, device, sa
     tchanges = {k: v for k, v in dict(
         steps=steps, context_len=context_len, seed=seed, device=device, save_every=save_every,
         eval_every=eval_every, batch_size=batch_size, grad_accum=grad_accum, lr=lr, lr_schedule=lr_schedule,
-        min_lr_ratio=min_lr_ratio, decay_fraction=decay_fraction, niah_fraction=niah_fraction, induction_fraction=induction_fraction, niah_variant=variant,
+        min_lr_ratio=min_lr_ratio, decay_fraction=decay_fraction, niah_fraction=niah_fraction,
+        induction_fraction=induction_fraction, niah_variant=variant,
         haystack=haystack).items() if v is not None}
     cfg = cfg.replace(**tchanges)
     need = cfg.context_len + answer_reserve(cfg.niah_variant)

@@ -56,7 +56,8 @@ def test_train_cli_end_to_end(tmp_path, preset, capsys):
 def test_learning_rate_schedule_options(tmp_path, preset, capsys):
     out = tmp_path / "wsd"
     code, _, err = run(["train", "--preset", preset, "--out", str(out), "--steps", "4", "--no-progress",
-                        "--lr", "0.01", "--lr-schedule", "wsd", "--decay-fraction", "0.5", "--min-lr-ratio", "0"], capsys)
+                        "--lr", "0.01", "--lr-schedule", "wsd", "--decay-fraction", "0.5", "--min-lr-ratio", "0"],
+                       capsys)
     assert code == 0, err
     t = json.loads((out / "run.json").read_text())["train"]
     assert (t["lr_schedule"], t["decay_fraction"], t["min_lr_ratio"]) == ("wsd", 0.5, 0.0)
