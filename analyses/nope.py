@@ -310,7 +310,7 @@ def print_table(by_len: pd.DataFrame, losses: pd.DataFrame, learned: pd.DataFram
         row["learned at 1x"] = (f"{lr['learned_text']}, KM median {lr['km_median_text']}" if lr else "-")
         row["short loss"] = format_summary(agg["short_context_loss"][arm], "{:.4f}")
         rows.append(row)
-    text = pd.DataFrame(rows).to_string(index=False)
+    text = pd.DataFrame(rows).fillna("-").to_string(index=False)
     rd = agg.get("short_loss_relative_difference")
     if rd and rd.get("mean") is not None:
         text += (f"\nshort-context loss, NoPE vs RoPE (paired): {rd['mean']:+.2%} "
