@@ -139,6 +139,24 @@ def _set_threads(threads: int | None) -> None:
         torch.set_num_threads(threads)
 
 
+def _init_worker(threads: int | None, parent_pid: int, poll_s: float = 1.0) -> None:
+    """A spawned worker's set-up: its torch threads, and a daemon thread that ends the worker
+    once its parent is gone (a caller killed with SIGTERM/SIGKILL cannot terminate its workers,
+    which would otherwise train on for nobody until their current job ends)."""
+    import os
+    import threading
+
+    _set_threads(threads)
+
+    def watch():
+        while True:
+            time.sleep(poll_s)
+            if os.getppid() != parent_pid:
+                os._exit(1)
+
+    threading.Thread(target=watch, name="watch-parent", daemon=True).start()
+
+
 def map_in_processes(fn, items, *, workers: int = 1, threads: int | None = None, on_result=None,
                      what: str = "worker") -> list:
     """``[fn(item) for item in items]``, in the order of ``items``.
@@ -147,8 +165,8 @@ def map_in_processes(fn, items, *, workers: int = 1, threads: int | None = None,
     (``fn`` and the items must be picklable: a module-level function), each with ``threads``
     torch threads. ``on_result(result)`` is called as each result arrives (completion order).
     The first failure, or an interrupt, terminates the other workers at once and is re-raised
-    here. A script that uses ``workers > 1`` must run under ``if __name__ == "__main__":``
-    (spawned workers import it)."""
+    here; a worker whose caller was killed outright exits within about a second. A script that
+    uses ``workers > 1`` must run under ``if __name__ == "__main__":`` (spawned workers import it)."""
     items = list(items)
     if workers < 1:
         raise ValueError(f"workers: must be at least 1, got {workers}")
@@ -164,8 +182,10 @@ def map_in_processes(fn, items, *, workers: int = 1, threads: int | None = None,
     from concurrent.futures.process import BrokenProcessPool
 
     # spawn, not fork: forking a process that has run multi-threaded torch code can hang
+    import os
+
     ex = ProcessPoolExecutor(max_workers=min(workers, len(items)), mp_context=mp.get_context("spawn"),
-                             initializer=_set_threads, initargs=(threads,))
+                             initializer=_init_worker, initargs=(threads, os.getpid()))
     try:
         futs = [ex.submit(fn, item) for item in items]
         for f in as_completed(futs):
