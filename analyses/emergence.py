@@ -15,14 +15,14 @@ on the essay tail; "long" = the last position bucket). It then
 
 How to run::
 
-    python analyses/emergence.py --quick                  # CPU, ~4 min (micro sizes, 500 steps: NIAH not formed yet)
+    python analyses/emergence.py --quick                  # CPU: 3 seeds, micro sizes, 500 steps (NIAH not formed yet)
     python analyses/emergence.py --device cuda            # GPU, gpu-small-sized hybrids, 3 sizes
     python analyses/emergence.py --quick --hybrids S:8,M --sizes 16,32,48 --out /tmp/emg
     python analyses/emergence.py --quick --seed 1            # one seed (--quick defaults to 0,1,2)
 
 Several seeds (issue 20): ``--seeds`` (default 0,1,2 in ``--quick`` and full; ``--seed S`` = one
 seed, the training seed of every run) runs the one-seed analysis per seed, one seed after the
-other (each with ``--jobs`` runs at once), into ``--out``/seed_S/; ``--out``/results.json then
+other (each with ``--jobs`` runs at once: one per core in ``--quick``), into ``--out``/seed_S/; ``--out``/results.json then
 holds ``per_seed`` and ``aggregate``: per layout at the main size the final NIAH and long-context
 loss over seeds (mean, 95% bootstrap interval, n), the step of NIAH >= 0.5 with censoring (k/n,
 Kaplan-Meier median, "not learned by step N"), convergence to F "reproduced on k of n seeds"
@@ -46,6 +46,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from analyses.seeds import (  # noqa: E402
+    default_jobs,
     format_summary,
     reproduced,
     seeds_from_args,
@@ -362,7 +363,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--fit-min-step", type=int, default=None, help="fit only checkpoints from this step [2 x warm-up]")
     ap.add_argument("--set", default=None, help="config overrides: train.lr=0.01,model.d_model=64")
     ap.add_argument("--device", default="auto")
-    ap.add_argument("--jobs", type=int, default=1, help="runs trained in parallel (one thread each)")
+    ap.add_argument("--jobs", type=int, default=0, help="runs trained in parallel, one thread each "
+                                                        "[0 = one per core in --quick, else 1]")
     ap.add_argument("--seed", type=int, default=0, help="training seed of every run (one seed)")
     ap.add_argument("--seeds", default=None, help="comma-separated seeds, run one after the other "
                                                   "[default: 0,1,2 in --quick and full, --seed in --smoke]")
@@ -395,7 +397,8 @@ def main(argv=None) -> dict:
               f"long loss {row['final_long_loss']:.3f}; train {row['train_s']:.0f} s, eval {row['eval_s']:.0f} s "
               f"(total {timer():.0f} s)", flush=True)
 
-    results = map_in_processes(one_run, jobs, workers=a.jobs, threads=1, what=f"{NAME} worker", on_result=log_run)
+    workers = default_jobs(a.jobs, len(jobs), mode)
+    results = map_in_processes(one_run, jobs, workers=workers, threads=1, what=f"{NAME} worker", on_result=log_run)
 
     runs = pd.DataFrame([r["row"] for r in results])
     for c in ("window", "niah50_tokens"):
