@@ -296,8 +296,10 @@ def _layer_kinds(model_desc: str) -> str:
 
 def only_f_decodes(final_acc: dict, layout: str, chance: float) -> bool | None:
     """One seed's verdict on a value set: the best probe is on an ``F`` layer's residual, and the
-    embedding and every layer before the first ``F`` layer stay below twice chance."""
-    if "F" not in layout or not final_acc:
+    embedding and every layer before the first ``F`` layer stay below twice chance. None (not
+    measurable) when no probe reaches twice chance: nothing decodes the value, so no layer can
+    be said to be the one that does."""
+    if "F" not in layout or not final_acc or max(final_acc.values()) < 2 * chance:
         return None
     first_f = layout.index("F")
 

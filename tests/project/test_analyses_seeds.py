@@ -170,6 +170,9 @@ def test_probing_only_f_verdict():
     assert probing.only_f_decodes({**acc, "blocks.1.hook_resid_post": 0.25}, "SSFS", 0.125) is False  # 2x chance
     assert probing.only_f_decodes({**acc, "blocks.3.hook_resid_post": 0.99}, "SSFS", 0.125) is False  # best on S
     assert probing.only_f_decodes(acc, "SSSS", 0.125) is None
+    # every probe near chance: not measurable (a tie at 0.135 would otherwise decide the verdict)
+    near_chance = {"hook_embed": 0.125, "blocks.1.hook_resid_post": 0.135, "blocks.2.hook_resid_post": 0.135}
+    assert probing.only_f_decodes(near_chance, "SSF", 0.125) is None
     assert probing._layer_kinds("layout=SSSF d_model=64 heads=4") == "SSSF"
 
 
