@@ -22,11 +22,12 @@ How to run::
 
 Several seeds (issue 20): ``--seeds`` (default 0,1,2 in ``--quick`` and full; ``--seed S`` = one
 seed, the training seed of every run) runs the one-seed analysis per seed, one seed after the
-other (each with ``--jobs`` runs at once: one per core in ``--quick``), into ``--out``/seed_S/; ``--out``/results.json then
-holds ``per_seed`` and ``aggregate``: per layout at the main size the final NIAH and long-context
-loss over seeds (mean, 95% bootstrap interval, n), the step of NIAH >= 0.5 with censoring (k/n,
-Kaplan-Meier median, "not learned by step N"), convergence to F "reproduced on k of n seeds"
-(not measurable on a seed where F itself did not learn), and each fit's exponents over seeds.
+other (each with ``--jobs`` runs at once: one per core in ``--quick``), into ``--out``/seed_S/;
+``--out``/results.json then holds ``per_seed`` and ``aggregate``: per layout at the main size
+the final NIAH and long-context loss over seeds (mean, 95% bootstrap interval, n), the step of
+NIAH >= 0.5 with censoring (k/n, Kaplan-Meier median, "not learned by step N"), convergence to F
+"reproduced on k of n seeds" (not measurable on a seed where F itself did not learn), and each
+fit's exponents over seeds.
 
 Writes under ``--out`` (default ``analyses/out/emergence/``): ``runs.csv/.parquet`` (one row per
 run), ``evals.parquet`` (one row per run x checkpoint), ``position_loss.parquet`` (final loss per
