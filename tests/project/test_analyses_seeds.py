@@ -153,7 +153,8 @@ def test_probing_two_seeds_smoke(tmp_path):
     assert set(easy) == {"hook_embed"} | {f"blocks.{l}.hook_resid_post" for l in range(4)}
     assert set(easy["hook_embed"]) == SUMMARY and easy["hook_embed"]["n"] == 2
     assert agg["final_niah"]["n"] == 2 and set(agg["verdicts"]) == {"hard", "easy"}
-    assert agg["verdicts"]["easy"]["n"] == 2
+    # both seeds have a verdict: True / False, or None where no probe reaches twice chance
+    assert set(agg["verdicts"]["easy"]["per_seed"]) == {"0", "1"}
     # the runs just trained, named per seed with {seed}: each seed probes its own run
     again = load_analysis("probing").main(["--smoke", "--seeds", "0,1", "--run", str(out / "seed_{seed}" / "run"),
                                            "--out", str(tmp_path / "given")])
