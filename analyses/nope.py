@@ -57,6 +57,7 @@ from analyses.common import (  # noqa: E402
     jsonable,
     last_checkpoint,
     parse_common,
+    preset_configs,
     progress_every,
     results_head,
     save_fig,
@@ -79,20 +80,18 @@ from analyses.seeds import (  # noqa: E402
 NAME = "nope"
 ARMS = ("rope", "nope")
 POS = {"rope": {"F": "rope", "S": "rope"}, "nope": {"F": "nope", "S": "rope"}}
-# (preset, TrainConfig overrides); quick: common.QUICK_RECIPE, the CPU recipe every --quick analysis
-# trains (tiny with 8 heads of 8, context 144, batch 8, 3600 steps, warmup-stable-decay learning
-# rate), so the NoPE-F arm of a seed is the run probing.py / gradient_influence.py --quick train.
-# Measured with 3 seeds in analyses/RESULTS.md (NoPE, 2026-12-03), next to the earlier recipes
-# (4 heads, batch 16, 2500 steps: NoPE-F untrained on 2 of 3 seeds at window 8 and on seed 5 at
-# window 16; 8 heads with a constant learning rate for 4000 steps: 18 min).
-_QUICK = {k: v for k, v in QUICK_RECIPE.items() if k not in ("preset", "model")}
+# The training spec per mode (``common.preset_configs``: preset, model overrides, TrainConfig
+# overrides); quick: common.QUICK_RECIPE, the CPU recipe every --quick analysis trains (tiny with 8
+# heads of 8, context 144, batch 8, 3600 steps, warmup-stable-decay learning rate), so the NoPE-F
+# arm of a seed is the run probing.py / gradient_influence.py --quick train. Measured with 3 seeds
+# in analyses/RESULTS.md (NoPE, 2026-12-03), next to the earlier recipes (4 heads, batch 16, 2500
+# steps: NoPE-F untrained on 2 of 3 seeds at window 8 and on seed 5 at window 16; 8 heads with a
+# constant learning rate for 4000 steps: 18 min).
 TRAIN = {
-    "smoke": ("tiny", dict(context_len=160, batch_size=4, steps=2, eval_every=1, save_every=2)),
-    "quick": (QUICK_RECIPE["preset"], _QUICK),
-    "full": ("gpu-small", dict()),
+    "smoke": dict(preset="tiny", context_len=160, batch_size=4, steps=2, eval_every=1, save_every=2),
+    "quick": QUICK_RECIPE,
+    "full": dict(preset="gpu-small"),
 }
-# ModelConfig overrides per mode (applied after the preset, before --window and --set)
-MODEL = {"quick": dict(QUICK_RECIPE["model"])}
 MODES = {
     "smoke": dict(n=1, depths=[0.5], short_rows=2, long_rows=1, mults=[1, 2]),
     "quick": dict(n=4, depths=[0.1, 0.3, 0.5, 0.7, 0.9], short_rows=32, long_rows=8, mults=[1, 2, 4]),
@@ -144,12 +143,10 @@ def learned_step(curve: pd.DataFrame, thr: float, rule: str = "mean"):
 
 def base_configs(a, mode_name: str):
     """(ModelConfig, TrainConfig) both arms share before ``pos`` and the seed are set: the mode's
-    preset and overrides (``TRAIN``, ``MODEL``), then ``--preset``, ``--steps``, ``--window``,
+    spec (``TRAIN``, with ``--preset`` in place of its preset), then ``--steps``, ``--window``,
     ``--set`` from the parsed arguments ``a``."""
-    preset, over = TRAIN[mode_name]
-    model_cfg, train_cfg = rh.train.presets.load_preset(a.preset or preset)
-    train_cfg = train_cfg.replace(device=a.device, **over)
-    model_cfg = model_cfg.replace(**MODEL.get(mode_name, {}))
+    spec = {**TRAIN[mode_name], **({"preset": a.preset} if a.preset else {})}
+    model_cfg, train_cfg = preset_configs(spec, a.device)
     if a.steps:
         train_cfg = train_cfg.replace(steps=a.steps)
     if a.window:
